@@ -1,0 +1,61 @@
+//! `GET /fhir/{tenant}/{type}/_history` and `GET .../{type}/{id}/_history`.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, web};
+
+use super::AppState;
+use super::error::ApiError;
+use super::extract::{Authenticated, Ctx, Params};
+use super::response::{self, parse_id, parse_type};
+use crate::engine::HistoryRequest;
+use crate::ids::{ResourceId, ResourceType};
+use crate::time::Timestamp;
+
+pub async fn type_history(
+    state: web::Data<AppState>,
+    Ctx(ctx): Ctx,
+    params: Params,
+    Authenticated(principal): Authenticated,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let rt = parse_type(&path.into_inner().1)?;
+    history(&state, ctx, params, principal, rt, None).await
+}
+
+pub async fn instance_history(
+    state: web::Data<AppState>,
+    Ctx(ctx): Ctx,
+    params: Params,
+    Authenticated(principal): Authenticated,
+    path: web::Path<(String, String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (_, rt, id) = path.into_inner();
+    let (rt, id) = (parse_type(&rt)?, parse_id(&id)?);
+    history(&state, ctx, params, principal, rt, Some(id)).await
+}
+
+async fn history(
+    state: &AppState,
+    ctx: crate::engine::RequestContext,
+    mut params: Params,
+    principal: crate::auth::Principal,
+    resource_type: ResourceType,
+    id: Option<ResourceId>,
+) -> Result<HttpResponse, ApiError> {
+    let count = params
+        .take("_count")
+        .map(|c| {
+            c.parse::<u32>()
+                .map_err(|_| ApiError::bad_request(format!("`_count` must be a non-negative integer, not `{c}`")))
+        })
+        .transpose()?;
+    let since = params
+        .take("_since")
+        .map(|s| Timestamp::parse_fhir(&s).map_err(|e| ApiError::bad_request(format!("`_since`: {e}"))))
+        .transpose()?;
+    let cursor = params.take("_cursor");
+    params.finish()?;
+    let request = HistoryRequest { resource_type, id, count, since, cursor };
+    let bundle = state.engine.history(&ctx, &principal, &request).await?;
+    Ok(response::json(StatusCode::OK, &params, bundle))
+}

@@ -1,0 +1,98 @@
+//! The FHIR REST API over HTTP (actix-web).
+//!
+//! **Architecture Invariant:** only `api` (and later `viewer`) knows actix-web. Handlers parse
+//! the request, call one `Engine` interaction and shape the answer; they hold no business rules.
+//!
+//! **API Boundary:** everything under `/fhir/{tenant}` is FHIR R4 REST as published in the
+//! CapabilityStatement; `/healthz` and `/readyz` are for operators.
+
+mod error;
+mod extract;
+mod health;
+mod history;
+mod metadata;
+mod middleware;
+mod negotiate;
+mod read;
+mod response;
+mod write;
+
+use std::collections::BTreeSet;
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, web};
+
+use crate::auth::Authenticator;
+use crate::engine::Engine;
+use crate::fhir::outcome::IssueType;
+use crate::ids::TenantId;
+
+pub use error::ApiError;
+pub use middleware::request_context;
+
+/// What every handler shares.
+pub struct AppState {
+    pub engine: Engine,
+    pub auth: Authenticator,
+    pub tenants: BTreeSet<TenantId>,
+    pub public_base_url: Option<String>,
+    pub max_body_bytes: usize,
+}
+
+/// All routes. Each resource path answers 405 (with `Allow`) to methods it does not serve.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(web::resource("/healthz").route(web::get().to(health::healthz)).default_service(not_allowed("GET")))
+        .service(web::resource("/readyz").route(web::get().to(health::readyz)).default_service(not_allowed("GET")))
+        .service(
+            web::scope("/fhir/{tenant}")
+                .service(
+                    web::resource("/metadata")
+                        .route(web::get().to(metadata::capabilities))
+                        .default_service(not_allowed("GET")),
+                )
+                .service(
+                    web::resource("/{type}/_history")
+                        .route(web::get().to(history::type_history))
+                        .default_service(not_allowed("GET")),
+                )
+                .service(
+                    web::resource("/{type}/{id}/_history")
+                        .route(web::get().to(history::instance_history))
+                        .default_service(not_allowed("GET")),
+                )
+                .service(
+                    web::resource("/{type}/{id}/_history/{vid}")
+                        .route(web::get().to(read::vread))
+                        .default_service(not_allowed("GET")),
+                )
+                .service(
+                    web::resource("/{type}/{id}")
+                        .route(web::get().to(read::read))
+                        .route(web::put().to(write::update))
+                        .route(web::delete().to(write::delete))
+                        .default_service(not_allowed("GET, PUT, DELETE")),
+                )
+                .service(web::resource("/{type}").route(web::post().to(write::create)).default_service(web::to(
+                    || async {
+                        method_not_allowed("POST", "search is not available yet; this endpoint accepts POST (create)")
+                    },
+                ))),
+        )
+        .default_service(web::to(|| async {
+            Err::<HttpResponse, _>(ApiError::not_found("there is no such endpoint; FHIR bases are at /fhir/{tenant}"))
+        }));
+}
+
+fn not_allowed(allow: &'static str) -> actix_web::Route {
+    web::to(move || async move { method_not_allowed(allow, "this method is not supported on this endpoint") })
+}
+
+fn method_not_allowed(allow: &'static str, message: &str) -> Result<HttpResponse, ApiError> {
+    let error =
+        ApiError::new(StatusCode::METHOD_NOT_ALLOWED, IssueType::NotSupported, format!("{message} (allowed: {allow})"));
+    let mut response = actix_web::ResponseError::error_response(&error);
+    response
+        .headers_mut()
+        .insert(actix_web::http::header::ALLOW, actix_web::http::header::HeaderValue::from_static(allow));
+    Ok(response)
+}

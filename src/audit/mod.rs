@@ -1,0 +1,143 @@
+//! Audit records: who did what, to which resource, when, from where, with what outcome.
+//!
+//! **Architecture Invariant:** a record holds identifiers, roles, outcomes and opaque resource
+//! ids, never health data (no names, no codes, no query values). Records are appended; there is
+//! no update or delete path, and the database triggers refuse both.
+//!
+//! Writes carry their record into the same transaction as the change; reads append theirs
+//! before answering and fail if they cannot (fail closed). The tamper-evident log (Merkle tree,
+//! signed checkpoints) is built over these records by a later component.
+
+use crate::auth::Principal;
+use crate::ids::{ResourceId, ResourceType, TenantId, VersionId};
+use crate::time::Timestamp;
+
+/// The FHIR interaction (or other event) a record is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditAction {
+    Create,
+    Read,
+    Vread,
+    Update,
+    Delete,
+    HistoryInstance,
+    HistoryType,
+    /// A request refused before it reached an interaction (no or bad token).
+    Authenticate,
+}
+
+impl AuditAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Create => "create",
+            Self::Read => "read",
+            Self::Vread => "vread",
+            Self::Update => "update",
+            Self::Delete => "delete",
+            Self::HistoryInstance => "history-instance",
+            Self::HistoryType => "history-type",
+            Self::Authenticate => "authenticate",
+        }
+    }
+}
+
+/// Who acted. Empty for a request that never authenticated.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Agent {
+    pub subject: Option<String>,
+    pub issuer: Option<String>,
+    pub role: Option<String>,
+    pub jurisdiction: Option<String>,
+    pub purpose: Option<String>,
+    /// The token's `jti`, or its last 32 characters: never the whole token.
+    pub token_id: Option<String>,
+}
+
+impl Agent {
+    pub fn of(principal: &Principal) -> Self {
+        Self {
+            subject: Some(principal.subject().to_owned()),
+            issuer: Some(principal.issuer().to_owned()),
+            role: Some(principal.role().as_str().to_owned()),
+            jurisdiction: principal.jurisdiction().map(|c| c.as_str().to_owned()),
+            purpose: principal.purpose().map(str::to_owned),
+            token_id: principal.token_id().map(str::to_owned),
+        }
+    }
+}
+
+/// One audit record, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRecord {
+    pub recorded: Timestamp,
+    pub request_id: String,
+    pub tenant: Option<TenantId>,
+    pub agent: Agent,
+    pub source_ip: Option<String>,
+    pub action: AuditAction,
+    pub resource_type: Option<ResourceType>,
+    pub resource_id: Option<ResourceId>,
+    pub version: Option<VersionId>,
+    pub compartment: Option<String>,
+    /// The HTTP status of the answer.
+    pub outcome: u16,
+    /// Why, in a few words, when it failed or was refused (never user input).
+    pub detail: Option<String>,
+    /// Which policy rule decided.
+    pub policy: Option<String>,
+}
+
+/// What every record of one request shares.
+#[derive(Debug, Clone, Default)]
+pub struct RequestMeta {
+    pub request_id: String,
+    pub source_ip: Option<String>,
+}
+
+/// The resource a record is about, when there is one.
+#[derive(Debug, Clone, Default)]
+pub struct Target {
+    pub resource_type: Option<ResourceType>,
+    pub resource_id: Option<ResourceId>,
+    pub version: Option<VersionId>,
+    pub compartment: Option<String>,
+}
+
+impl AuditRecord {
+    pub fn new(meta: &RequestMeta, tenant: Option<&TenantId>, agent: Agent, action: AuditAction) -> Self {
+        Self {
+            recorded: Timestamp::now(),
+            request_id: meta.request_id.clone(),
+            tenant: tenant.cloned(),
+            agent,
+            source_ip: meta.source_ip.clone(),
+            action,
+            resource_type: None,
+            resource_id: None,
+            version: None,
+            compartment: None,
+            outcome: 200,
+            detail: None,
+            policy: None,
+        }
+    }
+
+    pub fn target(mut self, target: &Target) -> Self {
+        self.resource_type = target.resource_type;
+        self.resource_id.clone_from(&target.resource_id);
+        self.version = target.version;
+        self.compartment.clone_from(&target.compartment);
+        self
+    }
+
+    pub fn outcome(mut self, status: u16, detail: Option<String>) -> Self {
+        self.outcome = status;
+        self.detail = detail;
+        self
+    }
+
+    pub fn policy(mut self, policy: Option<&str>) -> Self {
+        self.policy = policy.map(str::to_owned);
+        self
+    }
+}

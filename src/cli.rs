@@ -1,0 +1,165 @@
+//! The command line: `serve`, `token`, `config`.
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::auth::dev_issuer::DevIssuer;
+use crate::auth::{Role, TokenRequest};
+use crate::config::{self, Settings, Sources};
+use crate::ids::{CountryCode, ResourceId, TenantId};
+use crate::startup::{self, Application};
+
+#[derive(Debug, Parser)]
+#[command(name = "fhirvault", version, about = "Health-data sovereign storage: a FHIR R4 API over encrypted records")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the FHIR server (zero configuration: the embedded default).
+    Serve(ServeArgs),
+    /// Print a bearer token signed by the development issuer.
+    Token(TokenArgs),
+    /// Inspect the configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct Common {
+    /// A TOML configuration file.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The data directory (default `./fhirvault-data`).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Address to listen on (default `127.0.0.1:8080`).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+}
+
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    #[command(flatten)]
+    pub common: Common,
+    #[arg(long)]
+    pub tenant: String,
+    /// practitioner, service, researcher, auditor, patient or admin.
+    #[arg(long)]
+    pub role: String,
+    /// Subject (`sub`); defaults to `dev-{role}`.
+    #[arg(long)]
+    pub subject: Option<String>,
+    /// Country the requesting organization operates from (ISO 3166 alpha-2, e.g. `FR`).
+    #[arg(long)]
+    pub jurisdiction: Option<String>,
+    /// SMART scopes, e.g. "user/*.cruds"; defaults depend on the role.
+    #[arg(long)]
+    pub scope: Option<String>,
+    /// The patient's own Patient id (role `patient` only).
+    #[arg(long)]
+    pub patient: Option<String>,
+    /// Purpose of use (e.g. `TREAT`, `HRESCH`).
+    #[arg(long)]
+    pub purpose: Option<String>,
+    /// Lifetime in seconds.
+    #[arg(long, default_value_t = 3600)]
+    pub ttl_seconds: u64,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the JSON schema of the configuration.
+    Schema,
+    /// Load and check the configuration, then print it (secrets redacted).
+    Check(Common),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error(transparent)]
+    Startup(#[from] startup::StartupError),
+    #[error(transparent)]
+    Token(#[from] crate::auth::dev_issuer::DevIssuerError),
+    #[error("{0}")]
+    Usage(String),
+    #[error("i/o")]
+    Io(#[from] std::io::Error),
+}
+
+fn sources(common: &Common, listen: Option<SocketAddr>) -> Sources {
+    Sources { file: common.config.clone(), listen, data_dir: common.data_dir.clone() }
+}
+
+pub async fn run(cli: Cli) -> Result<(), CliError> {
+    match cli.command {
+        Command::Serve(args) => {
+            let settings = Settings::load(&sources(&args.common, args.listen))?;
+            crate::telemetry::init(&settings.log);
+            let app = Application::build(settings).await?;
+            app.run_until_stopped().await?;
+            Ok(())
+        }
+        Command::Token(args) => {
+            let settings = Settings::load(&sources(&args.common, None))?;
+            let token = issue_token(&settings, &args)?;
+            writeln!(std::io::stdout(), "{token}")?;
+            Ok(())
+        }
+        Command::Config(ConfigCommand::Schema) => {
+            write!(std::io::stdout(), "{}", config::json_schema())?;
+            Ok(())
+        }
+        Command::Config(ConfigCommand::Check(common)) => {
+            let settings = Settings::load(&sources(&common, None))?;
+            writeln!(std::io::stdout(), "{settings:#?}")?;
+            Ok(())
+        }
+    }
+}
+
+fn issue_token(settings: &Settings, args: &TokenArgs) -> Result<String, CliError> {
+    let usage = |m: String| CliError::Usage(m);
+    let tenant = TenantId::parse(&args.tenant).map_err(|e| usage(e.to_string()))?;
+    if !settings.tenant_ids().contains(&tenant) {
+        return Err(usage(format!("tenant `{tenant}` is not configured")));
+    }
+    let role = Role::parse(&args.role).ok_or_else(|| {
+        let roles: Vec<&str> = Role::ALL.iter().map(|r| r.as_str()).collect();
+        usage(format!("unknown role `{}` (one of: {})", args.role, roles.join(", ")))
+    })?;
+    let request = TokenRequest {
+        tenant,
+        role,
+        subject: args.subject.clone(),
+        jurisdiction: args
+            .jurisdiction
+            .as_deref()
+            .map(CountryCode::parse)
+            .transpose()
+            .map_err(|e| usage(e.to_string()))?,
+        scope: args.scope.clone(),
+        patient: args.patient.as_deref().map(ResourceId::parse).transpose().map_err(|e| usage(e.to_string()))?,
+        purpose: args.purpose.clone(),
+        ttl: Duration::from_secs(args.ttl_seconds),
+    };
+    let path = settings.dev_issuer_key_path();
+    startup::create_private_dir(&settings.data_dir.join("keys"))?;
+    DevIssuer::ensure_key(&path)?;
+    let issuer = DevIssuer::load(&path, &settings.auth.audience, settings.auth.leeway_seconds)?;
+    Ok(issuer.issue(&request)?)
+}

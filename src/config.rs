@@ -1,0 +1,406 @@
+//! Settings: embedded defaults < TOML file (`--config`) < `FHIRVAULT__SECTION__KEY` environment
+//! variables < command-line flags. Unknown keys are errors that name the key. Loading
+//! configuration reads; it never writes (the data directory is prepared by `startup`).
+//!
+//! The JSON schema of this tree is published as `schemas/config.schema.json`
+//! (`fhirvault config schema`); a test keeps the two in step.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use schemars::JsonSchema;
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+
+use crate::ids::TenantId;
+
+pub const ENV_PREFIX: &str = "FHIRVAULT__";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Figment(#[from] Box<figment::Error>),
+    #[error("configuration key `{key}`: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+/// Where settings come from, besides the embedded defaults and the environment.
+#[derive(Debug, Default, Clone)]
+pub struct Sources {
+    pub file: Option<PathBuf>,
+    pub listen: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Profile {
+    /// One process, SQLite, local files, a local key file and the development token issuer.
+    #[default]
+    Embedded,
+    /// Development conveniences are off unless explicitly (and loudly) enabled.
+    Production,
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// `embedded` (zero-config development defaults) or `production`.
+    pub profile: Profile,
+    /// Where the embedded profile keeps its index, objects and development keys.
+    pub data_dir: PathBuf,
+    pub http: HttpSettings,
+    pub database: DatabaseSettings,
+    pub keys: KeySettings,
+    pub auth: AuthSettings,
+    pub log: LogSettings,
+    /// Tenants by id (lowercase letters, digits and `-`).
+    pub tenants: BTreeMap<String, TenantSettings>,
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSettings {
+    /// Address and port to listen on.
+    pub listen: SocketAddr,
+    /// The public URL of this server (`https://fhir.example.org`), used in `Location`, `fullUrl`
+    /// and paging links. Without it, links are built from the request's `Host`.
+    pub public_base_url: Option<String>,
+    /// Largest request body accepted, in bytes (413 above).
+    pub max_body_bytes: usize,
+    /// HTTP worker threads; defaults to the number of CPU cores.
+    pub workers: Option<usize>,
+    /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
+    pub shutdown_timeout_seconds: u64,
+    /// Lifetime of `next` paging links.
+    pub paging_link_ttl_seconds: u64,
+    /// `_count` when the client gives none.
+    pub default_page_size: u32,
+    /// Largest `_count` honoured.
+    pub max_page_size: u32,
+}
+
+#[derive(Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseSettings {
+    /// `sqlite://...`; defaults to `index.sqlite` in the data directory.
+    #[schemars(with = "Option<String>")]
+    pub url: Option<SecretString>,
+    pub max_connections: u32,
+    /// Seconds to wait for a pool connection.
+    pub acquire_timeout_seconds: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeySettings {
+    pub provider: KeyProviderSettings,
+    /// Unwrapped compartment keys kept in memory.
+    pub cache_capacity: u64,
+    /// How long an unwrapped compartment key stays cached.
+    pub cache_ttl_seconds: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, tag = "kind", rename_all = "kebab-case")]
+pub enum KeyProviderSettings {
+    /// A root key in a local file (mode 0600) from which tenant KEKs are derived. Development
+    /// only: whoever reads the file can decrypt everything.
+    InsecureLocalFile {
+        /// Defaults to `keys/root.key` in the data directory.
+        path: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSettings {
+    /// Trust the built-in development token issuer (`fhirvault token`). Defaults to on in the
+    /// embedded profile and off in production.
+    pub insecure_dev_issuer: Option<bool>,
+    /// The `aud` tokens must carry.
+    pub audience: String,
+    /// Clock leeway for `exp` and `nbf`, in seconds.
+    pub leeway_seconds: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSettings {
+    /// `pretty` for people, `json` for log pipelines.
+    pub format: LogFormat,
+    /// A tracing filter, e.g. `info` or `fhirvault=debug,info`.
+    pub filter: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct TenantSettings {
+    /// A human-readable name, shown in the CapabilityStatement.
+    pub display_name: Option<String>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            profile: Profile::Embedded,
+            data_dir: PathBuf::from("./fhirvault-data"),
+            http: HttpSettings::default(),
+            database: DatabaseSettings::default(),
+            keys: KeySettings::default(),
+            auth: AuthSettings::default(),
+            log: LogSettings::default(),
+            tenants: BTreeMap::from([("demo".to_owned(), TenantSettings::default())]),
+        }
+    }
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            public_base_url: None,
+            max_body_bytes: 16 * 1024 * 1024,
+            workers: None,
+            shutdown_timeout_seconds: 30,
+            paging_link_ttl_seconds: 3600,
+            default_page_size: 50,
+            max_page_size: 1000,
+        }
+    }
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self { url: None, max_connections: 8, acquire_timeout_seconds: 10 }
+    }
+}
+
+impl Default for KeySettings {
+    fn default() -> Self {
+        Self {
+            provider: KeyProviderSettings::InsecureLocalFile { path: None },
+            cache_capacity: 100_000,
+            cache_ttl_seconds: 600,
+        }
+    }
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self { insecure_dev_issuer: None, audience: "fhirvault".to_owned(), leeway_seconds: 30 }
+    }
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self { format: LogFormat::Pretty, filter: "info".to_owned() }
+    }
+}
+
+impl fmt::Debug for DatabaseSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DatabaseSettings")
+            .field("url", &self.url.as_ref().map(|u| redact_url(u.expose_secret())))
+            .field("max_connections", &self.max_connections)
+            .field("acquire_timeout_seconds", &self.acquire_timeout_seconds)
+            .finish()
+    }
+}
+
+/// `postgres://user:secret@host/db` -> `postgres://user:***@host/db`.
+pub fn redact_url(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        Ok(u) => u.to_string(),
+        Err(_) => "<unparseable url>".to_owned(),
+    }
+}
+
+impl Settings {
+    /// Load settings from every source, then check what serde cannot.
+    pub fn load(sources: &Sources) -> Result<Self, ConfigError> {
+        let mut figment = Figment::new();
+        if let Some(file) = &sources.file {
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        figment = figment.merge(Env::prefixed(ENV_PREFIX).split("__"));
+        if let Some(listen) = sources.listen {
+            figment = figment.merge(Serialized::default("http.listen", listen.to_string()));
+        }
+        if let Some(dir) = &sources.data_dir {
+            figment = figment.merge(Serialized::default("data_dir", dir));
+        }
+        let settings: Self = figment.extract().map_err(Box::new)?;
+        settings.check()?;
+        Ok(settings)
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, reason: String| ConfigError::Invalid { key: key.to_owned(), reason };
+        if self.tenants.is_empty() {
+            return Err(invalid("tenants", "at least one tenant is required".into()));
+        }
+        for id in self.tenants.keys() {
+            TenantId::parse(id).map_err(|e| invalid(&format!("tenants.{id}"), e.to_string()))?;
+        }
+        if let Some(base) = &self.http.public_base_url {
+            let parsed = url::Url::parse(base).map_err(|e| invalid("http.public_base_url", e.to_string()))?;
+            if !matches!(parsed.scheme(), "http" | "https") || parsed.query().is_some() || base.ends_with('/') {
+                return Err(invalid(
+                    "http.public_base_url",
+                    format!("`{base}` must be an http(s) URL without query or trailing slash"),
+                ));
+            }
+        }
+        if self.http.max_body_bytes == 0 {
+            return Err(invalid("http.max_body_bytes", "must be positive".into()));
+        }
+        if self.http.default_page_size == 0 || self.http.default_page_size > self.http.max_page_size {
+            return Err(invalid("http.default_page_size", "must be between 1 and http.max_page_size".into()));
+        }
+        if self.database.max_connections == 0 {
+            return Err(invalid("database.max_connections", "must be positive".into()));
+        }
+        Ok(())
+    }
+
+    /// Whether tokens of the development issuer are trusted.
+    pub fn dev_issuer_enabled(&self) -> bool {
+        self.auth.insecure_dev_issuer.unwrap_or(self.profile == Profile::Embedded)
+    }
+
+    /// The index database URL: configured, or a SQLite file in the data directory.
+    pub fn database_url(&self) -> SecretString {
+        match &self.database.url {
+            Some(url) => url.clone(),
+            None => SecretString::from(format!("sqlite://{}", self.data_dir.join("index.sqlite").display())),
+        }
+    }
+
+    pub fn tenant_ids(&self) -> Vec<TenantId> {
+        self.tenants.keys().filter_map(|id| TenantId::parse(id).ok()).collect()
+    }
+
+    pub fn root_key_path(&self) -> PathBuf {
+        match &self.keys.provider {
+            KeyProviderSettings::InsecureLocalFile { path: Some(path) } => path.clone(),
+            KeyProviderSettings::InsecureLocalFile { path: None } => self.data_dir.join("keys").join("root.key"),
+        }
+    }
+
+    pub fn dev_issuer_key_path(&self) -> PathBuf {
+        dev_issuer_key_path(&self.data_dir)
+    }
+}
+
+pub fn dev_issuer_key_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("keys").join("dev-issuer.pk8")
+}
+
+/// The JSON schema of the configuration, as published in `schemas/config.schema.json`.
+pub fn json_schema() -> String {
+    let schema = schemars::schema_for!(Settings);
+    // INVARIANT: a schema is plain JSON and always serializes.
+    let mut out = serde_json::to_string_pretty(&schema).unwrap_or_default();
+    out.push('\n');
+    out
+}
+
+#[cfg(test)]
+#[expect(clippy::result_large_err, reason = "figment's `Jail` closures return figment's own error type")]
+mod tests {
+    use figment::Jail;
+
+    use super::*;
+
+    #[test]
+    fn zero_config_is_the_embedded_default() {
+        Jail::expect_with(|_| {
+            let s = Settings::load(&Sources::default()).unwrap();
+            assert_eq!(s.profile, Profile::Embedded);
+            assert_eq!(s.http.listen.to_string(), "127.0.0.1:8080");
+            assert_eq!(s.data_dir, PathBuf::from("./fhirvault-data"));
+            assert!(s.dev_issuer_enabled());
+            assert_eq!(s.tenant_ids(), vec![TenantId::parse("demo").unwrap()]);
+            assert!(s.database_url().expose_secret().ends_with("fhirvault-data/index.sqlite"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn file_then_environment_then_flags() {
+        Jail::expect_with(|jail| {
+            jail.create_file("f.toml", "profile = \"production\"\n[http]\nlisten = \"127.0.0.1:9000\"\nmax_body_bytes = 10\n[tenants.chu-lyon]\n")?;
+            jail.set_env("FHIRVAULT__HTTP__MAX_BODY_BYTES", "20");
+            let mut sources = Sources { file: Some("f.toml".into()), ..Sources::default() };
+            let s = Settings::load(&sources).unwrap();
+            assert_eq!(s.http.listen.port(), 9000);
+            assert_eq!(s.http.max_body_bytes, 20);
+            assert!(!s.dev_issuer_enabled());
+            assert_eq!(s.tenant_ids(), vec![TenantId::parse("chu-lyon").unwrap()]);
+            sources.listen = Some("127.0.0.1:9100".parse().unwrap());
+            assert_eq!(Settings::load(&sources).unwrap().http.listen.port(), 9100);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_and_invalid_keys_are_named() {
+        let cases = [
+            ("[http]\nlisten_port = 1\n", "listen_port"),
+            ("colour = \"blue\"\n", "colour"),
+            ("[tenants.Bad_Id]\n", "tenants.Bad_Id"),
+            ("[http]\npublic_base_url = \"https://x.org/\"\n", "http.public_base_url"),
+            ("[keys.provider]\nkind = \"magic\"\n", "magic"),
+        ];
+        for (toml, name) in cases {
+            Jail::expect_with(|jail| {
+                jail.create_file("f.toml", toml)?;
+                let err = Settings::load(&Sources { file: Some("f.toml".into()), ..Sources::default() }).unwrap_err();
+                assert!(err.to_string().contains(name), "{toml}: {err}");
+                Ok(())
+            });
+        }
+        Jail::expect_with(|jail| {
+            jail.set_env("FHIRVAULT__HTTP__NOPE", "1");
+            let err = Settings::load(&Sources::default()).unwrap_err();
+            assert!(err.to_string().contains("nope"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn debug_output_redacts_database_passwords() {
+        let s = DatabaseSettings {
+            url: Some(SecretString::from("postgres://app:hunter2@db/fhir")),
+            ..DatabaseSettings::default()
+        };
+        let shown = format!("{s:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("app:***@db"), "{shown}");
+    }
+
+    #[test]
+    fn the_published_schema_is_current() {
+        let published = include_str!("../schemas/config.schema.json");
+        assert!(
+            published == json_schema(),
+            "schemas/config.schema.json is stale: run `cargo run -- config schema > schemas/config.schema.json`"
+        );
+    }
+}

@@ -1,0 +1,213 @@
+//! The interactions, composed from `fhir`, `policy`, `crypto`, `keys`, `storage` and `audit`.
+//!
+//! **Architecture Invariant:** no HTTP here (the `api` module translates); no SQL or object
+//! store calls except through `storage`. Every interaction leaves exactly one audit record per
+//! outcome: in the same transaction as a change, appended before a read answers, appended for
+//! every refusal. If the audit record cannot be written, the interaction fails.
+
+mod history;
+mod read;
+mod write;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::audit::{Agent, AuditAction, AuditRecord, RequestMeta, Target};
+use crate::auth::Principal;
+use crate::crypto::{CryptoError, ObjectIdentity, Sealed, envelope};
+use crate::fhir::ResourceError;
+use crate::fhir::model::Model;
+use crate::ids::{ResourceId, ResourceType, TenantId, VersionId};
+use crate::keys::{KeyError, KeyService};
+use crate::policy::{Deny, Permit};
+use crate::storage::{Index, ObjectStorage, StorageError, VersionRow};
+use crate::time::Timestamp;
+
+pub use history::{HistoryRequest, PagingError};
+pub use write::Written;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Resource(#[from] ResourceError),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{rt}/{id} is not known")]
+    NotFound { rt: ResourceType, id: ResourceId },
+    #[error("version {version} of {rt}/{id} is not known")]
+    VersionNotFound { rt: ResourceType, id: ResourceId, version: VersionId },
+    #[error("{rt}/{id} was deleted (version {version})")]
+    Gone { rt: ResourceType, id: ResourceId, version: VersionId, last_updated: Timestamp },
+    #[error("{}", .0.reason)]
+    Forbidden(Deny),
+    #[error("`If-Match` expected version {expected} but the current version is {current}")]
+    PreconditionFailed { expected: VersionId, current: String },
+    #[error("a concurrent change won; retry with the current version")]
+    Conflict,
+    #[error(transparent)]
+    Paging(#[from] PagingError),
+    #[error("the stored object failed its integrity check")]
+    Integrity(#[source] CryptoError),
+    #[error("storage failure")]
+    Storage(#[from] StorageError),
+    #[error("key management failure")]
+    Keys(#[from] KeyError),
+}
+
+impl EngineError {
+    /// The HTTP status FHIR's RESTful API assigns to this outcome (also the audit outcome).
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::Resource(ResourceError::Invalid(_)) => 422,
+            Self::Resource(_) | Self::BadRequest(_) => 400,
+            Self::Paging(e) => e.status(),
+            Self::NotFound { .. } | Self::VersionNotFound { .. } => 404,
+            Self::Forbidden(deny) if deny.hide_existence => 404,
+            Self::Forbidden(_) => 403,
+            Self::Gone { .. } => 410,
+            Self::PreconditionFailed { .. } => 412,
+            Self::Conflict => 409,
+            Self::Integrity(_) | Self::Storage(_) | Self::Keys(_) => 500,
+        }
+    }
+
+    /// A short reason for the audit record: never user input, never health data.
+    fn audit_detail(&self) -> String {
+        match self {
+            Self::Resource(ResourceError::Invalid(issues)) => format!("invalid resource ({} issues)", issues.len()),
+            Self::Resource(ResourceError::Json(_)) => "malformed JSON".into(),
+            Self::Resource(_) => "resource does not match the request".into(),
+            Self::BadRequest(_) => "bad request parameters".into(),
+            Self::Paging(_) => "paging link refused".into(),
+            Self::NotFound { .. } | Self::VersionNotFound { .. } => "not found".into(),
+            Self::Gone { .. } => "deleted".into(),
+            Self::Forbidden(deny) => format!("denied by `{}`", deny.rule),
+            Self::PreconditionFailed { .. } => "version precondition failed".into(),
+            Self::Conflict => "version conflict".into(),
+            Self::Integrity(CryptoError::Integrity { stage }) => format!("integrity failure ({stage})"),
+            Self::Integrity(_) => "crypto failure".into(),
+            Self::Storage(_) => "storage failure".into(),
+            Self::Keys(_) => "key management failure".into(),
+        }
+    }
+}
+
+/// Paging and size settings the engine needs.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub paging_link_ttl: Duration,
+    pub default_page_size: u32,
+    pub max_page_size: u32,
+}
+
+/// Per-request facts: who is asking is the `Principal`; this is the rest.
+#[derive(Debug, Clone)]
+pub struct RequestContext {
+    pub meta: RequestMeta,
+    pub tenant: TenantId,
+    /// `{public base}/fhir/{tenant}`, for `Location`, `fullUrl` and links.
+    pub base_url: String,
+}
+
+pub struct Engine {
+    index: Arc<dyn Index>,
+    objects: ObjectStorage,
+    keys: KeyService,
+    model: &'static Model,
+    limits: Limits,
+}
+
+impl Engine {
+    pub fn new(
+        index: Arc<dyn Index>,
+        objects: ObjectStorage,
+        keys: KeyService,
+        model: &'static Model,
+        limits: Limits,
+    ) -> Self {
+        Self { index, objects, keys, model, limits }
+    }
+
+    /// Readiness: index, object store and key provider all answer.
+    pub async fn ready(&self) -> Result<(), EngineError> {
+        self.index.ping().await?;
+        self.objects.ping().await?;
+        self.keys.provider().check().await?;
+        Ok(())
+    }
+
+    /// Record a request refused before any interaction (no token, bad token, wrong tenant).
+    pub async fn audit_refusal(
+        &self,
+        meta: &RequestMeta,
+        tenant: Option<&TenantId>,
+        principal: Option<&Principal>,
+        status: u16,
+        detail: &str,
+    ) -> Result<(), EngineError> {
+        let agent = principal.map(Agent::of).unwrap_or_default();
+        let record =
+            AuditRecord::new(meta, tenant, agent, AuditAction::Authenticate).outcome(status, Some(detail.to_owned()));
+        self.index.append_audit(&[record]).await?;
+        Ok(())
+    }
+
+    /// Append the audit record of a failed interaction; if even that fails, the audit failure
+    /// is what the client sees (fail closed).
+    async fn audited<T>(
+        &self,
+        ctx: &RequestContext,
+        principal: &Principal,
+        action: AuditAction,
+        target: Target,
+        result: Result<T, EngineError>,
+    ) -> Result<T, EngineError> {
+        let Err(error) = result else { return result };
+        let policy = match &error {
+            EngineError::Forbidden(deny) => Some(deny.rule),
+            _ => None,
+        };
+        let record = AuditRecord::new(&ctx.meta, Some(&ctx.tenant), Agent::of(principal), action)
+            .target(&target)
+            .outcome(error.status(), Some(error.audit_detail()))
+            .policy(policy);
+        self.index.append_audit(&[record]).await?;
+        Err(error)
+    }
+
+    /// Fetch and open the object of a version row. Needs a `Permit` for that row.
+    async fn open_row(&self, _permit: &Permit, row: &VersionRow) -> Result<Vec<u8>, EngineError> {
+        let Some(object_key) = &row.object_key else {
+            return Err(EngineError::Storage(StorageError::Corrupt("a deletion has no object".into())));
+        };
+        if row.location != self.objects.name() {
+            return Err(EngineError::Storage(StorageError::Corrupt(format!(
+                "unknown storage location `{}`",
+                row.location
+            ))));
+        }
+        let (key, bytes) = tokio::try_join!(self.keys.compartment_key(&row.tenant, &row.compartment), async {
+            self.objects.get(object_key).await.map_err(KeyError::from)
+        })?;
+        let identity = ObjectIdentity {
+            tenant: &row.tenant,
+            location: &row.location,
+            resource_type: row.resource_type,
+            id: &row.id,
+            version: row.version,
+            compartment: &row.compartment,
+        };
+        let opened = envelope::open(&key, &identity, &Sealed::from_bytes(bytes)).map_err(EngineError::Integrity)?;
+        Ok(opened.into_bytes())
+    }
+
+    fn full_url(ctx: &RequestContext, rt: ResourceType, id: &ResourceId) -> String {
+        format!("{}/{rt}/{id}", ctx.base_url)
+    }
+}
+
+impl From<Deny> for EngineError {
+    fn from(deny: Deny) -> Self {
+        Self::Forbidden(deny)
+    }
+}

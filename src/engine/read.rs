@@ -1,0 +1,105 @@
+//! read and vread.
+
+use crate::audit::{AuditAction, Target};
+use crate::auth::Principal;
+use crate::fhir::Compartment;
+use crate::ids::{ResourceId, ResourceType, VersionId};
+use crate::policy::{self, Action};
+use crate::storage::{StorageError, VersionRow};
+use crate::time::Timestamp;
+
+use super::{Engine, EngineError, RequestContext};
+
+/// A version read back, as stored: the JSON is exactly what the client gets.
+#[derive(Debug)]
+pub struct ReadResult {
+    pub version: VersionId,
+    pub last_updated: Timestamp,
+    pub body: Vec<u8>,
+}
+
+impl Engine {
+    /// `GET /{type}/{id}`
+    pub async fn read(
+        &self,
+        ctx: &RequestContext,
+        principal: &Principal,
+        rt: ResourceType,
+        id: &ResourceId,
+    ) -> Result<ReadResult, EngineError> {
+        let target = Target { resource_type: Some(rt), resource_id: Some(id.clone()), ..Target::default() };
+        let result = async {
+            let row = self.index.current(&ctx.tenant, rt, id).await?;
+            let row = row.ok_or_else(|| EngineError::NotFound { rt, id: id.clone() })?;
+            self.read_row(ctx, principal, row, AuditAction::Read).await
+        }
+        .await;
+        self.audited(ctx, principal, AuditAction::Read, target, result).await
+    }
+
+    /// `GET /{type}/{id}/_history/{vid}`
+    pub async fn vread(
+        &self,
+        ctx: &RequestContext,
+        principal: &Principal,
+        rt: ResourceType,
+        id: &ResourceId,
+        version: VersionId,
+    ) -> Result<ReadResult, EngineError> {
+        let target = Target {
+            resource_type: Some(rt),
+            resource_id: Some(id.clone()),
+            version: Some(version),
+            ..Target::default()
+        };
+        let result = async {
+            let row = self.index.version(&ctx.tenant, rt, id, version).await?;
+            let row = match row {
+                Some(row) => row,
+                // Distinguish "no such version" from "no such resource" only for the permitted.
+                None => return Err(EngineError::VersionNotFound { rt, id: id.clone(), version }),
+            };
+            self.read_row(ctx, principal, row, AuditAction::Vread).await
+        }
+        .await;
+        self.audited(ctx, principal, AuditAction::Vread, target, result).await
+    }
+
+    /// Decide on the row's compartment, refuse deletions (410), open, audit, answer.
+    async fn read_row(
+        &self,
+        ctx: &RequestContext,
+        principal: &Principal,
+        row: VersionRow,
+        action: AuditAction,
+    ) -> Result<ReadResult, EngineError> {
+        let compartment =
+            Compartment::parse_key_ref(&row.compartment).ok_or_else(|| StorageError::Corrupt("compartment".into()))?;
+        let permit = policy::authorize(
+            principal,
+            Action::Read,
+            &self.policy_target(ctx, row.resource_type, Some(&compartment)),
+        )?;
+        if row.is_deletion() {
+            return Err(EngineError::Gone {
+                rt: row.resource_type,
+                id: row.id,
+                version: row.version,
+                last_updated: row.last_updated,
+            });
+        }
+        let body = self.open_row(&permit, &row).await?;
+        self.audit_ok(
+            ctx,
+            principal,
+            action,
+            row.resource_type,
+            &row.id,
+            Some(row.version),
+            Some(&row.compartment),
+            200,
+        )
+        .await?;
+        Ok(ReadResult { version: row.version, last_updated: row.last_updated, body })
+    }
+}

@@ -1,0 +1,339 @@
+//! create, update (and create-on-update), delete.
+//!
+//! Order of a write: validate, decide, seal, PUT the object under a fresh key, then commit the
+//! version row, the current pointer and the audit record in one transaction.
+
+use crate::audit::{Agent, AuditAction, AuditRecord, Target};
+use crate::auth::Principal;
+use crate::crypto::{ObjectIdentity, envelope};
+use crate::fhir::{self, Compartment, Resource};
+use crate::ids::{ResourceId, ResourceType, VersionId};
+use crate::policy::{self, Action, Permit};
+use crate::storage::{Method, NewVersion, ObjectKey, StorageError, VersionRow};
+use crate::time::Timestamp;
+
+use super::{Engine, EngineError, RequestContext};
+
+/// How many times an update without `If-Match` retries after losing a race.
+const MAX_ATTEMPTS: usize = 3;
+
+/// The outcome of a successful write.
+#[derive(Debug)]
+pub struct Written {
+    pub id: ResourceId,
+    pub version: VersionId,
+    pub last_updated: Timestamp,
+    /// `true` when the write created the resource (201), `false` for an update (200).
+    pub created: bool,
+    /// The stored JSON (what a later read returns); empty for a deletion.
+    pub body: Vec<u8>,
+}
+
+/// What `write_version` commits.
+struct VersionSpec<'a> {
+    rt: ResourceType,
+    id: &'a ResourceId,
+    version: VersionId,
+    method: Method,
+    compartment: &'a Compartment,
+    expected_current: Option<VersionId>,
+    last_updated: Timestamp,
+}
+
+impl Engine {
+    /// `POST /{type}`: the server assigns the id.
+    pub async fn create(
+        &self,
+        ctx: &RequestContext,
+        principal: &Principal,
+        rt: ResourceType,
+        body: &[u8],
+    ) -> Result<Written, EngineError> {
+        let target = Target { resource_type: Some(rt), ..Target::default() };
+        let result = self.create_inner(ctx, principal, rt, body).await;
+        self.audited(ctx, principal, AuditAction::Create, target, result).await
+    }
+
+    async fn create_inner(
+        &self,
+        ctx: &RequestContext,
+        principal: &Principal,
+        rt: ResourceType,
+        body: &[u8],
+    ) -> Result<Written, EngineError> {
+        let resource = fhir::resource::parse(self.model, body, rt)?;
+        let id = ResourceId::generate();
+        let compartment = resource.compartment(&id);
+        let permit = policy::authorize(principal, Action::Create, &self.policy_target(ctx, rt, Some(&compartment)))?;
+        let spec = VersionSpec {
+            rt,
+            id: &id,
+            version: VersionId::FIRST,
+            method: Method::Create,
+            compartment: &compartment,
+            expected_current: None,
+            last_updated: Timestamp::now(),
+        };
+        self.write_version(ctx, principal, &permit, &spec, Some(&resource)).await
+    }
+
+    /// `PUT /{type}/{id}`: update, or create with the client's id.
+    pub async fn update(
+        &self,
+        ctx: &RequestContext,
+        principal: &Principal,
+        rt: ResourceType,
+        id: &ResourceId,
+        body: &[u8],
+        if_match: Option<VersionId>,
+    ) -> Result<Written, EngineError> {
+        let target = Target { resource_type: Some(rt), resource_id: Some(id.clone()), ..Target::default() };
+        let result = self.update_inner(ctx, principal, rt, id, body, if_match).await;
+        self.audited(ctx, principal, AuditAction::Update, target, result).await
+    }
+
+    async fn update_inner(
+        &self,
+        ctx: &RequestContext,
+        principal: &Principal,
+        rt: ResourceType,
+        id: &ResourceId,
+        body: &[u8],
+        if_match: Option<VersionId>,
+    ) -> Result<Written, EngineError> {
+        let resource = fhir::resource::parse(self.model, body, rt)?;
+        resource.check_id(id)?;
+        let compartment = resource.compartment(id);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let current = self.index.current(&ctx.tenant, rt, id).await?;
+            check_if_match(if_match, current.as_ref())?;
+            // Moving a resource between compartments needs permission on both sides.
+            if let Some(row) = current.as_ref().filter(|r| !r.is_deletion())
+                && let Some(old) = Compartment::parse_key_ref(&row.compartment)
+                && old != compartment
+            {
+                policy::authorize(principal, Action::Update, &self.policy_target(ctx, rt, Some(&old)))?;
+            }
+            let live = current.as_ref().is_some_and(|r| !r.is_deletion());
+            let action = if live { Action::Update } else { Action::Create };
+            let permit = policy::authorize(principal, action, &self.policy_target(ctx, rt, Some(&compartment)))?;
+            let version = match &current {
+                Some(row) => row.version.next().ok_or(EngineError::Conflict)?,
+                None => VersionId::FIRST,
+            };
+            let now = Timestamp::now();
+            let spec = VersionSpec {
+                rt,
+                id,
+                version,
+                method: if live { Method::Update } else { Method::Create },
+                compartment: &compartment,
+                expected_current: current.as_ref().map(|r| r.version),
+                last_updated: current.as_ref().map_or(now, |r| now.at_least(r.last_updated)),
+            };
+            match self.write_version(ctx, principal, &permit, &spec, Some(&resource)).await {
+                Err(EngineError::Conflict) if if_match.is_none() && attempt < MAX_ATTEMPTS => continue,
+                Err(EngineError::Conflict) if if_match.is_some() => {
+                    return Err(EngineError::PreconditionFailed {
+                        expected: if_match.unwrap_or(VersionId::FIRST),
+                        current: "newer".into(),
+                    });
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// `DELETE /{type}/{id}`: a logical delete (a new version with no content).
+    pub async fn delete(
+        &self,
+        ctx: &RequestContext,
+        principal: &Principal,
+        rt: ResourceType,
+        id: &ResourceId,
+        if_match: Option<VersionId>,
+    ) -> Result<Option<Written>, EngineError> {
+        let target = Target { resource_type: Some(rt), resource_id: Some(id.clone()), ..Target::default() };
+        let result = self.delete_inner(ctx, principal, rt, id, if_match).await;
+        self.audited(ctx, principal, AuditAction::Delete, target, result).await
+    }
+
+    async fn delete_inner(
+        &self,
+        ctx: &RequestContext,
+        principal: &Principal,
+        rt: ResourceType,
+        id: &ResourceId,
+        if_match: Option<VersionId>,
+    ) -> Result<Option<Written>, EngineError> {
+        let current = self.index.current(&ctx.tenant, rt, id).await?;
+        check_if_match(if_match, current.as_ref())?;
+        let Some(current) = current else {
+            // Deleting what never existed changes nothing (FHIR: 200/204). Still decided and audited.
+            policy::authorize(principal, Action::Delete, &self.policy_target(ctx, rt, None).with_tenant_compartment())?;
+            self.audit_ok(ctx, principal, AuditAction::Delete, rt, id, None, None, 204).await?;
+            return Ok(None);
+        };
+        let compartment = Compartment::parse_key_ref(&current.compartment)
+            .ok_or_else(|| StorageError::Corrupt("compartment".into()))?;
+        let permit = policy::authorize(principal, Action::Delete, &self.policy_target(ctx, rt, Some(&compartment)))?;
+        if current.is_deletion() {
+            let version = Some(current.version);
+            self.audit_ok(ctx, principal, AuditAction::Delete, rt, id, version, Some(&current.compartment), 204)
+                .await?;
+            return Ok(Some(Written {
+                id: id.clone(),
+                version: current.version,
+                last_updated: current.last_updated,
+                created: false,
+                body: Vec::new(),
+            }));
+        }
+        let spec = VersionSpec {
+            rt,
+            id,
+            version: current.version.next().ok_or(EngineError::Conflict)?,
+            method: Method::Delete,
+            compartment: &compartment,
+            expected_current: Some(current.version),
+            last_updated: Timestamp::now().at_least(current.last_updated),
+        };
+        match self.write_version(ctx, principal, &permit, &spec, None).await {
+            Err(EngineError::Conflict) if if_match.is_some() => Err(EngineError::PreconditionFailed {
+                expected: if_match.unwrap_or(VersionId::FIRST),
+                current: "newer".into(),
+            }),
+            other => other.map(Some),
+        }
+    }
+
+    /// Seal and PUT the object (if any), then commit row + pointer + audit atomically.
+    async fn write_version(
+        &self,
+        ctx: &RequestContext,
+        principal: &Principal,
+        permit: &Permit,
+        spec: &VersionSpec<'_>,
+        resource: Option<&Resource>,
+    ) -> Result<Written, EngineError> {
+        let key_ref = spec.compartment.key_ref();
+        let mut body = Vec::new();
+        let object_key = match resource {
+            Some(resource) => {
+                body = resource.stored_json(spec.id, spec.version, spec.last_updated);
+                let key = self.keys.compartment_key_for_write(&ctx.tenant, &key_ref).await?;
+                let identity = ObjectIdentity {
+                    tenant: &ctx.tenant,
+                    location: self.objects.name(),
+                    resource_type: spec.rt,
+                    id: spec.id,
+                    version: spec.version,
+                    compartment: &key_ref,
+                };
+                let sealed = envelope::seal(&key, &identity, &body).map_err(EngineError::Integrity)?;
+                let object_key = ObjectKey::new_for(&ctx.tenant, spec.rt, spec.id, spec.version);
+                self.objects.put_new(&object_key, sealed.into_bytes()).await?;
+                Some(object_key)
+            }
+            None => None,
+        };
+        let created = spec.method == Method::Create;
+        let status = match spec.method {
+            Method::Create => 201,
+            Method::Update => 200,
+            Method::Delete => 204,
+        };
+        let action = match spec.method {
+            Method::Create if spec.expected_current.is_none() && resource.is_some() => AuditAction::Create,
+            Method::Delete => AuditAction::Delete,
+            _ => AuditAction::Update,
+        };
+        let target = Target {
+            resource_type: Some(spec.rt),
+            resource_id: Some(spec.id.clone()),
+            version: Some(spec.version),
+            compartment: Some(key_ref.clone()),
+        };
+        let audit = AuditRecord::new(&ctx.meta, Some(&ctx.tenant), Agent::of(principal), action)
+            .target(&target)
+            .outcome(status, None)
+            .policy(Some(permit.rule()));
+        let row = NewVersion {
+            tenant: ctx.tenant.clone(),
+            resource_type: spec.rt,
+            id: spec.id.clone(),
+            version: spec.version,
+            method: spec.method,
+            object_key,
+            location: self.objects.name().to_owned(),
+            compartment: key_ref,
+            last_updated: spec.last_updated,
+            expected_current: spec.expected_current,
+        };
+        match self.index.commit_version(&row, &audit).await {
+            Ok(_) => {}
+            // The object just written is now an orphan; the sweeper removes it.
+            Err(StorageError::Conflict { .. }) => return Err(EngineError::Conflict),
+            Err(e) => return Err(e.into()),
+        }
+        Ok(Written { id: spec.id.clone(), version: spec.version, last_updated: spec.last_updated, created, body })
+    }
+
+    #[expect(clippy::too_many_arguments, reason = "one audit record's fields, named at the call site")]
+    pub(super) async fn audit_ok(
+        &self,
+        ctx: &RequestContext,
+        principal: &Principal,
+        action: AuditAction,
+        rt: ResourceType,
+        id: &ResourceId,
+        version: Option<VersionId>,
+        compartment: Option<&str>,
+        status: u16,
+    ) -> Result<(), EngineError> {
+        let target = Target {
+            resource_type: Some(rt),
+            resource_id: Some(id.clone()),
+            version,
+            compartment: compartment.map(str::to_owned),
+        };
+        let record = AuditRecord::new(&ctx.meta, Some(&ctx.tenant), Agent::of(principal), action)
+            .target(&target)
+            .outcome(status, None);
+        self.index.append_audit(&[record]).await?;
+        Ok(())
+    }
+
+    pub(super) fn policy_target<'a>(
+        &self,
+        ctx: &'a RequestContext,
+        rt: ResourceType,
+        compartment: Option<&'a Compartment>,
+    ) -> policy::Resource<'a> {
+        policy::Resource { tenant: &ctx.tenant, resource_type: rt, compartment }
+    }
+}
+
+trait TenantCompartment {
+    fn with_tenant_compartment(self) -> Self;
+}
+
+impl TenantCompartment for policy::Resource<'_> {
+    /// A resource that does not exist belongs to no patient: decide as for the tenant compartment.
+    fn with_tenant_compartment(mut self) -> Self {
+        static TENANT: Compartment = Compartment::Tenant;
+        self.compartment = Some(&TENANT);
+        self
+    }
+}
+
+fn check_if_match(if_match: Option<VersionId>, current: Option<&VersionRow>) -> Result<(), EngineError> {
+    let Some(expected) = if_match else { return Ok(()) };
+    match current {
+        Some(row) if row.version == expected && !row.is_deletion() => Ok(()),
+        Some(row) => Err(EngineError::PreconditionFailed { expected, current: row.version.to_string() }),
+        None => Err(EngineError::PreconditionFailed { expected, current: "none (the resource does not exist)".into() }),
+    }
+}

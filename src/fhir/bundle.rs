@@ -1,0 +1,118 @@
+//! Bundles written straight from stored bytes.
+//!
+//! A stored resource is already the JSON we answer with; a bundle splices those bytes in
+//! rather than parsing and re-serializing every entry.
+
+use serde::Serialize;
+
+/// One `Bundle.link`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Link {
+    pub relation: &'static str,
+    pub url: String,
+}
+
+/// One entry of a `history` bundle.
+#[derive(Debug)]
+pub struct HistoryEntry<'a> {
+    pub full_url: String,
+    /// The stored JSON of the version, `None` for a deletion.
+    pub resource: Option<&'a [u8]>,
+    pub method: &'static str,
+    pub url: String,
+    pub status: &'static str,
+    pub etag: String,
+    pub last_modified: String,
+}
+
+#[derive(Serialize)]
+struct Request<'a> {
+    method: &'a str,
+    url: &'a str,
+}
+
+#[derive(Serialize)]
+struct Response<'a> {
+    status: &'a str,
+    etag: &'a str,
+    #[serde(rename = "lastModified")]
+    last_modified: &'a str,
+}
+
+/// A `history` Bundle. `entries` hold JSON that the server itself produced (and authenticated).
+pub fn history(total: Option<u64>, links: &[Link], entries: &[HistoryEntry<'_>]) -> Vec<u8> {
+    let size: usize = entries.iter().map(|e| e.resource.map_or(0, <[u8]>::len) + 256).sum();
+    let mut out = Vec::with_capacity(size + 256);
+    out.extend_from_slice(br#"{"resourceType":"Bundle","type":"history""#);
+    if let Some(total) = total {
+        out.extend_from_slice(format!(r#","total":{total}"#).as_bytes());
+    }
+    if !links.is_empty() {
+        out.extend_from_slice(br#","link":"#);
+        write_json(&mut out, &links);
+    }
+    if !entries.is_empty() {
+        out.extend_from_slice(br#","entry":["#);
+        for (i, entry) in entries.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(br#"{"fullUrl":"#);
+            write_json(&mut out, &entry.full_url);
+            if let Some(resource) = entry.resource {
+                out.extend_from_slice(br#","resource":"#);
+                out.extend_from_slice(resource);
+            }
+            out.extend_from_slice(br#","request":"#);
+            write_json(&mut out, &Request { method: entry.method, url: &entry.url });
+            out.extend_from_slice(br#","response":"#);
+            let response = Response { status: entry.status, etag: &entry.etag, last_modified: &entry.last_modified };
+            write_json(&mut out, &response);
+            out.push(b'}');
+        }
+        out.push(b']');
+    }
+    out.push(b'}');
+    out
+}
+
+fn write_json<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
+    // INVARIANT: strings and plain structs serialize into a Vec without error.
+    let _ = serde_json::to_writer(out, value);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fhir::{json, model, validate};
+
+    #[test]
+    fn a_history_bundle_is_valid_fhir() {
+        let resource = br#"{"resourceType":"Patient","id":"a","meta":{"versionId":"1"}}"#;
+        let entries = [
+            HistoryEntry {
+                full_url: "http://h/fhir/demo/Patient/a".into(),
+                resource: None,
+                method: "DELETE",
+                url: "Patient/a".into(),
+                status: "204 No Content",
+                etag: "W/\"2\"".into(),
+                last_modified: "2024-01-01T00:00:00.000Z".into(),
+            },
+            HistoryEntry {
+                full_url: "http://h/fhir/demo/Patient/a".into(),
+                resource: Some(resource),
+                method: "POST",
+                url: "Patient".into(),
+                status: "201 Created",
+                etag: "W/\"1\"".into(),
+                last_modified: "2024-01-01T00:00:00.000Z".into(),
+            },
+        ];
+        let links = [Link { relation: "self", url: "http://h/fhir/demo/Patient/a/_history".into() }];
+        let bytes = history(Some(2), &links, &entries);
+        let map = json::parse_object(&bytes).unwrap();
+        assert_eq!(validate::validate(model::r4().unwrap(), "Bundle", &map), vec![]);
+        assert_eq!(map["entry"][1]["resource"]["id"], "a");
+    }
+}

@@ -1,0 +1,208 @@
+//! Storage: sealed objects in an object store, and an index in a SQL database.
+//!
+//! **Architecture Invariant:** only this module knows sqlx and object_store. Nothing here sees
+//! plaintext health data: objects arrive sealed, index rows hold opaque ids, versions, times.
+//!
+//! **Architecture Invariant:** an index row never points at an object that was not written
+//! first. Writers PUT the object, then commit the row; a crash in between leaves an orphan
+//! object (removed by the sweeper), never a dangling row.
+
+pub mod objects;
+pub mod sqlite;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::audit::AuditRecord;
+use crate::crypto::WrappedKey;
+use crate::ids::{ResourceId, ResourceType, TenantId, VersionId};
+use crate::time::Timestamp;
+
+pub use objects::{ObjectKey, ObjectStorage};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The current version is not the one the writer expected (a concurrent write won).
+    #[error("version conflict: the current version is {current:?}")]
+    Conflict { current: Option<VersionId> },
+    /// An index row names an object the store does not have.
+    #[error("object `{0}` is missing from the object store")]
+    ObjectMissing(String),
+    #[error("object `{0}` already exists; object keys are never reused")]
+    ObjectExists(String),
+    #[error("index database error")]
+    Database(#[from] sqlx::Error),
+    #[error("index migration failed")]
+    Migration(#[from] sqlx::migrate::MigrateError),
+    #[error("object store error")]
+    Objects(#[from] object_store::Error),
+    #[error("the index holds a value it cannot have written: {0}")]
+    Corrupt(String),
+    #[error("unsupported database URL `{0}`: use `sqlite://PATH` (PostgreSQL arrives with the production backends)")]
+    UnsupportedUrl(String),
+}
+
+/// How a version came to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Create,
+    Update,
+    Delete,
+}
+
+impl Method {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Create => "create",
+            Self::Update => "update",
+            Self::Delete => "delete",
+        }
+    }
+
+    fn parse(s: &str) -> Result<Self, StorageError> {
+        match s {
+            "create" => Ok(Self::Create),
+            "update" => Ok(Self::Update),
+            "delete" => Ok(Self::Delete),
+            other => Err(StorageError::Corrupt(format!("method `{other}`"))),
+        }
+    }
+}
+
+/// One version of one resource, as the index knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionRow {
+    /// Position in the tenant-wide commit order (history paging key).
+    pub seq: i64,
+    pub tenant: TenantId,
+    pub resource_type: ResourceType,
+    pub id: ResourceId,
+    pub version: VersionId,
+    pub method: Method,
+    /// `None` for a deletion (there is no object).
+    pub object_key: Option<ObjectKey>,
+    /// The storage location of the object.
+    pub location: String,
+    /// `Patient/{id}` or `tenant`.
+    pub compartment: String,
+    pub last_updated: Timestamp,
+}
+
+impl VersionRow {
+    pub fn is_deletion(&self) -> bool {
+        self.method == Method::Delete
+    }
+}
+
+/// A version to commit, and what the writer believes the current version is.
+#[derive(Debug, Clone)]
+pub struct NewVersion {
+    pub tenant: TenantId,
+    pub resource_type: ResourceType,
+    pub id: ResourceId,
+    pub version: VersionId,
+    pub method: Method,
+    pub object_key: Option<ObjectKey>,
+    pub location: String,
+    pub compartment: String,
+    pub last_updated: Timestamp,
+    /// `None`: the resource must not exist yet. `Some(v)`: `v` must be current.
+    pub expected_current: Option<VersionId>,
+}
+
+/// Which versions a history request wants, newest first.
+#[derive(Debug, Clone)]
+pub struct HistoryQuery {
+    pub tenant: TenantId,
+    pub resource_type: ResourceType,
+    /// `None` for type-level history.
+    pub id: Option<ResourceId>,
+    /// Only versions with `last_updated >= since`.
+    pub since: Option<Timestamp>,
+    /// Only versions committed before this one (keyset paging).
+    pub before_seq: Option<i64>,
+    pub limit: u32,
+}
+
+/// The index. Every method is one round trip or one transaction; none holds a lock across calls.
+#[async_trait]
+pub trait Index: Send + Sync {
+    /// Readiness: the database answers.
+    async fn ping(&self) -> Result<(), StorageError>;
+
+    /// The current version of a resource (a deletion if it was deleted), or `None` if the
+    /// resource never existed.
+    async fn current(
+        &self,
+        tenant: &TenantId,
+        rt: ResourceType,
+        id: &ResourceId,
+    ) -> Result<Option<VersionRow>, StorageError>;
+
+    /// One version, or `None` if that version does not exist.
+    async fn version(
+        &self,
+        tenant: &TenantId,
+        rt: ResourceType,
+        id: &ResourceId,
+        version: VersionId,
+    ) -> Result<Option<VersionRow>, StorageError>;
+
+    /// In ONE transaction: check that `v.expected_current` is current (else `Conflict`, nothing
+    /// written), insert the version row, move the current pointer, append `audit`.
+    async fn commit_version(&self, v: &NewVersion, audit: &AuditRecord) -> Result<i64, StorageError>;
+
+    /// Versions matching `q`, newest first, at most `q.limit`.
+    async fn history(&self, q: &HistoryQuery) -> Result<Vec<VersionRow>, StorageError>;
+
+    /// How many versions match `q` (ignoring `before_seq` and `limit`).
+    async fn history_total(&self, q: &HistoryQuery) -> Result<u64, StorageError>;
+
+    /// Append audit records (reads, refusals) in one transaction. Returns when durable.
+    async fn append_audit(&self, records: &[AuditRecord]) -> Result<(), StorageError>;
+
+    /// A wrapped tenant key (compartment key, MAC key) by name.
+    async fn tenant_key(&self, tenant: &TenantId, key_ref: &str) -> Result<Option<WrappedKey>, StorageError>;
+
+    /// Store a wrapped tenant key unless one exists under that name; returns the stored one
+    /// (ours, or the one a concurrent writer stored first).
+    async fn insert_tenant_key(
+        &self,
+        tenant: &TenantId,
+        key_ref: &str,
+        wrapped: &WrappedKey,
+    ) -> Result<WrappedKey, StorageError>;
+}
+
+/// Open the index named by `url`, running its migrations. Unknown schemes are refused.
+pub async fn open_index(
+    url: &SecretString,
+    max_connections: u32,
+    acquire_timeout: std::time::Duration,
+) -> Result<Arc<dyn Index>, StorageError> {
+    let raw = url.expose_secret();
+    if raw.starts_with("sqlite:") {
+        let index = sqlite::SqliteIndex::open(raw, max_connections, acquire_timeout).await?;
+        return Ok(Arc::new(index));
+    }
+    let scheme = raw.split(':').next().unwrap_or_default();
+    Err(StorageError::UnsupportedUrl(format!("{scheme}:...")))
+}
+
+fn parse_row_ids(
+    tenant: &str,
+    rt: &str,
+    id: &str,
+    version: i64,
+) -> Result<(TenantId, ResourceType, ResourceId, VersionId), StorageError> {
+    let corrupt = |what: &str| StorageError::Corrupt(what.to_owned());
+    let version = u32::try_from(version).ok().and_then(|v| VersionId::from_u32(v).ok());
+    Ok((
+        TenantId::parse(tenant).map_err(|_| corrupt("tenant"))?,
+        ResourceType::parse(rt).map_err(|_| corrupt("resource type"))?,
+        ResourceId::parse(id).map_err(|_| corrupt("resource id"))?,
+        version.ok_or_else(|| corrupt("version"))?,
+    ))
+}
