@@ -1,0 +1,206 @@
+//! `spawn_app()`: the real application on port 0, with its own data directory, plus typed helpers.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use fhirvault::auth::dev_issuer::DevIssuer;
+use fhirvault::auth::{Role, TokenRequest};
+use fhirvault::config::{self, Settings};
+use fhirvault::ids::{ResourceId, TenantId};
+use fhirvault::startup::Application;
+use reqwest::{Method, RequestBuilder, Response, StatusCode};
+use serde_json::Value;
+
+pub const FHIR_JSON: &str = "application/fhir+json";
+
+pub struct TestApp {
+    pub address: String,
+    /// `http://127.0.0.1:{port}/fhir/demo`
+    pub base: String,
+    pub data_dir: tempfile::TempDir,
+    pub client: reqwest::Client,
+    issuer: DevIssuer,
+    handle: actix_web::dev::ServerHandle,
+}
+
+/// Start the embedded default (SQLite, local objects, local key file, development issuer).
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// Start the application after adjusting its settings.
+pub async fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
+    let data_dir = tempfile::tempdir().expect("temporary data directory");
+    let mut settings = Settings { data_dir: data_dir.path().to_path_buf(), ..Settings::default() };
+    settings.http.listen = "127.0.0.1:0".parse().expect("address");
+    settings.tenants.insert("other".to_owned(), Default::default());
+    adjust(&mut settings);
+    let app = Application::build(settings.clone()).await.expect("the application starts");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let handle = app.handle();
+    tokio::spawn(app.run_until_stopped());
+    let issuer = DevIssuer::load(&config::dev_issuer_key_path(&settings.data_dir), &settings.auth.audience, 0)
+        .expect("the development issuer key exists once the app started");
+    TestApp { base: format!("{address}/fhir/demo"), address, data_dir, client: reqwest::Client::new(), issuer, handle }
+}
+
+impl TestApp {
+    /// A token for `role` on tenant `demo` with the role's default scopes.
+    pub fn token(&self, role: Role) -> String {
+        self.token_for(TokenSpec { role, ..TokenSpec::default() })
+    }
+
+    pub fn token_for(&self, spec: TokenSpec<'_>) -> String {
+        let req = TokenRequest {
+            tenant: TenantId::parse(spec.tenant).expect("tenant"),
+            role: spec.role,
+            subject: spec.subject.map(str::to_owned),
+            jurisdiction: None,
+            scope: spec.scope.map(str::to_owned),
+            patient: spec.patient.map(|p| ResourceId::parse(p).expect("patient id")),
+            purpose: None,
+            ttl: Duration::from_secs(600),
+        };
+        self.issuer.issue(&req).expect("token")
+    }
+
+    pub fn practitioner(&self) -> String {
+        self.token(Role::Practitioner)
+    }
+
+    /// A request to `{base}/{path}` with a practitioner token.
+    pub fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        self.client.request(method, format!("{}/{path}", self.base)).bearer_auth(self.practitioner())
+    }
+
+    pub async fn create(&self, resource: &Value) -> Response {
+        let rt = resource["resourceType"].as_str().expect("resourceType");
+        self.request(Method::POST, rt)
+            .header("content-type", FHIR_JSON)
+            .body(resource.to_string())
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// Create and return the stored resource (asserting 201).
+    pub async fn create_ok(&self, resource: &Value) -> Value {
+        let response = self.create(resource).await;
+        assert_eq!(response.status(), StatusCode::CREATED, "create {resource}");
+        response.json().await.expect("json")
+    }
+
+    pub async fn update(&self, resource: &Value) -> Response {
+        let path = format!("{}/{}", resource["resourceType"].as_str().unwrap(), resource["id"].as_str().unwrap());
+        self.request(Method::PUT, &path)
+            .header("content-type", FHIR_JSON)
+            .body(resource.to_string())
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn get(&self, path: &str) -> Response {
+        self.request(Method::GET, path).send().await.expect("request")
+    }
+
+    pub async fn get_with(&self, path: &str, token: &str) -> Response {
+        self.client.get(format!("{}/{path}", self.base)).bearer_auth(token).send().await.expect("request")
+    }
+
+    pub fn data_path(&self) -> &Path {
+        self.data_dir.path()
+    }
+
+    /// Every file under the data directory (index, WAL, objects, keys).
+    pub fn data_files(&self) -> Vec<PathBuf> {
+        fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+            for entry in std::fs::read_dir(dir).expect("read_dir") {
+                let path = entry.expect("entry").path();
+                if path.is_dir() { walk(&path, out) } else { out.push(path) }
+            }
+        }
+        let mut out = Vec::new();
+        walk(self.data_path(), &mut out);
+        out
+    }
+
+    /// The object files of one resource, by version number.
+    pub fn object_files(&self, rt: &str, id: &str) -> Vec<(u32, PathBuf)> {
+        let dir = self.data_path().join("objects/tenants/demo").join(rt).join(id);
+        let mut out: Vec<(u32, PathBuf)> = std::fs::read_dir(dir)
+            .expect("object directory")
+            .map(|e| e.expect("entry").path())
+            .map(|p| {
+                let name = p.file_name().unwrap().to_string_lossy().into_owned();
+                (name.split('.').next().unwrap().parse().expect("version prefix"), p)
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// A direct connection to the index, for assertions about what it holds.
+    pub async fn index(&self) -> sqlx::SqlitePool {
+        let url = format!("sqlite://{}?mode=ro", self.data_path().join("index.sqlite").display());
+        sqlx::SqlitePool::connect(&url).await.expect("index")
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        // The stop command is sent at once; nobody needs to wait for the workers to wind down.
+        drop(self.handle.stop(false));
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct TokenSpec<'a> {
+    pub tenant: &'a str,
+    pub role: Role,
+    pub subject: Option<&'a str>,
+    pub scope: Option<&'a str>,
+    pub patient: Option<&'a str>,
+}
+
+impl Default for TokenSpec<'_> {
+    fn default() -> Self {
+        Self { tenant: "demo", role: Role::Practitioner, subject: None, scope: None, patient: None }
+    }
+}
+
+/// The body of an OperationOutcome's issues' diagnostics, joined (for assertions).
+pub async fn diagnostics(response: Response) -> String {
+    let body: Value = response.json().await.expect("an OperationOutcome");
+    assert_eq!(body["resourceType"], "OperationOutcome", "{body}");
+    body["issue"]
+        .as_array()
+        .expect("issues")
+        .iter()
+        .map(|i| i["diagnostics"].as_str().unwrap_or(""))
+        .collect::<Vec<_>>()
+        .join(" | ")
+}
+
+/// A Patient with a name and identifier nobody else has.
+pub fn patient(family: &str) -> Value {
+    serde_json::json!({
+        "resourceType": "Patient",
+        "identifier": [{"system": "urn:oid:1.2.250.1.213.1.4.8", "value": format!("NIR-{family}")}],
+        "name": [{"family": family, "given": ["Camille"]}],
+        "gender": "female",
+        "birthDate": "1980-02-29",
+        "address": [{"line": [format!("12 rue {family}")], "city": "Lyon", "country": "FR"}]
+    })
+}
+
+pub fn observation(patient_id: &str) -> Value {
+    serde_json::json!({
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4", "display": "Heart rate"}]},
+        "subject": {"reference": format!("Patient/{patient_id}")},
+        "effectiveDateTime": "2024-05-01T10:00:00+02:00",
+        "valueQuantity": {"value": 72.50, "unit": "beats/minute", "system": "http://unitsofmeasure.org", "code": "/min"}
+    })
+}
