@@ -192,3 +192,21 @@ pub fn if_match(req: &HttpRequest) -> Result<Option<VersionId>, ApiError> {
     let tag = raw.strip_prefix("W/").unwrap_or(raw).trim_matches('"');
     VersionId::parse(tag).map(Some).map_err(|_| ApiError::bad_request("`If-Match` must be an ETag such as `W/\"3\"`"))
 }
+
+/// Audit a request refused by the API layer after authentication, then return its error.
+/// If the audit record cannot be written, that failure is what the client sees (fail closed).
+pub async fn rejected(
+    state: &AppState,
+    ctx: &RequestContext,
+    principal: &Principal,
+    action: crate::audit::AuditAction,
+    target: &crate::audit::Target,
+    error: ApiError,
+) -> ApiError {
+    let status = error.status();
+    let detail = format!("refused by the API: {}", status.canonical_reason().unwrap_or("error").to_lowercase());
+    match state.engine.audit_rejection(ctx, principal, action, target, status.as_u16(), &detail).await {
+        Ok(()) => error,
+        Err(e) => e.into(),
+    }
+}

@@ -5,8 +5,9 @@ use actix_web::{HttpRequest, HttpResponse, web};
 
 use super::AppState;
 use super::error::ApiError;
-use super::extract::{Authenticated, Ctx, Params, Prefer};
+use super::extract::{Authenticated, Ctx, Params, Prefer, rejected};
 use super::response::{self, VersionHeaders, parse_id, parse_type, parse_version};
+use crate::audit::{AuditAction, Target};
 
 pub async fn read(
     state: web::Data<AppState>,
@@ -17,9 +18,11 @@ pub async fn read(
     path: web::Path<(String, String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let (_, rt, id) = path.into_inner();
-    let (rt, id) = (parse_type(&rt)?, parse_id(&id)?);
+    let (rt, id) = match (|| Ok((parse_type(&rt)?, parse_id(&id)?, params.finish()?)))() {
+        Ok((rt, id, ())) => (rt, id),
+        Err(e) => return Err(rejected(&state, &ctx, &principal, AuditAction::Read, &Target::default(), e).await),
+    };
     let prefer = Prefer::of(&req).return_;
-    params.finish()?;
     let read = state.engine.read(&ctx, &principal, rt, &id).await?;
     let version = VersionHeaders { version: read.version, last_updated: read.last_updated };
     Ok(response::resource(StatusCode::OK, &params, prefer, read.body, version, None, || {
@@ -36,9 +39,12 @@ pub async fn vread(
     path: web::Path<(String, String, String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let (_, rt, id, vid) = path.into_inner();
-    let (rt, id, vid) = (parse_type(&rt)?, parse_id(&id)?, parse_version(&vid)?);
+    let parsed = (|| Ok((parse_type(&rt)?, parse_id(&id)?, parse_version(&vid)?, params.finish()?)))();
+    let (rt, id, vid) = match parsed {
+        Ok((rt, id, vid, ())) => (rt, id, vid),
+        Err(e) => return Err(rejected(&state, &ctx, &principal, AuditAction::Vread, &Target::default(), e).await),
+    };
     let prefer = Prefer::of(&req).return_;
-    params.finish()?;
     let read = state.engine.vread(&ctx, &principal, rt, &id, vid).await?;
     let version = VersionHeaders { version: read.version, last_updated: read.last_updated };
     Ok(response::resource(StatusCode::OK, &params, prefer, read.body, version, None, || {

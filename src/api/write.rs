@@ -5,9 +5,10 @@ use actix_web::{HttpRequest, HttpResponse, web};
 
 use super::AppState;
 use super::error::ApiError;
-use super::extract::{Authenticated, Ctx, Params, Prefer, Return, if_match};
+use super::extract::{Authenticated, Ctx, Params, Prefer, Return, if_match, rejected};
 use super::negotiate::read_body;
 use super::response::{self, VersionHeaders, parse_id, parse_type};
+use crate::audit::{AuditAction, Target};
 use crate::fhir::outcome::{self, OutcomeIssue};
 
 pub async fn create(
@@ -19,10 +20,16 @@ pub async fn create(
     path: web::Path<(String, String)>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let rt = parse_type(&path.into_inner().1)?;
-    params.finish()?;
+    let prepared = async {
+        let rt = parse_type(&path.into_inner().1)?;
+        params.finish()?;
+        Ok((rt, read_body(req.headers(), payload, state.max_body_bytes).await?))
+    };
+    let (rt, body) = match prepared.await {
+        Ok(prepared) => prepared,
+        Err(e) => return Err(rejected(&state, &ctx, &principal, AuditAction::Create, &Target::default(), e).await),
+    };
     let prefer = Prefer::of(&req).return_;
-    let body = read_body(req.headers(), payload, state.max_body_bytes).await?;
     let written = state.engine.create(&ctx, &principal, rt, &body).await?;
     let location = response::location(&ctx.base_url, rt, &written.id, written.version);
     let version = VersionHeaders { version: written.version, last_updated: written.last_updated };
@@ -41,11 +48,17 @@ pub async fn update(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let (_, rt, id) = path.into_inner();
-    let (rt, id) = (parse_type(&rt)?, parse_id(&id)?);
-    params.finish()?;
+    let prepared = async {
+        let (rt, id) = (parse_type(&rt)?, parse_id(&id)?);
+        params.finish()?;
+        let expected = if_match(&req)?;
+        Ok((rt, id, expected, read_body(req.headers(), payload, state.max_body_bytes).await?))
+    };
+    let (rt, id, expected, body) = match prepared.await {
+        Ok(prepared) => prepared,
+        Err(e) => return Err(rejected(&state, &ctx, &principal, AuditAction::Update, &Target::default(), e).await),
+    };
     let prefer = Prefer::of(&req).return_;
-    let expected = if_match(&req)?;
-    let body = read_body(req.headers(), payload, state.max_body_bytes).await?;
     let written = state.engine.update(&ctx, &principal, rt, &id, &body, expected).await?;
     let status = if written.created { StatusCode::CREATED } else { StatusCode::OK };
     let location = response::location(&ctx.base_url, rt, &id, written.version);
@@ -65,10 +78,16 @@ pub async fn delete(
     path: web::Path<(String, String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let (_, rt, id) = path.into_inner();
-    let (rt, id) = (parse_type(&rt)?, parse_id(&id)?);
-    params.finish()?;
+    let prepared = (|| {
+        let (rt, id) = (parse_type(&rt)?, parse_id(&id)?);
+        params.finish()?;
+        Ok((rt, id, if_match(&req)?))
+    })();
+    let (rt, id, expected) = match prepared {
+        Ok(prepared) => prepared,
+        Err(e) => return Err(rejected(&state, &ctx, &principal, AuditAction::Delete, &Target::default(), e).await),
+    };
     let prefer = Prefer::of(&req).return_;
-    let expected = if_match(&req)?;
     let deleted = state.engine.delete(&ctx, &principal, rt, &id, expected).await?;
     let message = match &deleted {
         Some(w) => format!("deleted {rt}/{id} (version {})", w.version),

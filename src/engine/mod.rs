@@ -152,6 +152,24 @@ impl Engine {
         Ok(())
     }
 
+    /// Record an interaction the API refused before it reached the engine (bad parameters,
+    /// unsupported media type, body too large...). `detail` must not contain user input.
+    pub async fn audit_rejection(
+        &self,
+        ctx: &RequestContext,
+        principal: &Principal,
+        action: AuditAction,
+        target: &Target,
+        status: u16,
+        detail: &str,
+    ) -> Result<(), EngineError> {
+        let record = AuditRecord::new(&ctx.meta, Some(&ctx.tenant), Agent::of(principal), action)
+            .target(target)
+            .outcome(status, Some(detail.to_owned()));
+        self.index.append_audit(&[record]).await?;
+        Ok(())
+    }
+
     /// Append the audit record of a failed interaction; if even that fails, the audit failure
     /// is what the client sees (fail closed).
     async fn audited<T>(

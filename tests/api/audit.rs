@@ -69,3 +69,45 @@ async fn the_database_refuses_to_change_or_remove_audit_records() {
     let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit_records").fetch_one(&pool).await.unwrap();
     assert_eq!(count, 1);
 }
+
+#[tokio::test]
+async fn refusals_by_the_api_layer_after_authentication_are_recorded() {
+    let app = spawn_app().await;
+    let created = app.create_ok(&patient("Roux")).await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    let token = app.practitioner();
+
+    // Unsupported media type on create.
+    let response = app
+        .request(Method::POST, "Patient")
+        .header("Content-Type", "text/plain")
+        .body("not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 415);
+    // Unknown search/read parameter.
+    assert_eq!(app.get(&format!("Patient/{id}?_bogus=1")).await.status(), 400);
+    // Malformed If-Match on update.
+    let response = app
+        .request(Method::PUT, &format!("Patient/{id}"))
+        .header("Content-Type", "application/fhir+json")
+        .header("If-Match", "not-an-etag")
+        .json(&created)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    // Unknown resource type.
+    assert_eq!(app.get_with("Spaceship/1", &token).await.status(), 404);
+
+    let pool = app.index().await;
+    let rows: Vec<(String, i64, Option<String>)> =
+        sqlx::query_as("SELECT action, outcome, agent_role FROM audit_records WHERE seq > 1 ORDER BY seq")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let summary: Vec<(&str, i64)> = rows.iter().map(|r| (r.0.as_str(), r.1)).collect();
+    assert_eq!(summary, vec![("create", 415), ("read", 400), ("update", 400), ("read", 404)]);
+    assert!(rows.iter().all(|r| r.2.as_deref() == Some("practitioner")), "{rows:?}");
+}
