@@ -1,4 +1,4 @@
-//! The command line: `serve`, `token`, `config`.
+//! The command line: `serve`, `token`, `config`, `residency`, `gc`.
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -29,6 +29,32 @@ pub enum Command {
     /// Inspect the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Where each tenant's records, keys and identity provider live.
+    #[command(subcommand)]
+    Residency(ResidencyCommand),
+    /// Remove orphan objects (no index row, older than the grace period) from every location.
+    Gc(GcArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ResidencyCommand {
+    /// Print the residency map, from the configuration alone.
+    Report(ReportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// `md` (Markdown, for people and publication) or `json`.
+    #[arg(long, default_value = "md", value_parser = ["md", "json"])]
+    pub format: String,
+}
+
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    #[command(flatten)]
+    pub common: Common,
 }
 
 #[derive(Debug, Args)]
@@ -99,6 +125,8 @@ pub enum CliError {
     Usage(String),
     #[error("i/o")]
     Io(#[from] std::io::Error),
+    #[error("orphan sweep of location `{location}` failed")]
+    Gc { location: String, source: crate::storage::StorageError },
 }
 
 fn sources(common: &Common, listen: Option<SocketAddr>) -> Sources {
@@ -122,6 +150,29 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::Config(ConfigCommand::Schema) => {
             write!(std::io::stdout(), "{}", config::json_schema())?;
+            Ok(())
+        }
+        Command::Residency(ResidencyCommand::Report(args)) => {
+            let settings = Settings::load(&sources(&args.common, None))?;
+            let report = crate::residency::report(&settings);
+            let text = match args.format.as_str() {
+                "json" => serde_json::to_string_pretty(&report).unwrap_or_default() + "\n",
+                _ => report.to_markdown(),
+            };
+            write!(std::io::stdout(), "{text}")?;
+            Ok(())
+        }
+        Command::Gc(args) => {
+            let settings = Settings::load(&sources(&args.common, None))?;
+            crate::telemetry::init(&settings.log);
+            let (index, locations) = startup::open_storage(&settings).await?;
+            let grace = Duration::from_secs(settings.gc.grace_seconds);
+            for location in locations.iter() {
+                let report = crate::storage::gc::sweep(index.as_ref(), location, grace)
+                    .await
+                    .map_err(|source| CliError::Gc { location: location.name().to_owned(), source })?;
+                writeln!(std::io::stdout(), "{}", serde_json::to_string(&report).unwrap_or_default())?;
+            }
             Ok(())
         }
         Command::Config(ConfigCommand::Check(common)) => {

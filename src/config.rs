@@ -58,6 +58,13 @@ pub struct Settings {
     pub keys: KeySettings,
     pub auth: AuthSettings,
     pub log: LogSettings,
+    pub gc: GcSettings,
+    /// Where this server runs. It handles plaintext while serving, so its site falls under the
+    /// same residency rules as the storage locations.
+    pub hosting: SiteSettings,
+    /// Named storage locations (object stores), by name (lowercase letters, digits and `-`).
+    /// The embedded default is one location, `local`, in the data directory.
+    pub locations: BTreeMap<String, LocationSettings>,
     /// Tenants by id (lowercase letters, digits and `-`).
     pub tenants: BTreeMap<String, TenantSettings>,
 }
@@ -87,12 +94,107 @@ pub struct HttpSettings {
 #[derive(Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct DatabaseSettings {
-    /// `sqlite://...`; defaults to `index.sqlite` in the data directory.
+    /// `sqlite://PATH` or `postgres://USER:PASSWORD@HOST:PORT/DATABASE`; defaults to
+    /// `index.sqlite` in the data directory. The scheme selects the backend.
     #[schemars(with = "Option<String>")]
     pub url: Option<SecretString>,
+    /// Largest number of open connections.
     pub max_connections: u32,
-    /// Seconds to wait for a pool connection.
-    pub acquire_timeout_seconds: u64,
+    /// Seconds to wait for a connection (from the pool, or a new one).
+    pub connect_timeout_seconds: u64,
+    /// PostgreSQL: seconds after which the server cancels a statement. SQLite: seconds a writer
+    /// waits for the write lock.
+    pub statement_timeout_seconds: u64,
+}
+
+/// A site: the country of the data centre and who operates it.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SiteSettings {
+    /// ISO 3166-1 alpha-2 code of the country where the data centre is (`FR`, `DE`...).
+    pub jurisdiction: String,
+    pub operator: OperatorSettings,
+}
+
+/// The legal entity that operates a site.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OperatorSettings {
+    /// The entity's name, for the residency report.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// ISO 3166-1 alpha-2 code of the country of the entity's legal seat.
+    pub country: String,
+    /// Non-EU laws with extraterritorial reach the entity is subject to (for instance
+    /// `US CLOUD Act`, `US FISA 702`); empty when none. `strict` tenants refuse such operators.
+    #[serde(default)]
+    pub extraterritorial_laws: Vec<String>,
+}
+
+/// A named storage location: a site and the object store there.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LocationSettings {
+    /// ISO 3166-1 alpha-2 code of the country where the objects are stored.
+    pub jurisdiction: String,
+    pub operator: OperatorSettings,
+    pub backend: BackendSettings,
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, tag = "kind", rename_all = "kebab-case")]
+pub enum BackendSettings {
+    /// A local directory (fsynced writes).
+    Local {
+        /// Defaults to `objects` in the data directory.
+        #[serde(default)]
+        path: Option<PathBuf>,
+    },
+    /// An S3-compatible object store.
+    S3(S3Settings),
+}
+
+#[derive(Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct S3Settings {
+    /// The service URL, e.g. `https://s3.gra.io.cloud.ovh.net`; AWS's own endpoint when absent.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    pub region: String,
+    pub bucket: String,
+    /// Keys are written under this prefix inside the bucket.
+    #[serde(default)]
+    pub prefix: Option<String>,
+    #[serde(default)]
+    pub access_key_id: Option<String>,
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub secret_access_key: Option<SecretString>,
+    /// Path-style requests (`endpoint/bucket/key`), as most non-AWS servers want.
+    #[serde(default = "yes")]
+    pub path_style: bool,
+    /// Allow a plain `http://` endpoint (test servers on loopback only).
+    #[serde(default)]
+    pub allow_http: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl fmt::Debug for S3Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("S3Settings")
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("bucket", &self.bucket)
+            .field("prefix", &self.prefix)
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &self.secret_access_key.as_ref().map(|_| "***"))
+            .field("path_style", &self.path_style)
+            .field("allow_http", &self.allow_http)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -137,6 +239,23 @@ pub struct LogSettings {
     pub filter: String,
 }
 
+/// The orphan sweeper (`fhirvault gc`, and optionally a background task).
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct GcSettings {
+    /// Objects with no index row are removed only once older than this (seconds). Must be far
+    /// longer than any write can take.
+    pub grace_seconds: u64,
+    /// Run the sweeper in the server every this many seconds; 0 turns the background task off.
+    pub interval_seconds: u64,
+}
+
+impl Default for GcSettings {
+    fn default() -> Self {
+        Self { grace_seconds: 3600, interval_seconds: 0 }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum LogFormat {
@@ -144,11 +263,64 @@ pub enum LogFormat {
     Json,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct TenantSettings {
     /// A human-readable name, shown in the CapabilityStatement.
     pub display_name: Option<String>,
+    /// Where this tenant's records must stay: `EEA`, or one EEA country (`FR`).
+    pub residency: String,
+    /// `standard`, or `strict`: no operator subject to a non-EU extraterritorial law.
+    pub sovereignty: Sovereignty,
+    /// The storage location of this tenant's records (a key of `locations`).
+    pub location: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Sovereignty {
+    #[default]
+    Standard,
+    /// Every site holding or serving this tenant's data is operated by an entity seated in the
+    /// EEA and subject to no non-EU extraterritorial law.
+    Strict,
+}
+
+impl Default for TenantSettings {
+    fn default() -> Self {
+        Self {
+            display_name: None,
+            residency: "EEA".to_owned(),
+            sovereignty: Sovereignty::Standard,
+            location: DEFAULT_LOCATION.to_owned(),
+        }
+    }
+}
+
+/// The embedded default's one storage location.
+pub const DEFAULT_LOCATION: &str = "local";
+
+impl Default for SiteSettings {
+    /// The embedded default describes a development machine in France run by its owner;
+    /// anything else declares its own sites.
+    fn default() -> Self {
+        Self {
+            jurisdiction: "FR".to_owned(),
+            operator: OperatorSettings { name: None, country: "FR".to_owned(), extraterritorial_laws: Vec::new() },
+        }
+    }
+}
+
+fn default_locations() -> BTreeMap<String, LocationSettings> {
+    let site = SiteSettings::default();
+    BTreeMap::from([(
+        DEFAULT_LOCATION.to_owned(),
+        LocationSettings {
+            jurisdiction: site.jurisdiction,
+            operator: site.operator,
+            backend: BackendSettings::Local { path: None },
+        },
+    )])
 }
 
 impl Default for Settings {
@@ -161,6 +333,9 @@ impl Default for Settings {
             keys: KeySettings::default(),
             auth: AuthSettings::default(),
             log: LogSettings::default(),
+            gc: GcSettings::default(),
+            hosting: SiteSettings::default(),
+            locations: default_locations(),
             tenants: BTreeMap::from([("demo".to_owned(), TenantSettings::default())]),
         }
     }
@@ -183,7 +358,7 @@ impl Default for HttpSettings {
 
 impl Default for DatabaseSettings {
     fn default() -> Self {
-        Self { url: None, max_connections: 8, acquire_timeout_seconds: 10 }
+        Self { url: None, max_connections: 8, connect_timeout_seconds: 10, statement_timeout_seconds: 30 }
     }
 }
 
@@ -214,7 +389,8 @@ impl fmt::Debug for DatabaseSettings {
         f.debug_struct("DatabaseSettings")
             .field("url", &self.url.as_ref().map(|u| redact_url(u.expose_secret())))
             .field("max_connections", &self.max_connections)
-            .field("acquire_timeout_seconds", &self.acquire_timeout_seconds)
+            .field("connect_timeout_seconds", &self.connect_timeout_seconds)
+            .field("statement_timeout_seconds", &self.statement_timeout_seconds)
             .finish()
     }
 }
@@ -273,10 +449,39 @@ impl Settings {
         if self.http.default_page_size == 0 || self.http.default_page_size > self.http.max_page_size {
             return Err(invalid("http.default_page_size", "must be between 1 and http.max_page_size".into()));
         }
+        if self.gc.grace_seconds < 60 {
+            return Err(invalid(
+                "gc.grace_seconds",
+                "must be at least 60: a shorter grace could remove objects of writes in flight".into(),
+            ));
+        }
         if self.database.max_connections == 0 {
             return Err(invalid("database.max_connections", "must be positive".into()));
         }
-        Ok(())
+        if let Some(url) = &self.database.url {
+            let scheme = url.expose_secret().split_once(':').map_or("", |(scheme, _)| scheme);
+            if !matches!(scheme, "sqlite" | "postgres" | "postgresql") {
+                return Err(invalid(
+                    "database.url",
+                    format!("unsupported scheme `{scheme}`: use `sqlite://PATH` or `postgres://USER@HOST/DATABASE`"),
+                ));
+            }
+        }
+        for name in self.locations.keys() {
+            TenantId::parse(name).map_err(|_| {
+                invalid(&format!("locations.{name}"), "a location name is lowercase letters, digits and `-`".into())
+            })?;
+        }
+        crate::residency::check(self).map_err(|e| invalid(&e.key, e.reason))
+    }
+
+    /// The index connection options.
+    pub fn index_options(&self) -> crate::storage::IndexOptions {
+        crate::storage::IndexOptions {
+            max_connections: self.database.max_connections,
+            connect_timeout: std::time::Duration::from_secs(self.database.connect_timeout_seconds),
+            statement_timeout: std::time::Duration::from_secs(self.database.statement_timeout_seconds),
+        }
     }
 
     /// Whether tokens of the development issuer are trusted.

@@ -13,6 +13,7 @@ pub mod fhir;
 pub mod ids;
 pub mod keys;
 pub mod policy;
+pub mod residency;
 pub mod startup;
 pub mod storage;
 pub mod telemetry;

@@ -7,6 +7,7 @@ use fhirvault::cli::{self, Cli};
 
 #[actix_web::main]
 async fn main() -> ExitCode {
+    fhirvault::crypto::install_tls_provider();
     let cli = Cli::parse();
     match cli::run(cli).await {
         Ok(()) => ExitCode::SUCCESS,

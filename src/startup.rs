@@ -15,14 +15,11 @@ use actix_web::{App, HttpServer, web};
 use crate::api::{self, AppState};
 use crate::auth::Authenticator;
 use crate::auth::dev_issuer::{DevIssuer, DevIssuerError};
-use crate::config::{KeyProviderSettings, Settings};
+use crate::config::{BackendSettings, KeyProviderSettings, Settings};
 use crate::engine::{Engine, Limits};
 use crate::fhir::model;
 use crate::keys::{KeyError, KeyService, LocalFileProvider};
-use crate::storage::{self, ObjectStorage, StorageError};
-
-/// The name of the embedded default's storage location (bound into every object's AAD).
-pub const LOCAL_LOCATION: &str = "local";
+use crate::storage::{self, Index, Locations, ObjectStorage, StorageError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -32,8 +29,8 @@ pub enum StartupError {
     Model(#[source] &'static model::ModelError),
     #[error("cannot open the index")]
     Index(#[source] StorageError),
-    #[error("cannot open the object store")]
-    Objects(#[source] StorageError),
+    #[error("cannot open storage location `{name}`")]
+    Location { name: String, source: StorageError },
     #[error("cannot load the key provider")]
     Keys(#[from] KeyError),
     #[error("cannot load the development token issuer")]
@@ -52,12 +49,10 @@ impl Application {
         let model = model::r4().map_err(StartupError::Model)?;
         prepare_data_dir(&settings)?;
 
-        let timeout = Duration::from_secs(settings.database.acquire_timeout_seconds);
-        let index = storage::open_index(&settings.database_url(), settings.database.max_connections, timeout)
-            .await
-            .map_err(StartupError::Index)?;
-        let objects =
-            ObjectStorage::local(LOCAL_LOCATION, &settings.data_dir.join("objects")).map_err(StartupError::Objects)?;
+        let (index, locations) = open_storage(&settings).await?;
+        for (tenant, why) in crate::residency::exposed_tenants(&settings) {
+            tracing::warn!(tenant, "records reachable from outside the EEA: {why} (allowed for `standard` tenants)");
+        }
 
         let KeyProviderSettings::InsecureLocalFile { .. } = &settings.keys.provider;
         let provider = LocalFileProvider::load(&settings.root_key_path())?;
@@ -88,7 +83,7 @@ impl Application {
             max_page_size: settings.http.max_page_size,
         };
         let state = web::Data::new(AppState {
-            engine: Engine::new(index, objects, keys, model, limits),
+            engine: Engine::new(index.clone(), locations, keys, model, limits),
             auth: Authenticator::new(dev),
             tenants: settings.tenant_ids().into_iter().collect::<BTreeSet<_>>(),
             public_base_url: settings.http.public_base_url.clone(),
@@ -107,6 +102,9 @@ impl Application {
             server = server.workers(workers);
         }
         let server = server.listen(listener).map_err(listen_err)?.run();
+        if settings.gc.interval_seconds > 0 {
+            spawn_sweeper(&settings, index)?;
+        }
         tracing::info!(address = %addr.ip(), port, tenants = settings.tenants.len(), "fhirvault listening");
         Ok(Self { server, port })
     }
@@ -126,10 +124,60 @@ impl Application {
     }
 }
 
+/// Open the index and every storage location the configuration declares.
+pub async fn open_storage(settings: &Settings) -> Result<(Arc<dyn Index>, Locations), StartupError> {
+    let index =
+        storage::open_index(&settings.database_url(), &settings.index_options()).await.map_err(StartupError::Index)?;
+    Ok((index, open_locations(settings)?))
+}
+
+/// Every storage location the configuration declares, and each tenant's assignment.
+pub fn open_locations(settings: &Settings) -> Result<Locations, StartupError> {
+    let mut locations = Locations::new();
+    for (name, location) in &settings.locations {
+        let storage = match &location.backend {
+            BackendSettings::Local { path } => {
+                let root = path.clone().unwrap_or_else(|| settings.data_dir.join("objects"));
+                create_private_dir(&root)?;
+                ObjectStorage::local(name, &root)
+            }
+            BackendSettings::S3(s3) => ObjectStorage::s3(name, s3),
+        };
+        locations.add(storage.map_err(|source| StartupError::Location { name: name.clone(), source })?);
+    }
+    for tenant in settings.tenant_ids() {
+        if let Some(t) = settings.tenants.get(tenant.as_str()) {
+            locations.assign(tenant.clone(), &t.location);
+        }
+    }
+    Ok(locations)
+}
+
+/// The background orphan sweeper: every `gc.interval_seconds`, one sweep of every location.
+fn spawn_sweeper(settings: &Settings, index: Arc<dyn Index>) -> Result<(), StartupError> {
+    let locations = open_locations(settings)?;
+    let interval = Duration::from_secs(settings.gc.interval_seconds);
+    let grace = Duration::from_secs(settings.gc.grace_seconds);
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            for location in locations.iter() {
+                match storage::gc::sweep(index.as_ref(), location, grace).await {
+                    Ok(report) => tracing::info!(?report, "orphan sweep done"),
+                    Err(error) => tracing::error!(location = location.name(), %error, "orphan sweep failed"),
+                }
+            }
+        }
+    });
+    Ok(())
+}
+
 /// Create the data directory layout (mode 0700) and the development keys it needs.
 pub fn prepare_data_dir(settings: &Settings) -> Result<(), StartupError> {
     let dir = &settings.data_dir;
-    for sub in [dir.clone(), dir.join("objects"), dir.join("keys")] {
+    for sub in [dir.clone(), dir.join("keys")] {
         create_private_dir(&sub)?;
     }
     let root = settings.root_key_path();

@@ -59,6 +59,13 @@ pub(crate) fn encode_fields(label: &str, fields: &[&[u8]]) -> Vec<u8> {
     out
 }
 
+/// Make ring the process's TLS crypto provider (for outgoing HTTPS: S3, later OIDC and KMS), so
+/// that one crypto library serves everything. Idempotent.
+pub fn install_tls_provider() {
+    // An error only means a provider is installed already.
+    let _already_installed = rustls::crypto::ring::default_provider().install_default();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

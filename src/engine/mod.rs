@@ -20,7 +20,7 @@ use crate::fhir::model::Model;
 use crate::ids::{ResourceId, ResourceType, TenantId, VersionId};
 use crate::keys::{KeyError, KeyService};
 use crate::policy::{Deny, Permit};
-use crate::storage::{Index, ObjectStorage, StorageError, VersionRow};
+use crate::storage::{Index, Locations, ObjectStorage, StorageError, VersionRow};
 use crate::time::Timestamp;
 
 pub use history::{HistoryRequest, PagingError};
@@ -111,7 +111,7 @@ pub struct RequestContext {
 
 pub struct Engine {
     index: Arc<dyn Index>,
-    objects: ObjectStorage,
+    locations: Locations,
     keys: KeyService,
     model: &'static Model,
     limits: Limits,
@@ -120,18 +120,20 @@ pub struct Engine {
 impl Engine {
     pub fn new(
         index: Arc<dyn Index>,
-        objects: ObjectStorage,
+        locations: Locations,
         keys: KeyService,
         model: &'static Model,
         limits: Limits,
     ) -> Self {
-        Self { index, objects, keys, model, limits }
+        Self { index, locations, keys, model, limits }
     }
 
     /// Readiness: index, object store and key provider all answer.
     pub async fn ready(&self) -> Result<(), EngineError> {
         self.index.ping().await?;
-        self.objects.ping().await?;
+        for location in self.locations.iter() {
+            location.ping().await?;
+        }
         self.keys.provider().check().await?;
         Ok(())
     }
@@ -198,14 +200,14 @@ impl Engine {
         let Some(object_key) = &row.object_key else {
             return Err(EngineError::Storage(StorageError::Corrupt("a deletion has no object".into())));
         };
-        if row.location != self.objects.name() {
+        let Some(storage) = self.locations.get(&row.location) else {
             return Err(EngineError::Storage(StorageError::Corrupt(format!(
-                "unknown storage location `{}`",
+                "version stored in location `{}`, which is not configured",
                 row.location
             ))));
-        }
+        };
         let (key, bytes) = tokio::try_join!(self.keys.compartment_key(&row.tenant, &row.compartment), async {
-            self.objects.get(object_key).await.map_err(KeyError::from)
+            storage.get(object_key).await.map_err(KeyError::from)
         })?;
         let identity = ObjectIdentity {
             tenant: &row.tenant,
@@ -217,6 +219,13 @@ impl Engine {
         };
         let opened = envelope::open(&key, &identity, &Sealed::from_bytes(bytes)).map_err(EngineError::Integrity)?;
         Ok(opened.into_bytes())
+    }
+
+    /// The storage location a tenant writes to.
+    fn location_of(&self, tenant: &TenantId) -> Result<&ObjectStorage, EngineError> {
+        self.locations.for_tenant(tenant).ok_or_else(|| {
+            EngineError::Storage(StorageError::Corrupt(format!("tenant `{tenant}` has no storage location")))
+        })
     }
 
     fn full_url(ctx: &RequestContext, rt: ResourceType, id: &ResourceId) -> String {

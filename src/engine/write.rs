@@ -219,6 +219,7 @@ impl Engine {
         resource: Option<&Resource>,
     ) -> Result<Written, EngineError> {
         let key_ref = spec.compartment.key_ref();
+        let storage = self.location_of(&ctx.tenant)?;
         let mut body = Vec::new();
         let object_key = match resource {
             Some(resource) => {
@@ -226,7 +227,7 @@ impl Engine {
                 let key = self.keys.compartment_key_for_write(&ctx.tenant, &key_ref).await?;
                 let identity = ObjectIdentity {
                     tenant: &ctx.tenant,
-                    location: self.objects.name(),
+                    location: storage.name(),
                     resource_type: spec.rt,
                     id: spec.id,
                     version: spec.version,
@@ -234,7 +235,7 @@ impl Engine {
                 };
                 let sealed = envelope::seal(&key, &identity, &body).map_err(EngineError::Integrity)?;
                 let object_key = ObjectKey::new_for(&ctx.tenant, spec.rt, spec.id, spec.version);
-                self.objects.put_new(&object_key, sealed.into_bytes()).await?;
+                storage.put_new(&object_key, sealed.into_bytes()).await?;
                 Some(object_key)
             }
             None => None,
@@ -267,7 +268,7 @@ impl Engine {
             version: spec.version,
             method: spec.method,
             object_key,
-            location: self.objects.name().to_owned(),
+            location: storage.name().to_owned(),
             compartment: key_ref,
             last_updated: spec.last_updated,
             expected_current: spec.expected_current,

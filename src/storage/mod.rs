@@ -7,10 +7,14 @@
 //! first. Writers PUT the object, then commit the row; a crash in between leaves an orphan
 //! object (removed by the sweeper), never a dangling row.
 
+pub mod gc;
 pub mod objects;
+pub mod postgres;
+mod sql;
 pub mod sqlite;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use secrecy::{ExposeSecret, SecretString};
@@ -20,7 +24,7 @@ use crate::crypto::WrappedKey;
 use crate::ids::{ResourceId, ResourceType, TenantId, VersionId};
 use crate::time::Timestamp;
 
-pub use objects::{ObjectKey, ObjectStorage};
+pub use objects::{Locations, ObjectKey, ObjectStorage};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -40,7 +44,7 @@ pub enum StorageError {
     Objects(#[from] object_store::Error),
     #[error("the index holds a value it cannot have written: {0}")]
     Corrupt(String),
-    #[error("unsupported database URL `{0}`: use `sqlite://PATH` (PostgreSQL arrives with the production backends)")]
+    #[error("unsupported database URL scheme `{0}`: use `sqlite://PATH` or `postgres://USER@HOST/DATABASE`")]
     UnsupportedUrl(String),
 }
 
@@ -174,21 +178,31 @@ pub trait Index: Send + Sync {
         key_ref: &str,
         wrapped: &WrappedKey,
     ) -> Result<WrappedKey, StorageError>;
+
+    /// Whether some version row names this object key (the orphan sweeper asks).
+    async fn knows_object(&self, key: &str) -> Result<bool, StorageError>;
 }
 
-/// Open the index named by `url`, running its migrations. Unknown schemes are refused.
-pub async fn open_index(
-    url: &SecretString,
-    max_connections: u32,
-    acquire_timeout: std::time::Duration,
-) -> Result<Arc<dyn Index>, StorageError> {
+/// How the index connects.
+#[derive(Debug, Clone)]
+pub struct IndexOptions {
+    pub max_connections: u32,
+    /// How long to wait for a connection (from the pool, or a new one).
+    pub connect_timeout: Duration,
+    /// PostgreSQL: the server cancels statements running longer. SQLite: how long a writer
+    /// waits for the write lock.
+    pub statement_timeout: Duration,
+}
+
+/// Open the index named by `url` (`sqlite:` or `postgres:`), running its migrations.
+pub async fn open_index(url: &SecretString, options: &IndexOptions) -> Result<Arc<dyn Index>, StorageError> {
     let raw = url.expose_secret();
-    if raw.starts_with("sqlite:") {
-        let index = sqlite::SqliteIndex::open(raw, max_connections, acquire_timeout).await?;
-        return Ok(Arc::new(index));
+    match raw.split_once(':').map(|(scheme, _)| scheme) {
+        Some("sqlite") => Ok(Arc::new(sqlite::SqliteIndex::open(raw, options).await?)),
+        Some("postgres" | "postgresql") => Ok(Arc::new(postgres::PostgresIndex::open(raw, options).await?)),
+        Some(scheme) => Err(StorageError::UnsupportedUrl(scheme.to_owned())),
+        None => Err(StorageError::UnsupportedUrl(String::new())),
     }
-    let scheme = raw.split(':').next().unwrap_or_default();
-    Err(StorageError::UnsupportedUrl(format!("{scheme}:...")))
 }
 
 fn parse_row_ids(

@@ -1,19 +1,27 @@
-//! Sealed objects in an object store (`object_store`: local files now, S3-compatible next).
+//! Sealed objects in object stores (`object_store`: local directories and S3-compatible services),
+//! one store per named storage location.
 //!
 //! Object keys are create-only and never reused: each carries a random UUID, so even a retried
 //! write of the same version gets a fresh key. The guarantee comes from the key design, not from
 //! the store (some S3 implementations ignore `If-None-Match: *`).
 
+use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
 
+use futures::TryStreamExt as _;
+use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as StorePath;
-use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use object_store::prefix::PrefixStore;
+use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use secrecy::ExposeSecret as _;
 
 use super::StorageError;
+use crate::config::S3Settings;
 use crate::ids::{ResourceId, ResourceType, TenantId, VersionId};
+use crate::time::Timestamp;
 
 /// The key of one sealed object: `tenants/{tenant}/{type}/{id}/{version}.{uuid}`.
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -62,6 +70,32 @@ impl ObjectStorage {
         Ok(Self { name: name.to_owned(), store: Arc::new(store) })
     }
 
+    /// An S3-compatible bucket. Writes still ask for create-only (`If-None-Match: *`), but some
+    /// servers (Garage) ignore it: uniqueness comes from the keys, which are never reused.
+    pub fn s3(name: &str, s3: &S3Settings) -> Result<Self, StorageError> {
+        crate::crypto::install_tls_provider();
+        let mut builder = AmazonS3Builder::new()
+            .with_region(&s3.region)
+            .with_bucket_name(&s3.bucket)
+            .with_virtual_hosted_style_request(!s3.path_style)
+            .with_allow_http(s3.allow_http);
+        if let Some(endpoint) = &s3.endpoint {
+            builder = builder.with_endpoint(endpoint);
+        }
+        if let Some(id) = &s3.access_key_id {
+            builder = builder.with_access_key_id(id);
+        }
+        if let Some(secret) = &s3.secret_access_key {
+            builder = builder.with_secret_access_key(secret.expose_secret());
+        }
+        let store = builder.build()?;
+        let store: Arc<dyn ObjectStore> = match s3.prefix.as_deref().map(|p| p.trim_matches('/')) {
+            Some(prefix) if !prefix.is_empty() => Arc::new(PrefixStore::new(store, prefix)),
+            _ => Arc::new(store),
+        };
+        Ok(Self { name: name.to_owned(), store })
+    }
+
     /// The location name, bound into every object's AAD.
     pub fn name(&self) -> &str {
         &self.name
@@ -86,9 +120,73 @@ impl ObjectStorage {
         Ok(result.bytes().await?.to_vec())
     }
 
+    /// Every object under `tenants/`, with its size and modification time (for the sweeper).
+    pub async fn list_objects(&self) -> Result<Vec<StoredObject>, StorageError> {
+        let metas: Vec<ObjectMeta> = self.store.list(Some(&StorePath::from("tenants"))).try_collect().await?;
+        Ok(metas
+            .into_iter()
+            .map(|m| StoredObject {
+                key: ObjectKey(m.location.to_string()),
+                modified: Timestamp::from_millis(m.last_modified.timestamp_millis()),
+                size: m.size,
+            })
+            .collect())
+    }
+
+    /// Remove an object. Only the orphan sweeper calls this, for objects no index row names.
+    pub async fn delete_orphan(&self, key: &ObjectKey) -> Result<(), StorageError> {
+        match self.store.delete(&StorePath::from(key.as_str())).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Readiness: the store answers a listing.
     pub async fn ping(&self) -> Result<(), StorageError> {
         self.store.list_with_delimiter(Some(&StorePath::from("tenants"))).await?;
         Ok(())
+    }
+}
+
+/// An object as a listing shows it.
+#[derive(Debug, Clone)]
+pub struct StoredObject {
+    pub key: ObjectKey,
+    pub modified: Timestamp,
+    pub size: u64,
+}
+
+/// The configured storage locations, and which one each tenant writes to.
+#[derive(Debug, Default)]
+pub struct Locations {
+    by_name: HashMap<String, ObjectStorage>,
+    by_tenant: HashMap<TenantId, String>,
+}
+
+impl Locations {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn add(&mut self, storage: ObjectStorage) {
+        self.by_name.insert(storage.name.clone(), storage);
+    }
+
+    pub fn assign(&mut self, tenant: TenantId, location: &str) {
+        self.by_tenant.insert(tenant, location.to_owned());
+    }
+
+    /// Where a tenant writes new versions.
+    pub fn for_tenant(&self, tenant: &TenantId) -> Option<&ObjectStorage> {
+        self.by_tenant.get(tenant).and_then(|name| self.by_name.get(name))
+    }
+
+    /// A location by name (reading a version written there).
+    pub fn get(&self, name: &str) -> Option<&ObjectStorage> {
+        self.by_name.get(name)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &ObjectStorage> {
+        self.by_name.values()
     }
 }

@@ -59,10 +59,12 @@ async fn each_interaction_and_refusal_is_recorded() {
 async fn the_database_refuses_to_change_or_remove_audit_records() {
     let app = spawn_app().await;
     app.create_ok(&patient("Chevalier")).await;
-    let url = format!("sqlite://{}", app.data_path().join("index.sqlite").display());
-    let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
-
-    for statement in ["UPDATE audit_records SET outcome = 200", "DELETE FROM audit_records"] {
+    let pool = app.index().await;
+    let mut statements = vec!["UPDATE audit_records SET outcome = 200", "DELETE FROM audit_records"];
+    if app.on_postgres() {
+        statements.push("TRUNCATE audit_records");
+    }
+    for statement in statements {
         let err = sqlx::query(statement).execute(&pool).await.unwrap_err();
         assert!(err.to_string().contains("append-only"), "{statement}: {err}");
     }

@@ -19,6 +19,7 @@ pub struct Server {
 impl Server {
     /// Start `fhirvault serve --listen 127.0.0.1:0 {args}` in `cwd` and wait until it logs its port.
     pub fn start(cwd: &Path, args: &[&str]) -> Self {
+        fhirvault::crypto::install_tls_provider();
         let mut child = Command::new(BIN)
             .current_dir(cwd)
             .args(["serve", "--listen", "127.0.0.1:0"])

@@ -1,4 +1,5 @@
-//! `spawn_app()`: the real application on port 0, with its own data directory, plus typed helpers.
+//! `spawn_app()`: the real application on port 0, with its own data directory (and its own
+//! PostgreSQL database when the suite runs on PostgreSQL), plus typed helpers.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -11,6 +12,8 @@ use fhirvault::startup::Application;
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde_json::Value;
 
+use crate::backends::{PgDatabase, on_postgres};
+
 pub const FHIR_JSON: &str = "application/fhir+json";
 
 pub struct TestApp {
@@ -21,6 +24,11 @@ pub struct TestApp {
     pub client: reqwest::Client,
     issuer: DevIssuer,
     handle: actix_web::dev::ServerHandle,
+    /// Dropped after the server is told to stop (fields drop in declaration order).
+    database: Option<PgDatabase>,
+    index_url: String,
+    /// The settings the application started with.
+    pub settings: Settings,
 }
 
 /// Start the embedded default (SQLite, local objects, local key file, development issuer).
@@ -30,18 +38,34 @@ pub async fn spawn_app() -> TestApp {
 
 /// Start the application after adjusting its settings.
 pub async fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
+    fhirvault::crypto::install_tls_provider();
     let data_dir = tempfile::tempdir().expect("temporary data directory");
     let mut settings = Settings { data_dir: data_dir.path().to_path_buf(), ..Settings::default() };
     settings.http.listen = "127.0.0.1:0".parse().expect("address");
     settings.tenants.insert("other".to_owned(), Default::default());
+    let database = if on_postgres() { Some(PgDatabase::create().await) } else { None };
+    if let Some(db) = &database {
+        settings.database.url = Some(db.url.clone().into());
+    }
     adjust(&mut settings);
+    let index_url = secrecy::ExposeSecret::expose_secret(&settings.database_url()).to_owned();
     let app = Application::build(settings.clone()).await.expect("the application starts");
     let address = format!("http://127.0.0.1:{}", app.port());
     let handle = app.handle();
     tokio::spawn(app.run_until_stopped());
     let issuer = DevIssuer::load(&config::dev_issuer_key_path(&settings.data_dir), &settings.auth.audience, 0)
         .expect("the development issuer key exists once the app started");
-    TestApp { base: format!("{address}/fhir/demo"), address, data_dir, client: reqwest::Client::new(), issuer, handle }
+    TestApp {
+        base: format!("{address}/fhir/demo"),
+        address,
+        data_dir,
+        client: reqwest::Client::new(),
+        issuer,
+        handle,
+        database,
+        index_url,
+        settings,
+    }
 }
 
 impl TestApp {
@@ -140,10 +164,36 @@ impl TestApp {
         out
     }
 
-    /// A direct connection to the index, for assertions about what it holds.
-    pub async fn index(&self) -> sqlx::SqlitePool {
-        let url = format!("sqlite://{}?mode=ro", self.data_path().join("index.sqlite").display());
-        sqlx::SqlitePool::connect(&url).await.expect("index")
+    /// A direct connection to the index (SQLite or PostgreSQL), for assertions about what it holds.
+    pub async fn index(&self) -> sqlx::AnyPool {
+        sqlx::any::install_default_drivers();
+        sqlx::AnyPool::connect(&self.index_url).await.expect("index")
+    }
+
+    pub fn on_postgres(&self) -> bool {
+        self.database.is_some()
+    }
+
+    /// Everything the index database holds, as bytes: the SQLite files, or every PostgreSQL
+    /// table rendered as text.
+    pub async fn index_contents(&self) -> Vec<u8> {
+        if !self.on_postgres() {
+            return self
+                .data_files()
+                .iter()
+                .filter(|f| f.file_name().is_some_and(|n| n.to_string_lossy().starts_with("index.sqlite")))
+                .flat_map(|f| std::fs::read(f).unwrap())
+                .collect();
+        }
+        let pool = self.index().await;
+        let mut out = Vec::new();
+        for table in ["resource_versions", "resources", "tenant_keys", "audit_records"] {
+            let sql = format!("SELECT COALESCE(string_agg(t::text, E'\\n'), '') FROM {table} t");
+            let text: String = sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).fetch_one(&pool).await.unwrap();
+            assert!(table != "resource_versions" || !text.is_empty(), "the index holds versions");
+            out.extend_from_slice(text.as_bytes());
+        }
+        out
     }
 }
 

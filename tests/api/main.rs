@@ -1,4 +1,5 @@
 //! HTTP API tests: each starts the real application on port 0 with its own data directory.
+//! `./scripts/test` runs them on SQLite and again on PostgreSQL (`FHIRVAULT_TEST_DATABASE`).
 
 #![expect(
     clippy::unwrap_used,
@@ -9,13 +10,18 @@
 
 mod at_rest;
 mod audit;
+#[path = "../common/backends.rs"]
+mod backends;
 mod binary;
 mod crud;
 mod errors;
+mod gc;
 mod health;
 mod helpers;
 mod history;
 mod readme;
+mod residency;
 mod roundtrip;
+mod s3;
 mod sdk_client;
 mod tamper;

@@ -15,7 +15,7 @@ async fn assert_integrity_failure(app: &TestApp, path: &str) {
     assert_eq!(says, format!("internal error (request id {request_id})"));
 
     let pool = app.index().await;
-    let detail: String = sqlx::query_scalar("SELECT detail FROM audit_records WHERE request_id = ?")
+    let detail: String = sqlx::query_scalar("SELECT detail FROM audit_records WHERE request_id = $1")
         .bind(&request_id)
         .fetch_one(&pool)
         .await

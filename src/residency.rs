@@ -1,0 +1,381 @@
+//! Residency: where each tenant's records, keys and identity provider live, and the rules the
+//! configuration must satisfy before the server starts.
+//!
+//! **Architecture Invariant:** these checks read the configuration only. They are what the
+//! operator declared, not what the network does; SECURITY.md says what that does and does not
+//! guarantee. The storage location's name is also bound into every object's AAD, so an object
+//! copied to another location does not open.
+
+use serde::Serialize;
+
+use crate::config::{BackendSettings, KeyProviderSettings, OperatorSettings, Settings, Sovereignty};
+use crate::ids::CountryCode;
+
+/// The European Economic Area: the 27 EU member states, Iceland, Liechtenstein and Norway
+/// (ISO 3166-1 alpha-2; Greece is `GR`).
+pub const EEA: [&str; 30] = [
+    "AT", "BE", "BG", "CY", "CZ", "DE", "DK", "EE", "ES", "FI", "FR", "GR", "HR", "HU", "IE", "IS", "IT", "LI", "LT",
+    "LU", "LV", "MT", "NL", "NO", "PL", "PT", "RO", "SE", "SI", "SK",
+];
+
+pub fn in_eea(country: &str) -> bool {
+    EEA.contains(&country)
+}
+
+/// A configuration the residency rules refuse: the key at fault and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    pub key: String,
+    pub reason: String,
+}
+
+fn violation(key: impl Into<String>, reason: impl Into<String>) -> Violation {
+    Violation { key: key.into(), reason: reason.into() }
+}
+
+fn country(key: &str, raw: &str) -> Result<(), Violation> {
+    CountryCode::parse(raw)
+        .map(|_| ())
+        .map_err(|_| violation(key, format!("`{raw}` is not an ISO 3166-1 alpha-2 country code such as `FR`")))
+}
+
+/// Why a `strict` tenant cannot use this operator, if it cannot.
+fn strict_objection(operator: &OperatorSettings) -> Option<String> {
+    if !operator.extraterritorial_laws.is_empty() {
+        return Some(format!("is subject to {}", operator.extraterritorial_laws.join(", ")));
+    }
+    if !in_eea(&operator.country) {
+        return Some(format!("is seated outside the EEA ({})", operator.country));
+    }
+    None
+}
+
+/// Every rule, in the order a reader of the configuration meets them; the first violation wins.
+pub fn check(settings: &Settings) -> Result<(), Violation> {
+    let sites = std::iter::once(("hosting".to_owned(), &settings.hosting.jurisdiction, &settings.hosting.operator))
+        .chain(settings.locations.iter().map(|(name, l)| (format!("locations.{name}"), &l.jurisdiction, &l.operator)));
+    for (key, jurisdiction, operator) in sites {
+        country(&format!("{key}.jurisdiction"), jurisdiction)?;
+        country(&format!("{key}.operator.country"), &operator.country)?;
+        if !in_eea(jurisdiction) {
+            return Err(violation(
+                format!("{key}.jurisdiction"),
+                format!("`{jurisdiction}` is outside the EEA; health data may only be stored and served in the EEA"),
+            ));
+        }
+    }
+    for (id, tenant) in &settings.tenants {
+        let key = |field: &str| format!("tenants.{id}.{field}");
+        if tenant.residency != "EEA" {
+            country(&key("residency"), &tenant.residency)?;
+            if !in_eea(&tenant.residency) {
+                return Err(violation(
+                    key("residency"),
+                    format!("`{}` is outside the EEA; use `EEA` or an EEA country", tenant.residency),
+                ));
+            }
+        }
+        let Some(location) = settings.locations.get(&tenant.location) else {
+            return Err(violation(
+                key("location"),
+                format!("no location `{}` is declared under `locations`", tenant.location),
+            ));
+        };
+        if tenant.residency != "EEA" && location.jurisdiction != tenant.residency {
+            return Err(violation(
+                key("location"),
+                format!(
+                    "location `{}` is in {}, outside the tenant's residency {}",
+                    tenant.location, location.jurisdiction, tenant.residency
+                ),
+            ));
+        }
+        if tenant.sovereignty == Sovereignty::Strict {
+            if let Some(why) = strict_objection(&location.operator) {
+                return Err(violation(
+                    key("location"),
+                    format!("the tenant is `strict` but the operator of location `{}` {why}", tenant.location),
+                ));
+            }
+            if let Some(why) = strict_objection(&settings.hosting.operator) {
+                return Err(violation(
+                    "hosting.operator",
+                    format!("tenant `{id}` is `strict` but the operator of the server's site {why}"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Tenants whose records are at a site whose operator a non-EU law can reach (allowed for
+/// `standard` tenants; the server logs a warning for each at start).
+pub fn exposed_tenants(settings: &Settings) -> Vec<(String, String)> {
+    settings
+        .tenants
+        .iter()
+        .filter_map(|(id, t)| {
+            let location = settings.locations.get(&t.location)?;
+            strict_objection(&location.operator)
+                .map(|why| (id.clone(), format!("location `{}`: operator {why}", t.location)))
+        })
+        .collect()
+}
+
+/// The residency map HDS asks hosts to publish, built from the configuration alone.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub generated_from: &'static str,
+    pub tenants: Vec<TenantReport>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TenantReport {
+    pub tenant: String,
+    pub residency: String,
+    pub sovereignty: Sovereignty,
+    /// Where the sealed records are.
+    pub records: Placement,
+    /// Where the keys that open them are.
+    pub keys: Placement,
+    /// Who vouches for the users.
+    pub identity: Vec<Placement>,
+    /// Where the server that handles plaintext runs.
+    pub server: Placement,
+    /// Whether any of the above could be compelled from outside the EEA.
+    pub reachable_from_outside_eea: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Placement {
+    pub what: String,
+    pub jurisdiction: String,
+    pub operator: String,
+    pub operator_country: String,
+    pub extraterritorial_laws: Vec<String>,
+    pub reachable_from_outside_eea: bool,
+}
+
+impl Placement {
+    fn new(what: String, jurisdiction: &str, operator: &OperatorSettings) -> Self {
+        Self {
+            what,
+            jurisdiction: jurisdiction.to_owned(),
+            operator: operator.name.clone().unwrap_or_else(|| "(not named)".to_owned()),
+            operator_country: operator.country.clone(),
+            extraterritorial_laws: operator.extraterritorial_laws.clone(),
+            reachable_from_outside_eea: !in_eea(jurisdiction) || strict_objection(operator).is_some(),
+        }
+    }
+}
+
+pub fn report(settings: &Settings) -> Report {
+    let host = &settings.hosting;
+    let server = || Placement::new("the fhirvault server".to_owned(), &host.jurisdiction, &host.operator);
+    let tenants = settings
+        .tenants
+        .iter()
+        .map(|(id, tenant)| {
+            let records = match settings.locations.get(&tenant.location) {
+                Some(location) => {
+                    let backend = match &location.backend {
+                        BackendSettings::Local { .. } => "local directory on the server".to_owned(),
+                        BackendSettings::S3(s3) => {
+                            format!("S3 bucket `{}` at {}", s3.bucket, s3.endpoint.as_deref().unwrap_or("AWS"))
+                        }
+                    };
+                    Placement::new(
+                        format!("location `{}`: {backend}", tenant.location),
+                        &location.jurisdiction,
+                        &location.operator,
+                    )
+                }
+                None => Placement::new(format!("undeclared location `{}`", tenant.location), "??", &host.operator),
+            };
+            let keys = match &settings.keys.provider {
+                KeyProviderSettings::InsecureLocalFile { .. } => Placement::new(
+                    "local key file on the server (development only)".to_owned(),
+                    &host.jurisdiction,
+                    &host.operator,
+                ),
+            };
+            let identity = if settings.dev_issuer_enabled() {
+                vec![Placement::new(
+                    "development token issuer on the server (development only)".to_owned(),
+                    &host.jurisdiction,
+                    &host.operator,
+                )]
+            } else {
+                Vec::new()
+            };
+            let server = server();
+            let reachable = records.reachable_from_outside_eea
+                || keys.reachable_from_outside_eea
+                || server.reachable_from_outside_eea
+                || identity.iter().any(|p| p.reachable_from_outside_eea);
+            TenantReport {
+                tenant: id.clone(),
+                residency: tenant.residency.clone(),
+                sovereignty: tenant.sovereignty,
+                records,
+                keys,
+                identity,
+                server,
+                reachable_from_outside_eea: reachable,
+            }
+        })
+        .collect();
+    Report { generated_from: "configuration", tenants }
+}
+
+impl Report {
+    pub fn to_markdown(&self) -> String {
+        let mut out = String::from(
+            "# Residency report\n\nGenerated from the configuration alone: what the operator declared for each site.\n",
+        );
+        for t in &self.tenants {
+            let sovereignty = match t.sovereignty {
+                Sovereignty::Standard => "standard",
+                Sovereignty::Strict => "strict",
+            };
+            out.push_str(&format!(
+                "\n## Tenant `{}`\n\nResidency {}, sovereignty {sovereignty}. Reachable from outside the EEA: **{}**.\n\n",
+                t.tenant,
+                t.residency,
+                yes_no(t.reachable_from_outside_eea)
+            ));
+            out.push_str("| Role | Where | Jurisdiction | Operator | Operator's country | Extraterritorial laws | Reachable from outside the EEA |\n");
+            out.push_str("|---|---|---|---|---|---|---|\n");
+            let rows = [("Records", &t.records), ("Keys", &t.keys), ("Server", &t.server)]
+                .into_iter()
+                .chain(t.identity.iter().map(|p| ("Identity provider", p)));
+            for (role, p) in rows {
+                let laws = if p.extraterritorial_laws.is_empty() {
+                    "none".to_owned()
+                } else {
+                    p.extraterritorial_laws.join(", ")
+                };
+                out.push_str(&format!(
+                    "| {role} | {} | {} | {} | {} | {laws} | {} |\n",
+                    p.what,
+                    p.jurisdiction,
+                    p.operator,
+                    p.operator_country,
+                    yes_no(p.reachable_from_outside_eea)
+                ));
+            }
+            if t.identity.is_empty() {
+                out.push_str("| Identity provider | none configured | | | | | |\n");
+            }
+        }
+        out
+    }
+}
+
+fn yes_no(b: bool) -> &'static str {
+    if b { "yes" } else { "no" }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{LocationSettings, SiteSettings, TenantSettings};
+
+    fn settings() -> Settings {
+        Settings::default()
+    }
+
+    fn location(jurisdiction: &str, operator_country: &str, laws: &[&str]) -> LocationSettings {
+        LocationSettings {
+            jurisdiction: jurisdiction.to_owned(),
+            operator: OperatorSettings {
+                name: Some("Operator".to_owned()),
+                country: operator_country.to_owned(),
+                extraterritorial_laws: laws.iter().map(|l| (*l).to_owned()).collect(),
+            },
+            backend: BackendSettings::Local { path: None },
+        }
+    }
+
+    fn with(mut s: Settings, name: &str, l: LocationSettings, tenant: TenantSettings) -> Settings {
+        s.locations.insert(name.to_owned(), l);
+        s.tenants.insert("t".to_owned(), TenantSettings { location: name.to_owned(), ..tenant });
+        s
+    }
+
+    #[test]
+    fn the_embedded_default_passes() {
+        assert_eq!(check(&settings()), Ok(()));
+    }
+
+    #[test]
+    fn a_location_outside_the_eea_is_refused() {
+        let s = with(settings(), "virginia", location("US", "FR", &[]), TenantSettings::default());
+        let v = check(&s).unwrap_err();
+        assert_eq!(v.key, "locations.virginia.jurisdiction");
+        assert!(v.reason.contains("outside the EEA"), "{v:?}");
+        let mut s = settings();
+        s.hosting = SiteSettings { jurisdiction: "CH".to_owned(), ..SiteSettings::default() };
+        assert_eq!(check(&s).unwrap_err().key, "hosting.jurisdiction");
+    }
+
+    #[test]
+    fn a_tenant_location_outside_its_residency_is_refused() {
+        let tenant = TenantSettings { residency: "FR".to_owned(), ..TenantSettings::default() };
+        let s = with(settings(), "frankfurt", location("DE", "DE", &[]), tenant.clone());
+        let v = check(&s).unwrap_err();
+        assert_eq!(v.key, "tenants.t.location");
+        assert!(v.reason.contains("outside the tenant's residency FR"), "{v:?}");
+        assert_eq!(check(&with(settings(), "paris", location("FR", "DE", &[]), tenant)), Ok(()));
+        let outside = TenantSettings { residency: "GB".to_owned(), ..TenantSettings::default() };
+        assert_eq!(
+            check(&with(settings(), "paris", location("FR", "FR", &[]), outside)).unwrap_err().key,
+            "tenants.t.residency"
+        );
+        let missing = TenantSettings { location: "nowhere".to_owned(), ..TenantSettings::default() };
+        let mut s = settings();
+        s.tenants.insert("t".to_owned(), missing);
+        assert_eq!(check(&s).unwrap_err().key, "tenants.t.location");
+    }
+
+    #[test]
+    fn a_strict_tenant_refuses_operators_under_extraterritorial_laws() {
+        let strict = TenantSettings { sovereignty: Sovereignty::Strict, ..TenantSettings::default() };
+        let hyperscaler = location("FR", "US", &["US CLOUD Act"]);
+        let v = check(&with(settings(), "paris", hyperscaler.clone(), strict.clone())).unwrap_err();
+        assert_eq!(v.key, "tenants.t.location");
+        assert!(v.reason.contains("US CLOUD Act"), "{v:?}");
+        let v = check(&with(settings(), "paris", location("FR", "US", &[]), strict.clone())).unwrap_err();
+        assert!(v.reason.contains("seated outside the EEA"), "{v:?}");
+        // A standard tenant may use it; the report says the data is reachable.
+        let s = with(settings(), "paris", hyperscaler, TenantSettings::default());
+        assert_eq!(check(&s), Ok(()));
+        assert_eq!(exposed_tenants(&s).len(), 1);
+        let r = report(&s);
+        let t = r.tenants.iter().find(|t| t.tenant == "t").unwrap();
+        assert!(t.reachable_from_outside_eea && t.records.reachable_from_outside_eea);
+        // The server's own site counts too.
+        let mut s = with(settings(), "paris", location("FR", "FR", &[]), strict);
+        s.hosting.operator.extraterritorial_laws = vec!["US CLOUD Act".to_owned()];
+        assert_eq!(check(&s).unwrap_err().key, "hosting.operator");
+    }
+
+    #[test]
+    fn bad_country_codes_are_named() {
+        let s = with(settings(), "paris", location("France", "FR", &[]), TenantSettings::default());
+        let v = check(&s).unwrap_err();
+        assert_eq!(v.key, "locations.paris.jurisdiction");
+        assert!(v.reason.contains("ISO 3166-1"), "{v:?}");
+    }
+
+    #[test]
+    fn the_report_covers_every_tenant_in_both_formats() {
+        let r = report(&settings());
+        assert_eq!(r.tenants.len(), 1);
+        let md = r.to_markdown();
+        assert!(md.contains("## Tenant `demo`") && md.contains("| Records | location `local`"), "{md}");
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["tenants"][0]["records"]["jurisdiction"], "FR");
+        assert_eq!(json["tenants"][0]["reachable_from_outside_eea"], false);
+    }
+}
