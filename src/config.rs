@@ -60,8 +60,9 @@ pub struct Settings {
     pub log: LogSettings,
     pub gc: GcSettings,
     /// Where this server runs. It handles plaintext while serving, so its site falls under the
-    /// same residency rules as the storage locations.
-    pub hosting: SiteSettings,
+    /// same residency rules as the storage locations. Required in the production profile; the
+    /// embedded profile assumes a development machine in France.
+    pub hosting: Option<SiteSettings>,
     /// Named storage locations (object stores), by name (lowercase letters, digits and `-`).
     /// The embedded default is one location, `local`, in the data directory.
     pub locations: BTreeMap<String, LocationSettings>,
@@ -334,7 +335,7 @@ impl Default for Settings {
             auth: AuthSettings::default(),
             log: LogSettings::default(),
             gc: GcSettings::default(),
-            hosting: SiteSettings::default(),
+            hosting: None,
             locations: default_locations(),
             tenants: BTreeMap::from([("demo".to_owned(), TenantSettings::default())]),
         }
@@ -484,6 +485,11 @@ impl Settings {
         }
     }
 
+    /// The site this server runs in: declared, or (embedded profile) the development default.
+    pub fn hosting(&self) -> SiteSettings {
+        self.hosting.clone().unwrap_or_default()
+    }
+
     /// Whether tokens of the development issuer are trusted.
     pub fn dev_issuer_enabled(&self) -> bool {
         self.auth.insecure_dev_issuer.unwrap_or(self.profile == Profile::Embedded)
@@ -550,7 +556,11 @@ mod tests {
     #[test]
     fn file_then_environment_then_flags() {
         Jail::expect_with(|jail| {
-            jail.create_file("f.toml", "profile = \"production\"\n[http]\nlisten = \"127.0.0.1:9000\"\nmax_body_bytes = 10\n[tenants.chu-lyon]\n")?;
+            jail.create_file(
+                "f.toml",
+                "profile = \"production\"\n[http]\nlisten = \"127.0.0.1:9000\"\nmax_body_bytes = 10\n\
+                 [hosting]\njurisdiction = \"FR\"\noperator = { country = \"FR\" }\n[tenants.chu-lyon]\n",
+            )?;
             jail.set_env("FHIRVAULT__HTTP__MAX_BODY_BYTES", "20");
             let mut sources = Sources { file: Some("f.toml".into()), ..Sources::default() };
             let s = Settings::load(&sources).unwrap();

@@ -8,7 +8,7 @@
 
 use serde::Serialize;
 
-use crate::config::{BackendSettings, KeyProviderSettings, OperatorSettings, Settings, Sovereignty};
+use crate::config::{BackendSettings, KeyProviderSettings, OperatorSettings, Profile, Settings, Sovereignty};
 use crate::ids::CountryCode;
 
 /// The European Economic Area: the 27 EU member states, Iceland, Liechtenstein and Norway
@@ -52,7 +52,14 @@ fn strict_objection(operator: &OperatorSettings) -> Option<String> {
 
 /// Every rule, in the order a reader of the configuration meets them; the first violation wins.
 pub fn check(settings: &Settings) -> Result<(), Violation> {
-    let sites = std::iter::once(("hosting".to_owned(), &settings.hosting.jurisdiction, &settings.hosting.operator))
+    if settings.profile == Profile::Production && settings.hosting.is_none() {
+        return Err(violation(
+            "hosting",
+            "the production profile must declare where the server runs (jurisdiction and operator)",
+        ));
+    }
+    let hosting = settings.hosting();
+    let sites = std::iter::once(("hosting".to_owned(), &hosting.jurisdiction, &hosting.operator))
         .chain(settings.locations.iter().map(|(name, l)| (format!("locations.{name}"), &l.jurisdiction, &l.operator)));
     for (key, jurisdiction, operator) in sites {
         country(&format!("{key}.jurisdiction"), jurisdiction)?;
@@ -61,6 +68,18 @@ pub fn check(settings: &Settings) -> Result<(), Violation> {
             return Err(violation(
                 format!("{key}.jurisdiction"),
                 format!("`{jurisdiction}` is outside the EEA; health data may only be stored and served in the EEA"),
+            ));
+        }
+    }
+    for (name, location) in &settings.locations {
+        // A local directory is on the server's own disks: it is wherever the server is.
+        if matches!(location.backend, BackendSettings::Local { .. }) && location.jurisdiction != hosting.jurisdiction {
+            return Err(violation(
+                format!("locations.{name}.jurisdiction"),
+                format!(
+                    "location `{name}` is a local directory, so it is where the server runs ({}), not {}",
+                    hosting.jurisdiction, location.jurisdiction
+                ),
             ));
         }
     }
@@ -97,7 +116,7 @@ pub fn check(settings: &Settings) -> Result<(), Violation> {
                     format!("the tenant is `strict` but the operator of location `{}` {why}", tenant.location),
                 ));
             }
-            if let Some(why) = strict_objection(&settings.hosting.operator) {
+            if let Some(why) = strict_objection(&hosting.operator) {
                 return Err(violation(
                     "hosting.operator",
                     format!("tenant `{id}` is `strict` but the operator of the server's site {why}"),
@@ -170,7 +189,7 @@ impl Placement {
 }
 
 pub fn report(settings: &Settings) -> Report {
-    let host = &settings.hosting;
+    let host = &settings.hosting();
     let server = || Placement::new("the fhirvault server".to_owned(), &host.jurisdiction, &host.operator);
     let tenants = settings
         .tenants
@@ -279,7 +298,7 @@ fn yes_no(b: bool) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{LocationSettings, SiteSettings, TenantSettings};
+    use crate::config::{LocationSettings, S3Settings, SiteSettings, TenantSettings};
 
     fn settings() -> Settings {
         Settings::default()
@@ -293,7 +312,16 @@ mod tests {
                 country: operator_country.to_owned(),
                 extraterritorial_laws: laws.iter().map(|l| (*l).to_owned()).collect(),
             },
-            backend: BackendSettings::Local { path: None },
+            backend: BackendSettings::S3(S3Settings {
+                endpoint: Some("https://s3.example.eu".to_owned()),
+                region: "eu".to_owned(),
+                bucket: "records".to_owned(),
+                prefix: None,
+                access_key_id: None,
+                secret_access_key: None,
+                path_style: true,
+                allow_http: false,
+            }),
         }
     }
 
@@ -315,8 +343,21 @@ mod tests {
         assert_eq!(v.key, "locations.virginia.jurisdiction");
         assert!(v.reason.contains("outside the EEA"), "{v:?}");
         let mut s = settings();
-        s.hosting = SiteSettings { jurisdiction: "CH".to_owned(), ..SiteSettings::default() };
+        s.hosting = Some(SiteSettings { jurisdiction: "CH".to_owned(), ..SiteSettings::default() });
         assert_eq!(check(&s).unwrap_err().key, "hosting.jurisdiction");
+    }
+
+    #[test]
+    fn production_declares_its_hosting_site_and_local_locations_follow_it() {
+        let mut s = Settings { profile: Profile::Production, ..settings() };
+        assert_eq!(check(&s).unwrap_err().key, "hosting");
+        s.hosting = Some(SiteSettings { jurisdiction: "DE".to_owned(), ..SiteSettings::default() });
+        // The default `local` location says FR, but a local directory is where the server is.
+        let v = check(&s).unwrap_err();
+        assert_eq!(v.key, "locations.local.jurisdiction");
+        assert!(v.reason.contains("where the server runs (DE)"), "{v:?}");
+        s.locations.get_mut("local").unwrap().jurisdiction = "DE".to_owned();
+        assert_eq!(check(&s), Ok(()));
     }
 
     #[test]
@@ -356,7 +397,9 @@ mod tests {
         assert!(t.reachable_from_outside_eea && t.records.reachable_from_outside_eea);
         // The server's own site counts too.
         let mut s = with(settings(), "paris", location("FR", "FR", &[]), strict);
-        s.hosting.operator.extraterritorial_laws = vec!["US CLOUD Act".to_owned()];
+        let mut hosting = SiteSettings::default();
+        hosting.operator.extraterritorial_laws = vec!["US CLOUD Act".to_owned()];
+        s.hosting = Some(hosting);
         assert_eq!(check(&s).unwrap_err().key, "hosting.operator");
     }
 
@@ -374,6 +417,7 @@ mod tests {
         assert_eq!(r.tenants.len(), 1);
         let md = r.to_markdown();
         assert!(md.contains("## Tenant `demo`") && md.contains("| Records | location `local`"), "{md}");
+        assert!(md.contains("| Keys | local key file on the server (development only) | FR"), "{md}");
         let json = serde_json::to_value(&r).unwrap();
         assert_eq!(json["tenants"][0]["records"]["jurisdiction"], "FR");
         assert_eq!(json["tenants"][0]["reachable_from_outside_eea"], false);
