@@ -12,6 +12,7 @@ mod at_rest;
 mod audit;
 #[path = "../common/backends.rs"]
 mod backends;
+mod bench;
 mod binary;
 mod crud;
 mod errors;
