@@ -46,49 +46,7 @@ pub struct Application {
 
 impl Application {
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
-        let model = model::r4().map_err(StartupError::Model)?;
-        prepare_data_dir(&settings)?;
-
-        let (index, locations) = open_storage(&settings).await?;
-        for (tenant, why) in crate::residency::exposed_tenants(&settings) {
-            tracing::warn!(tenant, "records reachable from outside the EEA: {why} (allowed for `standard` tenants)");
-        }
-
-        let KeyProviderSettings::InsecureLocalFile { .. } = &settings.keys.provider;
-        let provider = LocalFileProvider::load(&settings.root_key_path())?;
-        warn_development_key(&settings.root_key_path());
-        let keys = KeyService::new(
-            Arc::new(provider),
-            index.clone(),
-            settings.keys.cache_capacity,
-            Duration::from_secs(settings.keys.cache_ttl_seconds),
-        );
-
-        let dev = if settings.dev_issuer_enabled() {
-            let path = settings.dev_issuer_key_path();
-            DevIssuer::ensure_key(&path)?;
-            tracing::warn!(
-                key = %path.display(),
-                "DEVELOPMENT TOKEN ISSUER ENABLED: anyone who can read this key can mint tokens for any role. \
-                 Disable it (auth.insecure_dev_issuer = false) outside development."
-            );
-            Some(DevIssuer::load(&path, &settings.auth.audience, settings.auth.leeway_seconds)?)
-        } else {
-            None
-        };
-
-        let limits = Limits {
-            paging_link_ttl: Duration::from_secs(settings.http.paging_link_ttl_seconds),
-            default_page_size: settings.http.default_page_size,
-            max_page_size: settings.http.max_page_size,
-        };
-        let state = web::Data::new(AppState {
-            engine: Engine::new(index.clone(), locations, keys, model, limits),
-            auth: Authenticator::new(dev),
-            tenants: settings.tenant_ids().into_iter().collect::<BTreeSet<_>>(),
-            public_base_url: settings.http.public_base_url.clone(),
-            max_body_bytes: settings.http.max_body_bytes,
-        });
+        let (state, index) = build_state(&settings).await?;
 
         let addr = settings.http.listen;
         let listen_err = |source| StartupError::Listen { addr: addr.to_string(), source };
@@ -122,6 +80,55 @@ impl Application {
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         self.server.await
     }
+}
+
+/// Everything a request needs (the engine with its index, locations and keys; authentication;
+/// tenants), opened and checked. Also used in-process by the benchmarks.
+pub async fn build_state(settings: &Settings) -> Result<(web::Data<AppState>, Arc<dyn Index>), StartupError> {
+    let model = model::r4().map_err(StartupError::Model)?;
+    prepare_data_dir(settings)?;
+
+    let (index, locations) = open_storage(settings).await?;
+    for (tenant, why) in crate::residency::exposed_tenants(settings) {
+        tracing::warn!(tenant, "records reachable from outside the EEA: {why} (allowed for `standard` tenants)");
+    }
+
+    let KeyProviderSettings::InsecureLocalFile { .. } = &settings.keys.provider;
+    let provider = LocalFileProvider::load(&settings.root_key_path())?;
+    warn_development_key(&settings.root_key_path());
+    let keys = KeyService::new(
+        Arc::new(provider),
+        index.clone(),
+        settings.keys.cache_capacity,
+        Duration::from_secs(settings.keys.cache_ttl_seconds),
+    );
+
+    let dev = if settings.dev_issuer_enabled() {
+        let path = settings.dev_issuer_key_path();
+        DevIssuer::ensure_key(&path)?;
+        tracing::warn!(
+            key = %path.display(),
+            "DEVELOPMENT TOKEN ISSUER ENABLED: anyone who can read this key can mint tokens for any role. \
+             Disable it (auth.insecure_dev_issuer = false) outside development."
+        );
+        Some(DevIssuer::load(&path, &settings.auth.audience, settings.auth.leeway_seconds)?)
+    } else {
+        None
+    };
+
+    let limits = Limits {
+        paging_link_ttl: Duration::from_secs(settings.http.paging_link_ttl_seconds),
+        default_page_size: settings.http.default_page_size,
+        max_page_size: settings.http.max_page_size,
+    };
+    let state = web::Data::new(AppState {
+        engine: Engine::new(index.clone(), locations, keys, model, limits),
+        auth: Authenticator::new(dev),
+        tenants: settings.tenant_ids().into_iter().collect::<BTreeSet<_>>(),
+        public_base_url: settings.http.public_base_url.clone(),
+        max_body_bytes: settings.http.max_body_bytes,
+    });
+    Ok((state, index))
 }
 
 /// Open the index and every storage location the configuration declares.

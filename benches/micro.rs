@@ -1,0 +1,172 @@
+//! Micro-benchmarks (`cargo bench`): the per-request costs the load benchmark adds up.
+//!
+//! - sealing and opening a 2 KB and a 64 KB resource;
+//! - a compartment key from the cache (hit) and from the index + key provider (miss);
+//! - validating Synthea's Patient, Observation and Encounter against the R4 model, and parsing +
+//!   re-serialising a Patient;
+//! - a whole request in process (routing, token check, JSON, index, object, crypto, audit) for a
+//!   Patient read and create, on the embedded default.
+//!
+//! Results and how to reproduce them: BENCHMARKS.md.
+
+#![expect(clippy::unwrap_used, reason = "benchmark set-up: failing loudly is right")]
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::{App, test as actix_test};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use fhirvault::auth::{DevIssuer, Role, TokenRequest};
+use fhirvault::config::{Settings, dev_issuer_key_path};
+use fhirvault::crypto::{CompartmentKey, ObjectIdentity, SecretKey, envelope};
+use fhirvault::fhir::{model, resource, validate};
+use fhirvault::ids::{ResourceId, ResourceType, TenantId, VersionId};
+use fhirvault::keys::{KeyService, LocalFileProvider};
+use fhirvault::startup::{build_state, open_storage, prepare_data_dir};
+use fhirvault::time::Timestamp;
+use tokio::runtime::Runtime;
+
+const PATIENT: &str = include_str!("fixtures/synthea-Patient.json");
+const OBSERVATION: &str = include_str!("fixtures/synthea-Observation.json");
+const ENCOUNTER: &str = include_str!("fixtures/synthea-Encounter.json");
+
+fn runtime() -> Runtime {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap()
+}
+
+fn envelope(c: &mut Criterion) {
+    let key = CompartmentKey::new(SecretKey::generate().unwrap());
+    let tenant = TenantId::parse("demo").unwrap();
+    let id = ResourceId::parse("example").unwrap();
+    let identity = ObjectIdentity {
+        tenant: &tenant,
+        location: "local",
+        resource_type: ResourceType::parse("Patient").unwrap(),
+        id: &id,
+        version: VersionId::FIRST,
+        compartment: "Patient/example",
+    };
+    let mut group = c.benchmark_group("envelope");
+    for size in [2 * 1024, 64 * 1024] {
+        let plaintext = vec![b'x'; size];
+        let sealed = envelope::seal(&key, &identity, &plaintext).unwrap();
+        group.throughput(Throughput::Bytes(size as u64));
+        group.bench_with_input(BenchmarkId::new("seal", size), &plaintext, |b, p| {
+            b.iter(|| envelope::seal(&key, &identity, black_box(p)).unwrap());
+        });
+        group.bench_with_input(BenchmarkId::new("open", size), &sealed, |b, s| {
+            b.iter(|| envelope::open(&key, &identity, black_box(s)).unwrap());
+        });
+    }
+    group.finish();
+}
+
+fn key_cache(c: &mut Criterion) {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let settings = Settings { data_dir: dir.path().to_path_buf(), ..Settings::default() };
+    prepare_data_dir(&settings).unwrap();
+    let (index, _) = rt.block_on(open_storage(&settings)).unwrap();
+    let provider = Arc::new(LocalFileProvider::load(&settings.root_key_path()).unwrap());
+    let cached = KeyService::new(provider.clone(), index.clone(), 1000, Duration::from_secs(600));
+    // A cache that keeps nothing: every lookup reads the wrapped key and unwraps it.
+    let uncached = KeyService::new(provider, index, 0, Duration::from_secs(600));
+    let tenant = TenantId::parse("demo").unwrap();
+    rt.block_on(cached.compartment_key_for_write(&tenant, "Patient/example")).unwrap();
+
+    let mut group = c.benchmark_group("compartment_key");
+    group.bench_function("hit", |b| {
+        b.to_async(&rt).iter(|| async { cached.compartment_key(&tenant, "Patient/example").await.unwrap() });
+    });
+    group.bench_function("miss (index read + unwrap)", |b| {
+        b.to_async(&rt).iter(|| async { uncached.compartment_key(&tenant, "Patient/example").await.unwrap() });
+    });
+    group.finish();
+}
+
+fn validation(c: &mut Criterion) {
+    let model = model::r4().unwrap();
+    let mut group = c.benchmark_group("validate");
+    for (name, text) in [("Patient", PATIENT), ("Observation", OBSERVATION), ("Encounter", ENCOUNTER)] {
+        let value: serde_json::Value = serde_json::from_str(text).unwrap();
+        let map = value.as_object().unwrap().clone();
+        group.throughput(Throughput::Bytes(text.len() as u64));
+        group.bench_function(format!("synthea {name}"), |b| {
+            b.iter(|| {
+                let issues = validate::validate(model, name, black_box(&map));
+                assert!(issues.is_empty(), "{issues:?}");
+            });
+        });
+    }
+    group.finish();
+
+    let rt = ResourceType::parse("Patient").unwrap();
+    let id = ResourceId::parse("example").unwrap();
+    c.bench_function("json/patient parse + validate + serialize", |b| {
+        b.iter(|| {
+            let parsed = resource::parse(model, black_box(PATIENT.as_bytes()), rt).unwrap();
+            parsed.stored_json(&id, VersionId::FIRST, Timestamp::from_millis(1_700_000_000_000))
+        });
+    });
+}
+
+fn request(c: &mut Criterion) {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let settings = Settings { data_dir: dir.path().to_path_buf(), ..Settings::default() };
+    let (state, _) = rt.block_on(build_state(&settings)).unwrap();
+    let issuer = DevIssuer::load(&dev_issuer_key_path(dir.path()), &settings.auth.audience, 0).unwrap();
+    let token = issuer
+        .issue(&TokenRequest {
+            tenant: TenantId::parse("demo").unwrap(),
+            role: Role::Practitioner,
+            subject: None,
+            jurisdiction: None,
+            scope: None,
+            patient: None,
+            purpose: None,
+            ttl: Duration::from_secs(3600),
+        })
+        .unwrap();
+    let auth = format!("Bearer {token}");
+    let app = rt.block_on(actix_test::init_service(
+        App::new()
+            .app_data(state)
+            .wrap(actix_web::middleware::from_fn(fhirvault::api::request_context))
+            .configure(fhirvault::api::routes),
+    ));
+    let create = || {
+        actix_test::TestRequest::post()
+            .uri("/fhir/demo/Patient")
+            .insert_header(("Authorization", auth.as_str()))
+            .insert_header(("Content-Type", "application/fhir+json"))
+            .set_payload(PATIENT)
+            .to_request()
+    };
+    let created = rt.block_on(actix_test::call_service(&app, create()));
+    assert_eq!(created.status(), 201);
+    let location = created.headers().get("location").unwrap().to_str().unwrap().to_owned();
+    let path =
+        location.split("/_history").next().unwrap().split("/fhir/").nth(1).map(|p| format!("/fhir/{p}")).unwrap();
+
+    let mut group = c.benchmark_group("request (in process, embedded default)");
+    group.bench_function("read Patient", |b| {
+        b.to_async(&rt).iter(|| async {
+            let req =
+                actix_test::TestRequest::get().uri(&path).insert_header(("Authorization", auth.as_str())).to_request();
+            let response = actix_test::call_service(&app, req).await;
+            assert_eq!(response.status(), 200);
+        });
+    });
+    group.bench_function("create Patient", |b| {
+        b.to_async(&rt).iter(|| async {
+            let response = actix_test::call_service(&app, create()).await;
+            assert_eq!(response.status(), 201);
+        });
+    });
+    group.finish();
+}
+
+criterion_group!(benches, envelope, key_cache, validation, request);
+criterion_main!(benches);
