@@ -147,43 +147,36 @@ pub async fn run(options: &Options) -> Result<Report, BenchError> {
     let idle = (!options.server_pids.is_empty()).then(|| mib(procfs::rss_kib(&options.server_pids).0));
     let mut created: Vec<String> = Vec::new();
     let mut phases = Vec::new();
-    let mut queue = Vec::new();
-    for &phase in &options.phases {
-        if phase == Phase::Ingest {
-            let path = options.synthea.as_ref().ok_or(BenchError::NoSynthea("ingest"))?;
-            let ingest = synthea::ingest_jobs(path).map_err(BenchError::Synthea)?;
-            queue.push((Phase::IngestShared, Some(ingest.shared)));
-            queue.push((Phase::IngestPatients, Some(ingest.patients)));
-        } else {
-            queue.push((phase, None));
-        }
-    }
-    for (phase, prepared) in queue {
-        let jobs: Vec<Job> = match (phase, prepared) {
-            (_, Some(jobs)) => jobs,
-            (phase, None) => match phase {
-                Phase::Warmup => workload::warmup(options.warmup),
-                Phase::Create => workload::patients(options.n),
-                Phase::CreateObservation => {
-                    let subjects =
-                        if created.is_empty() { vec![None] } else { created.iter().cloned().map(Some).collect() };
-                    workload::observations(options.n, &subjects)
+    for &asked in &options.phases {
+        // The ingest runs as two measured phases: shared resources first, then the patients.
+        let batches: Vec<(Phase, Vec<Job>)> = match asked {
+            Phase::Warmup => vec![(asked, workload::warmup(options.warmup))],
+            Phase::Create => vec![(asked, workload::patients(options.n))],
+            Phase::CreateObservation => {
+                let subjects =
+                    if created.is_empty() { vec![None] } else { created.iter().cloned().map(Some).collect() };
+                vec![(asked, workload::observations(options.n, &subjects))]
+            }
+            Phase::Read => {
+                if created.is_empty() {
+                    return Err(BenchError::NothingToRead);
                 }
-                Phase::Read => {
-                    if created.is_empty() {
-                        return Err(BenchError::NothingToRead);
-                    }
-                    workload::reads(options.n, &created)
-                }
-                Phase::Ingest | Phase::IngestShared | Phase::IngestPatients => Vec::new(),
-            },
+                vec![(asked, workload::reads(options.n, &created))]
+            }
+            Phase::Ingest | Phase::IngestShared | Phase::IngestPatients => {
+                let path = options.synthea.as_ref().ok_or(BenchError::NoSynthea("ingest"))?;
+                let ingest = synthea::ingest_jobs(path).map_err(BenchError::Synthea)?;
+                vec![(Phase::IngestShared, ingest.shared), (Phase::IngestPatients, ingest.patients)]
+            }
         };
-        let (report, ids) = run_phase(&client, phase, jobs, options).await;
-        if phase == Phase::Create {
-            created = ids;
-        }
-        if phase != Phase::Warmup {
-            phases.push(report);
+        for (phase, jobs) in batches {
+            let (report, ids) = run_phase(&client, phase, jobs, options).await;
+            if phase == Phase::Create {
+                created = ids;
+            }
+            if phase != Phase::Warmup {
+                phases.push(report);
+            }
         }
     }
     Ok(Report {
