@@ -171,7 +171,7 @@ impl Engine {
         let record = AuditRecord::new(&ctx.meta, Some(&ctx.tenant), Agent::of(principal), action)
             .target(&Target { compartment: instance_compartment.map(|c| c.key_ref()), ..target.clone() })
             .outcome(200, Some(format!("{} entries", entries.len())));
-        self.index.append_audit(&[record]).await?;
+        self.commits.append_audit(record).await?;
         Ok(bytes)
     }
 }

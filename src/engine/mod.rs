@@ -20,7 +20,7 @@ use crate::fhir::model::Model;
 use crate::ids::{ResourceId, ResourceType, TenantId, VersionId};
 use crate::keys::{KeyError, KeyService};
 use crate::policy::{Deny, Permit};
-use crate::storage::{Index, Locations, ObjectStorage, StorageError, VersionRow};
+use crate::storage::{Committer, Index, Locations, ObjectStorage, StorageError, VersionRow};
 use crate::time::Timestamp;
 
 pub use history::{HistoryRequest, PagingError};
@@ -111,6 +111,8 @@ pub struct RequestContext {
 
 pub struct Engine {
     index: Arc<dyn Index>,
+    /// Every index write goes through the group committer.
+    commits: Committer,
     locations: Locations,
     keys: KeyService,
     model: &'static Model,
@@ -118,6 +120,7 @@ pub struct Engine {
 }
 
 impl Engine {
+    /// Needs a Tokio runtime: it starts the group-commit tasks.
     pub fn new(
         index: Arc<dyn Index>,
         locations: Locations,
@@ -125,7 +128,8 @@ impl Engine {
         model: &'static Model,
         limits: Limits,
     ) -> Self {
-        Self { index, locations, keys, model, limits }
+        let commits = Committer::start(&index, index.commit_workers());
+        Self { index, commits, locations, keys, model, limits }
     }
 
     /// Readiness: index, object store and key provider all answer.
@@ -150,7 +154,7 @@ impl Engine {
         let agent = principal.map(Agent::of).unwrap_or_default();
         let record =
             AuditRecord::new(meta, tenant, agent, AuditAction::Authenticate).outcome(status, Some(detail.to_owned()));
-        self.index.append_audit(&[record]).await?;
+        self.commits.append_audit(record).await?;
         Ok(())
     }
 
@@ -168,7 +172,7 @@ impl Engine {
         let record = AuditRecord::new(&ctx.meta, Some(&ctx.tenant), Agent::of(principal), action)
             .target(target)
             .outcome(status, Some(detail.to_owned()));
-        self.index.append_audit(&[record]).await?;
+        self.commits.append_audit(record).await?;
         Ok(())
     }
 
@@ -191,7 +195,7 @@ impl Engine {
             .target(&target)
             .outcome(error.status(), Some(error.audit_detail()))
             .policy(policy);
-        self.index.append_audit(&[record]).await?;
+        self.commits.append_audit(record).await?;
         Err(error)
     }
 

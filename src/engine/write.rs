@@ -3,13 +3,15 @@
 //! Order of a write: validate, decide, seal, PUT the object under a fresh key, then commit the
 //! version row, the current pointer and the audit record in one transaction.
 
+use std::sync::Arc;
+
 use crate::audit::{Agent, AuditAction, AuditRecord, Target};
 use crate::auth::Principal;
 use crate::crypto::{ObjectIdentity, envelope};
 use crate::fhir::{self, Compartment, Resource};
 use crate::ids::{ResourceId, ResourceType, VersionId};
 use crate::policy::{self, Action, Permit};
-use crate::storage::{Method, NewVersion, ObjectKey, StorageError, VersionRow};
+use crate::storage::{Method, NewVersion, ObjectKey, StorageError, VersionCommit, VersionRow};
 use crate::time::Timestamp;
 
 use super::{Engine, EngineError, RequestContext};
@@ -38,6 +40,9 @@ struct VersionSpec<'a> {
     compartment: &'a Compartment,
     expected_current: Option<VersionId>,
     last_updated: Timestamp,
+    /// The compartment is this resource's own and new (a Patient under an id the server just
+    /// chose): its key is created here and committed with this version.
+    new_compartment: bool,
 }
 
 impl Engine {
@@ -73,6 +78,7 @@ impl Engine {
             compartment: &compartment,
             expected_current: None,
             last_updated: Timestamp::now(),
+            new_compartment: compartment.is_patient(&id),
         };
         self.write_version(ctx, principal, &permit, &spec, Some(&resource)).await
     }
@@ -132,6 +138,9 @@ impl Engine {
                 compartment: &compartment,
                 expected_current: current.as_ref().map(|r| r.version),
                 last_updated: current.as_ref().map_or(now, |r| now.at_least(r.last_updated)),
+                // A client-chosen id may already have a compartment (resources that referred
+                // to it before it existed): use or create the stored key.
+                new_compartment: false,
             };
             match self.write_version(ctx, principal, &permit, &spec, Some(&resource)).await {
                 Err(EngineError::Conflict) if if_match.is_none() && attempt < MAX_ATTEMPTS => continue,
@@ -199,6 +208,7 @@ impl Engine {
             compartment: &compartment,
             expected_current: Some(current.version),
             last_updated: Timestamp::now().at_least(current.last_updated),
+            new_compartment: false,
         };
         match self.write_version(ctx, principal, &permit, &spec, None).await {
             Err(EngineError::Conflict) if if_match.is_some() => Err(EngineError::PreconditionFailed {
@@ -221,10 +231,17 @@ impl Engine {
         let key_ref = spec.compartment.key_ref();
         let storage = self.location_of(&ctx.tenant)?;
         let mut body = Vec::new();
+        let mut new_key = None;
         let object_key = match resource {
             Some(resource) => {
                 body = resource.stored_json(spec.id, spec.version, spec.last_updated);
-                let key = self.keys.compartment_key_for_write(&ctx.tenant, &key_ref).await?;
+                let key = if spec.new_compartment {
+                    let (key, wrapped) = self.keys.new_compartment_key(&ctx.tenant, &key_ref).await?;
+                    new_key = Some((Arc::clone(&key), wrapped));
+                    key
+                } else {
+                    self.keys.compartment_key_for_write(&ctx.tenant, &key_ref).await?
+                };
                 let identity = ObjectIdentity {
                     tenant: &ctx.tenant,
                     location: storage.name(),
@@ -261,7 +278,7 @@ impl Engine {
             .target(&target)
             .outcome(status, None)
             .policy(Some(permit.rule()));
-        let row = NewVersion {
+        let version = NewVersion {
             tenant: ctx.tenant.clone(),
             resource_type: spec.rt,
             id: spec.id.clone(),
@@ -269,12 +286,18 @@ impl Engine {
             method: spec.method,
             object_key,
             location: storage.name().to_owned(),
-            compartment: key_ref,
+            compartment: key_ref.clone(),
             last_updated: spec.last_updated,
             expected_current: spec.expected_current,
         };
-        match self.index.commit_version(&row, &audit).await {
-            Ok(_) => {}
+        let (key, wrapped) = new_key.unzip();
+        let commit = VersionCommit { version, audit, new_key: wrapped };
+        match self.commits.commit_version(commit).await {
+            Ok(_) => {
+                if let Some(key) = key {
+                    self.keys.remember_compartment_key(&ctx.tenant, &key_ref, key).await;
+                }
+            }
             // The object just written is now an orphan; the sweeper removes it.
             Err(StorageError::Conflict { .. }) => return Err(EngineError::Conflict),
             Err(e) => return Err(e.into()),
@@ -303,7 +326,7 @@ impl Engine {
         let record = AuditRecord::new(&ctx.meta, Some(&ctx.tenant), Agent::of(principal), action)
             .target(&target)
             .outcome(status, None);
-        self.index.append_audit(&[record]).await?;
+        self.commits.append_audit(record).await?;
         Ok(())
     }
 

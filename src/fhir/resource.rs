@@ -49,6 +49,11 @@ impl Compartment {
         }
     }
 
+    /// Whether this is the compartment of the Patient `id` itself.
+    pub fn is_patient(&self, id: &ResourceId) -> bool {
+        matches!(self, Self::Patient(own) if own == id)
+    }
+
     pub fn parse_key_ref(s: &str) -> Option<Self> {
         match s.strip_prefix("Patient/") {
             Some(id) => ResourceId::parse(id).ok().map(Self::Patient),

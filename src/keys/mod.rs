@@ -89,6 +89,25 @@ impl KeyService {
             .map_err(|e| unshare(&e))
     }
 
+    /// A key for a compartment that this write creates (a new Patient's own, under an id the
+    /// server just chose): generated and wrapped now, stored by the transaction that commits the
+    /// version using it (`VersionCommit::new_key`), and cached only once that committed
+    /// (`remember_compartment_key`). Saves the separate insert and its flush per new patient.
+    pub async fn new_compartment_key(
+        &self,
+        tenant: &TenantId,
+        key_ref: &str,
+    ) -> Result<(Arc<CompartmentKey>, WrappedKey), KeyError> {
+        let fresh = SecretKey::generate()?;
+        let wrapped = self.provider.wrap(tenant, key_ref, &fresh).await?;
+        Ok((Arc::new(CompartmentKey::new(fresh)), wrapped))
+    }
+
+    /// Cache a key from `new_compartment_key` once it is stored.
+    pub async fn remember_compartment_key(&self, tenant: &TenantId, key_ref: &str, key: Arc<CompartmentKey>) {
+        self.compartments.insert((tenant.clone(), key_ref.to_owned()), key).await;
+    }
+
     /// The compartment key for a read: it must exist (a missing key is an integrity failure).
     pub async fn compartment_key(&self, tenant: &TenantId, key_ref: &str) -> Result<Arc<CompartmentKey>, KeyError> {
         let cache_key = (tenant.clone(), key_ref.to_owned());

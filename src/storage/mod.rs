@@ -7,6 +7,7 @@
 //! first. Writers PUT the object, then commit the row; a crash in between leaves an orphan
 //! object (removed by the sweeper), never a dangling row.
 
+pub mod commit;
 pub mod gc;
 pub mod objects;
 pub mod postgres;
@@ -24,6 +25,7 @@ use crate::crypto::WrappedKey;
 use crate::ids::{ResourceId, ResourceType, TenantId, VersionId};
 use crate::time::Timestamp;
 
+pub use commit::Committer;
 pub use objects::{Locations, ObjectKey, ObjectStorage};
 
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +38,12 @@ pub enum StorageError {
     ObjectMissing(String),
     #[error("object `{0}` already exists; object keys are never reused")]
     ObjectExists(String),
+    /// A version meant to create its compartment's key found one already stored.
+    #[error("a key named `{0}` already exists")]
+    KeyExists(String),
+    /// The group committer is not running (the server is stopping).
+    #[error("the index committer has stopped")]
+    CommitterStopped,
     #[error("index database error")]
     Database(#[from] sqlx::Error),
     #[error("index migration failed")]
@@ -116,6 +124,17 @@ pub struct NewVersion {
     pub expected_current: Option<VersionId>,
 }
 
+/// One version to commit in a batch, with its audit record and, for a compartment that this
+/// version creates (a new Patient's own), the compartment key wrapped under the tenant KEK.
+#[derive(Debug, Clone)]
+pub struct VersionCommit {
+    pub version: NewVersion,
+    pub audit: AuditRecord,
+    /// Stored under `(version.tenant, version.compartment)` in the same transaction; the commit
+    /// fails (`KeyExists`) if a key is already stored under that name.
+    pub new_key: Option<WrappedKey>,
+}
+
 /// Which versions a history request wants, newest first.
 #[derive(Debug, Clone)]
 pub struct HistoryQuery {
@@ -133,6 +152,9 @@ pub struct HistoryQuery {
 /// The index. Every method is one round trip or one transaction; none holds a lock across calls.
 #[async_trait]
 pub trait Index: Send + Sync {
+    /// How many group-commit tasks suit this database (see `Committer::start`).
+    fn commit_workers(&self) -> usize;
+
     /// Readiness: the database answers.
     async fn ping(&self) -> Result<(), StorageError>;
 
@@ -154,9 +176,26 @@ pub trait Index: Send + Sync {
         version: VersionId,
     ) -> Result<Option<VersionRow>, StorageError>;
 
+    /// In ONE transaction: every version of `versions` whose `expected_current` holds (with its
+    /// new key, version row, current pointer and audit record), and every record of `audits`.
+    /// A version whose expectation fails gets `Err(Conflict)` and writes nothing; the others
+    /// still commit. `Err` outside means the transaction failed and nothing was written.
+    ///
+    /// This is what the group committer calls: one transaction and one durable flush for many
+    /// requests.
+    async fn commit_batch(
+        &self,
+        versions: &[VersionCommit],
+        audits: &[AuditRecord],
+    ) -> Result<Vec<Result<i64, StorageError>>, StorageError>;
+
     /// In ONE transaction: check that `v.expected_current` is current (else `Conflict`, nothing
     /// written), insert the version row, move the current pointer, append `audit`.
-    async fn commit_version(&self, v: &NewVersion, audit: &AuditRecord) -> Result<i64, StorageError>;
+    async fn commit_version(&self, v: &NewVersion, audit: &AuditRecord) -> Result<i64, StorageError> {
+        let commit = VersionCommit { version: v.clone(), audit: audit.clone(), new_key: None };
+        let mut results = self.commit_batch(std::slice::from_ref(&commit), &[]).await?;
+        results.pop().unwrap_or_else(|| Err(StorageError::Corrupt("a batch of one returned no result".into())))
+    }
 
     /// Versions matching `q`, newest first, at most `q.limit`.
     async fn history(&self, q: &HistoryQuery) -> Result<Vec<VersionRow>, StorageError>;
@@ -165,7 +204,9 @@ pub trait Index: Send + Sync {
     async fn history_total(&self, q: &HistoryQuery) -> Result<u64, StorageError>;
 
     /// Append audit records (reads, refusals) in one transaction. Returns when durable.
-    async fn append_audit(&self, records: &[AuditRecord]) -> Result<(), StorageError>;
+    async fn append_audit(&self, records: &[AuditRecord]) -> Result<(), StorageError> {
+        self.commit_batch(&[], records).await.map(drop)
+    }
 
     /// A wrapped tenant key (compartment key, MAC key) by name.
     async fn tenant_key(&self, tenant: &TenantId, key_ref: &str) -> Result<Option<WrappedKey>, StorageError>;

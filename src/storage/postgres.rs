@@ -1,10 +1,12 @@
 //! The PostgreSQL index (production): a connection pool, a server-side statement timeout, and
 //! migrations run under sqlx's advisory lock so that replicas starting together migrate once.
 //!
-//! Write transactions run at READ COMMITTED: two writers of the same resource may both read the
-//! same current version, and the unique `(tenant, type, id, version)` constraint lets exactly one
-//! of them commit (the other sees a conflict and retries), which is the same outcome SQLite gets
-//! from its single writer.
+//! Write transactions run at READ COMMITTED. A writer moves the current pointer only from the
+//! version it expects (`UPDATE ... WHERE current_version = expected`, or an insert that does
+//! nothing if the resource exists); a concurrent writer of the same resource waits for the
+//! first to commit, then finds the pointer moved and reports a conflict, which is the same
+//! outcome SQLite gets from its single writer. Batches take their row locks in (tenant, type, id)
+//! order, so two batches never deadlock on each other.
 
 use std::str::FromStr;
 
@@ -39,4 +41,5 @@ impl PostgresIndex {
     }
 }
 
-super::sql::impl_index!(PostgresIndex, Postgres);
+// Two committers: one flushes its batch while the other fills the next.
+super::sql::impl_index!(PostgresIndex, Postgres, commit_workers = 2);

@@ -56,13 +56,81 @@ pub(super) const SELECT_VERSION: &str = "SELECT seq, tenant, resource_type, reso
 pub(super) const SELECT_CURRENT_VERSION: &str =
     "SELECT current_version FROM resources WHERE tenant = $1 AND resource_type = $2 AND resource_id = $3";
 
-pub(super) const INSERT_VERSION: &str = "INSERT INTO resource_versions (tenant, resource_type, resource_id, \
-     version, method, object_key, location, compartment, last_updated) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING seq";
+/// Move the current pointer from the version the writer expects; no row changed = a conflict.
+pub(super) const ADVANCE_CURRENT: &str = "UPDATE resources SET current_version = $4 \
+     WHERE tenant = $1 AND resource_type = $2 AND resource_id = $3 AND current_version = $5";
 
-pub(super) const UPSERT_CURRENT: &str = "INSERT INTO resources (tenant, resource_type, resource_id, \
-     current_version) VALUES ($1, $2, $3, $4) ON CONFLICT (tenant, resource_type, resource_id) \
-     DO UPDATE SET current_version = excluded.current_version";
+/// Multi-row statements: a batch is cut into chunks of these sizes, largest first, so that each
+/// connection prepares (and caches) at most four statements per table however batches vary.
+const CHUNKS: [usize; 4] = [64, 16, 4, 1];
+
+/// One `INSERT ... VALUES (...), (...)` per chunk size.
+pub(super) struct MultiRow {
+    by_size: [String; 4],
+}
+
+impl MultiRow {
+    fn new(head: &str, columns: usize, tail: &str) -> Self {
+        Self {
+            by_size: CHUNKS.map(|rows| {
+                let tuples: Vec<String> = (0..rows)
+                    .map(|row| {
+                        let params: Vec<String> = (1..=columns).map(|c| format!("${}", row * columns + c)).collect();
+                        format!("({})", params.join(", "))
+                    })
+                    .collect();
+                format!("{head} VALUES {}{tail}", tuples.join(", "))
+            }),
+        }
+    }
+
+    /// The statement for a chunk that `chunks` produced.
+    pub(super) fn sql(&'static self, rows: usize) -> &'static str {
+        let at = CHUNKS.iter().position(|&size| size == rows).unwrap_or(CHUNKS.len() - 1);
+        self.by_size.get(at).map_or("", String::as_str)
+    }
+}
+
+/// `items` cut into chunks whose sizes are in `CHUNKS`, largest first.
+pub(super) fn chunks<T>(mut items: &[T]) -> Vec<&[T]> {
+    let mut out = Vec::new();
+    for size in CHUNKS {
+        while items.len() >= size {
+            let (chunk, rest) = items.split_at(size);
+            out.push(chunk);
+            items = rest;
+        }
+    }
+    out
+}
+
+/// New resources: the pointer row is inserted unless the resource exists (then: a conflict).
+pub(super) static INSERT_CURRENT: std::sync::LazyLock<MultiRow> = std::sync::LazyLock::new(|| {
+    MultiRow::new(
+        "INSERT INTO resources (tenant, resource_type, resource_id, current_version)",
+        4,
+        " ON CONFLICT (tenant, resource_type, resource_id) DO NOTHING RETURNING tenant, resource_type, resource_id",
+    )
+});
+
+pub(super) static INSERT_VERSIONS: std::sync::LazyLock<MultiRow> = std::sync::LazyLock::new(|| {
+    MultiRow::new(
+        "INSERT INTO resource_versions (tenant, resource_type, resource_id, version, method, object_key, location, \
+         compartment, last_updated)",
+        9,
+        " RETURNING seq, tenant, resource_type, resource_id, version",
+    )
+});
+
+pub(super) static INSERT_AUDITS: std::sync::LazyLock<MultiRow> = std::sync::LazyLock::new(|| {
+    MultiRow::new(
+        "INSERT INTO audit_records (recorded_at, request_id, tenant, agent_subject, agent_issuer, agent_role, \
+         agent_jurisdiction, purpose, token_id, source_ip, action, resource_type, resource_id, version, \
+         compartment, outcome, detail, policy)",
+        18,
+        "",
+    )
+});
 
 pub(super) const HISTORY_INSTANCE: &str = "SELECT seq, tenant, resource_type, resource_id, version, method, \
      object_key, location, compartment, last_updated FROM resource_versions \
@@ -80,11 +148,6 @@ pub(super) const COUNT_INSTANCE: &str = "SELECT COUNT(*) FROM resource_versions 
 pub(super) const COUNT_TYPE: &str =
     "SELECT COUNT(*) FROM resource_versions WHERE tenant = $1 AND resource_type = $2 AND last_updated >= $3";
 
-pub(super) const INSERT_AUDIT: &str = "INSERT INTO audit_records (recorded_at, request_id, tenant, \
-     agent_subject, agent_issuer, agent_role, agent_jurisdiction, purpose, token_id, source_ip, action, \
-     resource_type, resource_id, version, compartment, outcome, detail, policy) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)";
-
 pub(super) const SELECT_TENANT_KEY: &str =
     "SELECT kek_version, wrapped FROM tenant_keys WHERE tenant = $1 AND key_ref = $2";
 
@@ -92,10 +155,6 @@ pub(super) const INSERT_TENANT_KEY: &str = "INSERT INTO tenant_keys (tenant, key
      created_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (tenant, key_ref) DO NOTHING";
 
 pub(super) const OBJECT_KNOWN: &str = "SELECT COUNT(*) FROM resource_versions WHERE object_key = $1";
-
-pub(super) fn is_unique_violation(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
-}
 
 pub(super) fn version_from_db(raw: i64) -> Result<crate::ids::VersionId, StorageError> {
     u32::try_from(raw)
@@ -107,38 +166,226 @@ pub(super) fn version_from_db(raw: i64) -> Result<crate::ids::VersionId, Storage
 /// `impl Index for $index`, where `$index` has a `pool` and an
 /// `async fn begin_write(&self) -> Result<Transaction<'static, $db>, StorageError>`.
 macro_rules! impl_index {
-    ($index:ty, $db:ty) => {
-        async fn insert_audit(
+    ($index:ty, $db:ty, commit_workers = $workers:expr) => {
+        /// Append `records` with multi-row inserts.
+        async fn insert_audits(
             tx: &mut sqlx::Transaction<'static, $db>,
-            r: &$crate::audit::AuditRecord,
+            records: &[&$crate::audit::AuditRecord],
         ) -> Result<(), $crate::storage::StorageError> {
             use $crate::ids::{ResourceId, ResourceType, TenantId};
-            sqlx::query($crate::storage::sql::INSERT_AUDIT)
-                .bind(r.recorded.millis())
-                .bind(&r.request_id)
-                .bind(r.tenant.as_ref().map(TenantId::as_str))
-                .bind(&r.agent.subject)
-                .bind(&r.agent.issuer)
-                .bind(&r.agent.role)
-                .bind(&r.agent.jurisdiction)
-                .bind(&r.agent.purpose)
-                .bind(&r.agent.token_id)
-                .bind(&r.source_ip)
-                .bind(r.action.as_str())
-                .bind(r.resource_type.map(ResourceType::as_str))
-                .bind(r.resource_id.as_ref().map(ResourceId::as_str))
-                .bind(r.version.map(|v| i64::from(v.get())))
-                .bind(&r.compartment)
-                .bind(i64::from(r.outcome))
-                .bind(&r.detail)
-                .bind(&r.policy)
-                .execute(&mut **tx)
+            use $crate::storage::sql;
+            for chunk in sql::chunks(records) {
+                let mut query = sqlx::query(sql::INSERT_AUDITS.sql(chunk.len()));
+                for r in chunk {
+                    query = query
+                        .bind(r.recorded.millis())
+                        .bind(&r.request_id)
+                        .bind(r.tenant.as_ref().map(TenantId::as_str))
+                        .bind(&r.agent.subject)
+                        .bind(&r.agent.issuer)
+                        .bind(&r.agent.role)
+                        .bind(&r.agent.jurisdiction)
+                        .bind(&r.agent.purpose)
+                        .bind(&r.agent.token_id)
+                        .bind(&r.source_ip)
+                        .bind(r.action.as_str())
+                        .bind(r.resource_type.map(ResourceType::as_str))
+                        .bind(r.resource_id.as_ref().map(ResourceId::as_str))
+                        .bind(r.version.map(|v| i64::from(v.get())))
+                        .bind(&r.compartment)
+                        .bind(i64::from(r.outcome))
+                        .bind(&r.detail)
+                        .bind(&r.policy);
+                }
+                query.execute(&mut **tx).await?;
+            }
+            Ok(())
+        }
+
+        /// Store the new compartment keys; a name already taken fails that version.
+        async fn insert_new_keys(
+            tx: &mut sqlx::Transaction<'static, $db>,
+            versions: &[$crate::storage::VersionCommit],
+            results: &mut [Option<Result<i64, $crate::storage::StorageError>>],
+        ) -> Result<(), $crate::storage::StorageError> {
+            let mut with_keys: Vec<usize> =
+                (0..versions.len()).filter(|&i| versions.get(i).is_some_and(|c| c.new_key.is_some())).collect();
+            with_keys.sort_by(|&a, &b| {
+                let key =
+                    |i: usize| versions.get(i).map(|c| (c.version.tenant.as_str(), c.version.compartment.as_str()));
+                key(a).cmp(&key(b))
+            });
+            for i in with_keys {
+                let (Some(c), Some(slot)) = (versions.get(i), results.get_mut(i)) else { continue };
+                let Some(wrapped) = &c.new_key else { continue };
+                let done = sqlx::query($crate::storage::sql::INSERT_TENANT_KEY)
+                    .bind(c.version.tenant.as_str())
+                    .bind(&c.version.compartment)
+                    .bind(i64::from(wrapped.kek_version))
+                    .bind(&wrapped.bytes)
+                    .bind(c.audit.recorded.millis())
+                    .execute(&mut **tx)
+                    .await?;
+                if done.rows_affected() == 0 {
+                    *slot = Some(Err($crate::storage::StorageError::KeyExists(c.version.compartment.clone())));
+                }
+            }
+            Ok(())
+        }
+
+        /// Move the current pointers: new resources with multi-row inserts, then updates one by
+        /// one, each in (tenant, type, id) order so that two batches never wait on each other in
+        /// a cycle. A pointer that is not where its writer expected marks that version a conflict.
+        async fn advance_pointers(
+            tx: &mut sqlx::Transaction<'static, $db>,
+            versions: &[$crate::storage::VersionCommit],
+            results: &mut [Option<Result<i64, $crate::storage::StorageError>>],
+        ) -> Result<(), $crate::storage::StorageError> {
+            use std::collections::HashSet;
+            use $crate::storage::{StorageError, sql};
+            let id_of = |i: usize| {
+                versions
+                    .get(i)
+                    .map(|c| (c.version.tenant.as_str(), c.version.resource_type.as_str(), c.version.id.as_str()))
+            };
+            let mut order: Vec<usize> =
+                (0..versions.len()).filter(|&i| results.get(i).is_some_and(Option::is_none)).collect();
+            order.sort_by(|&a, &b| id_of(a).cmp(&id_of(b)));
+            let (creates, updates): (Vec<usize>, Vec<usize>) =
+                order.into_iter().partition(|&i| versions.get(i).is_some_and(|c| c.version.expected_current.is_none()));
+
+            // The same new resource twice in one batch: the first one is the attempt, the others conflict.
+            let mut attempted = HashSet::new();
+            let mut inserts = Vec::new();
+            for i in creates {
+                if attempted.insert(id_of(i)) {
+                    inserts.push(i);
+                } else if let Some(slot) = results.get_mut(i) {
+                    *slot = Some(Err(StorageError::Conflict { current: None }));
+                }
+            }
+            let mut inserted: HashSet<(String, String, String)> = HashSet::new();
+            for chunk in sql::chunks(&inserts) {
+                let mut query = sqlx::query_as::<_, (String, String, String)>(sql::INSERT_CURRENT.sql(chunk.len()));
+                for &i in chunk {
+                    let Some(c) = versions.get(i) else { continue };
+                    query = query
+                        .bind(c.version.tenant.as_str())
+                        .bind(c.version.resource_type.as_str())
+                        .bind(c.version.id.as_str())
+                        .bind(i64::from(c.version.version.get()));
+                }
+                inserted.extend(query.fetch_all(&mut **tx).await?);
+            }
+            for i in inserts {
+                let Some(c) = versions.get(i) else { continue };
+                let v = &c.version;
+                let key = (v.tenant.as_str().to_owned(), v.resource_type.as_str().to_owned(), v.id.as_str().to_owned());
+                if !inserted.contains(&key) {
+                    let current = current_version(tx, v).await?;
+                    if let Some(slot) = results.get_mut(i) {
+                        *slot = Some(Err(StorageError::Conflict { current }));
+                    }
+                }
+            }
+
+            for i in updates {
+                let Some(c) = versions.get(i) else { continue };
+                let v = &c.version;
+                let expected = v.expected_current.map(|e| i64::from(e.get()));
+                let done = sqlx::query(sql::ADVANCE_CURRENT)
+                    .bind(v.tenant.as_str())
+                    .bind(v.resource_type.as_str())
+                    .bind(v.id.as_str())
+                    .bind(i64::from(v.version.get()))
+                    .bind(expected)
+                    .execute(&mut **tx)
+                    .await?;
+                if done.rows_affected() == 0 {
+                    let current = current_version(tx, v).await?;
+                    if let Some(slot) = results.get_mut(i) {
+                        *slot = Some(Err(StorageError::Conflict { current }));
+                    }
+                }
+            }
+            Ok(())
+        }
+
+        async fn current_version(
+            tx: &mut sqlx::Transaction<'static, $db>,
+            v: &$crate::storage::NewVersion,
+        ) -> Result<Option<$crate::ids::VersionId>, $crate::storage::StorageError> {
+            let current: Option<i64> = sqlx::query_scalar($crate::storage::sql::SELECT_CURRENT_VERSION)
+                .bind(v.tenant.as_str())
+                .bind(v.resource_type.as_str())
+                .bind(v.id.as_str())
+                .fetch_optional(&mut **tx)
                 .await?;
+            current.map($crate::storage::sql::version_from_db).transpose()
+        }
+
+        /// Insert the version rows of the versions whose pointer moved; their `seq` is the result.
+        async fn insert_versions(
+            tx: &mut sqlx::Transaction<'static, $db>,
+            versions: &[$crate::storage::VersionCommit],
+            results: &mut [Option<Result<i64, $crate::storage::StorageError>>],
+        ) -> Result<(), $crate::storage::StorageError> {
+            use std::collections::HashMap;
+            use $crate::storage::sql;
+            let winners: Vec<usize> =
+                (0..versions.len()).filter(|&i| results.get(i).is_some_and(Option::is_none)).collect();
+            let mut by_row: HashMap<(String, String, String, i64), usize> = HashMap::new();
+            for &i in &winners {
+                let Some(c) = versions.get(i) else { continue };
+                let v = &c.version;
+                by_row.insert(
+                    (
+                        v.tenant.as_str().to_owned(),
+                        v.resource_type.as_str().to_owned(),
+                        v.id.as_str().to_owned(),
+                        i64::from(v.version.get()),
+                    ),
+                    i,
+                );
+            }
+            for chunk in sql::chunks(&winners) {
+                let mut query =
+                    sqlx::query_as::<_, (i64, String, String, String, i64)>(sql::INSERT_VERSIONS.sql(chunk.len()));
+                for &i in chunk {
+                    let Some(c) = versions.get(i) else { continue };
+                    let v = &c.version;
+                    query = query
+                        .bind(v.tenant.as_str())
+                        .bind(v.resource_type.as_str())
+                        .bind(v.id.as_str())
+                        .bind(i64::from(v.version.get()))
+                        .bind(v.method.as_str())
+                        .bind(v.object_key.as_ref().map($crate::storage::ObjectKey::as_str))
+                        .bind(&v.location)
+                        .bind(&v.compartment)
+                        .bind(v.last_updated.millis());
+                }
+                for (seq, tenant, rt, id, version) in query.fetch_all(&mut **tx).await? {
+                    let slot = by_row.get(&(tenant, rt, id, version)).and_then(|&i| results.get_mut(i));
+                    match slot {
+                        Some(slot) => *slot = Some(Ok(seq)),
+                        None => {
+                            return Err($crate::storage::StorageError::Corrupt(
+                                "a version row the batch did not insert".into(),
+                            ));
+                        }
+                    }
+                }
+            }
             Ok(())
         }
 
         #[async_trait::async_trait]
         impl $crate::storage::Index for $index {
+            fn commit_workers(&self) -> usize {
+                $workers
+            }
+
             async fn ping(&self) -> Result<(), $crate::storage::StorageError> {
                 sqlx::query("SELECT 1").execute(&self.pool).await?;
                 Ok(())
@@ -176,56 +423,33 @@ macro_rules! impl_index {
                 row.map($crate::storage::VersionRow::try_from).transpose()
             }
 
-            async fn commit_version(
+            async fn commit_batch(
                 &self,
-                v: &$crate::storage::NewVersion,
-                audit: &$crate::audit::AuditRecord,
-            ) -> Result<i64, $crate::storage::StorageError> {
+                versions: &[$crate::storage::VersionCommit],
+                audits: &[$crate::audit::AuditRecord],
+            ) -> Result<Vec<Result<i64, $crate::storage::StorageError>>, $crate::storage::StorageError> {
                 use $crate::storage::StorageError;
-                use $crate::storage::sql;
+                let mut results: Vec<Option<Result<i64, StorageError>>> = versions.iter().map(|_| None).collect();
                 let mut tx = self.begin_write().await?;
-                let current: Option<i64> = sqlx::query_scalar(sql::SELECT_CURRENT_VERSION)
-                    .bind(v.tenant.as_str())
-                    .bind(v.resource_type.as_str())
-                    .bind(v.id.as_str())
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                let current = current.map(sql::version_from_db).transpose()?;
-                if current != v.expected_current {
-                    return Err(StorageError::Conflict { current });
-                }
-                // On PostgreSQL two writers may both pass the check above; the unique
-                // (tenant, type, id, version) constraint lets exactly one of them insert.
-                let inserted = sqlx::query_scalar(sql::INSERT_VERSION)
-                    .bind(v.tenant.as_str())
-                    .bind(v.resource_type.as_str())
-                    .bind(v.id.as_str())
-                    .bind(i64::from(v.version.get()))
-                    .bind(v.method.as_str())
-                    .bind(v.object_key.as_ref().map($crate::storage::ObjectKey::as_str))
-                    .bind(&v.location)
-                    .bind(&v.compartment)
-                    .bind(v.last_updated.millis())
-                    .fetch_one(&mut *tx)
-                    .await;
-                let seq: i64 = match inserted {
-                    Ok(seq) => seq,
-                    Err(e) if sql::is_unique_violation(&e) => return Err(StorageError::Conflict { current }),
-                    Err(e) => return Err(e.into()),
-                };
-                sqlx::query(sql::UPSERT_CURRENT)
-                    .bind(v.tenant.as_str())
-                    .bind(v.resource_type.as_str())
-                    .bind(v.id.as_str())
-                    .bind(i64::from(v.version.get()))
-                    .execute(&mut *tx)
-                    .await?;
-                insert_audit(&mut tx, audit).await?;
-                match tx.commit().await {
-                    Ok(()) => Ok(seq),
-                    Err(e) if sql::is_unique_violation(&e) => Err(StorageError::Conflict { current }),
-                    Err(e) => Err(e.into()),
-                }
+                insert_new_keys(&mut tx, versions, &mut results).await?;
+                advance_pointers(&mut tx, versions, &mut results).await?;
+                insert_versions(&mut tx, versions, &mut results).await?;
+                // The audit records of the versions that committed, and the standalone ones.
+                let mut records: Vec<&$crate::audit::AuditRecord> = versions
+                    .iter()
+                    .zip(&results)
+                    .filter(|(_, r)| matches!(r, Some(Ok(_))))
+                    .map(|(c, _)| &c.audit)
+                    .collect();
+                records.extend(audits);
+                insert_audits(&mut tx, &records).await?;
+                tx.commit().await?;
+                Ok(results
+                    .into_iter()
+                    .map(|r| {
+                        r.unwrap_or_else(|| Err(StorageError::Corrupt("a version the batch left undecided".into())))
+                    })
+                    .collect())
             }
 
             async fn history(
@@ -287,18 +511,6 @@ macro_rules! impl_index {
                     }
                 };
                 u64::try_from(count).map_err(|_| $crate::storage::StorageError::Corrupt("count".into()))
-            }
-
-            async fn append_audit(
-                &self,
-                records: &[$crate::audit::AuditRecord],
-            ) -> Result<(), $crate::storage::StorageError> {
-                let mut tx = self.begin_write().await?;
-                for record in records {
-                    insert_audit(&mut tx, record).await?;
-                }
-                tx.commit().await?;
-                Ok(())
             }
 
             async fn tenant_key(

@@ -37,4 +37,5 @@ impl SqliteIndex {
     }
 }
 
-super::sql::impl_index!(SqliteIndex, Sqlite);
+// One writer at a time: a second committer would only wait for the lock.
+super::sql::impl_index!(SqliteIndex, Sqlite, commit_workers = 1);

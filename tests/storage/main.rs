@@ -16,7 +16,8 @@ use fhirvault::audit::{Agent, AuditAction, AuditRecord, RequestMeta};
 use fhirvault::crypto::WrappedKey;
 use fhirvault::ids::{ResourceId, ResourceType, TenantId, VersionId};
 use fhirvault::storage::{
-    HistoryQuery, Index, IndexOptions, Method, NewVersion, ObjectKey, ObjectStorage, StorageError, open_index,
+    Committer, HistoryQuery, Index, IndexOptions, Method, NewVersion, ObjectKey, ObjectStorage, StorageError,
+    VersionCommit, open_index,
 };
 use fhirvault::time::Timestamp;
 use secrecy::SecretString;
@@ -228,6 +229,97 @@ async fn the_database_keeps_audit_records_append_only() {
         let err = sqlx::query(statement).execute(&pool).await.unwrap_err();
         assert!(err.to_string().contains("append-only"), "{statement}: {err}");
     }
+}
+
+fn commit(version: NewVersion, request: &str) -> VersionCommit {
+    VersionCommit { version, audit: audit(request), new_key: None }
+}
+
+async fn audit_request_ids(url: &str) -> Vec<String> {
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(url).await.unwrap();
+    sqlx::query_scalar("SELECT request_id FROM audit_records ORDER BY request_id").fetch_all(&pool).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_batch_commits_its_winners_and_fails_only_its_conflicts() {
+    let t = fresh_index().await;
+    t.index.commit_version(&new_version("old", 1, None, 1), &audit("setup")).await.unwrap();
+    let batch = [
+        commit(new_version("n1", 1, None, 2), "create-n1"),
+        commit(new_version("n1", 1, None, 2), "create-n1-again"),
+        commit(new_version("old", 1, None, 2), "create-old"),
+        commit(new_version("old", 2, Some(1), 2), "update-old"),
+        commit(new_version("old", 2, Some(1), 2), "update-old-again"),
+        commit(new_version("old", 3, Some(2), 2), "update-old-chained"),
+        commit(new_version("n2", 1, None, 2), "create-n2"),
+    ];
+    let outcomes = t.index.commit_batch(&batch, &[audit("read-1"), audit("read-2")]).await.unwrap();
+    let won: Vec<bool> = outcomes.iter().map(Result::is_ok).collect();
+    // Within a batch the (type, id) order decides; a chained update after a winner also wins.
+    assert_eq!(won, [true, false, false, true, false, true, true], "{outcomes:?}");
+    for outcome in &outcomes {
+        assert!(matches!(outcome, Ok(_) | Err(StorageError::Conflict { .. })), "{outcome:?}");
+    }
+    let seqs: Vec<i64> = outcomes.iter().filter_map(|o| o.as_ref().ok().copied()).collect();
+    let distinct: std::collections::HashSet<_> = seqs.iter().collect();
+    assert_eq!(distinct.len(), seqs.len());
+
+    let old = t.index.current(&tenant(), patient(), &ResourceId::parse("old").unwrap()).await.unwrap().unwrap();
+    assert_eq!(old.version, v(3));
+    assert_eq!(t.index.history_total(&history(None)).await.unwrap(), 5);
+    // Audit records only for what committed, plus the standalone ones.
+    assert_eq!(
+        audit_request_ids(&t.url).await,
+        ["create-n1", "create-n2", "read-1", "read-2", "setup", "update-old", "update-old-chained"]
+    );
+}
+
+#[tokio::test]
+async fn a_new_compartment_key_commits_with_its_version_or_not_at_all() {
+    let t = fresh_index().await;
+    let wrapped = WrappedKey { kek_version: 1, bytes: vec![7; 40] };
+    let first = VersionCommit { new_key: Some(wrapped.clone()), ..commit(new_version("p1", 1, None, 1), "first") };
+    t.index.commit_batch(&[first], &[]).await.unwrap().pop().unwrap().unwrap();
+    assert_eq!(t.index.tenant_key(&tenant(), "Patient/p1").await.unwrap(), Some(wrapped.clone()));
+
+    // A key already stored under that name: the version does not commit (it was sealed with
+    // another key), the stored key stays.
+    let other = WrappedKey { kek_version: 1, bytes: vec![8; 40] };
+    let version = NewVersion { compartment: "Patient/p1".into(), ..new_version("p2", 1, None, 1) };
+    let clash = VersionCommit { version, audit: audit("clash"), new_key: Some(other) };
+    let outcome = t.index.commit_batch(&[clash], &[]).await.unwrap().pop().unwrap();
+    assert!(matches!(&outcome, Err(StorageError::KeyExists(name)) if name == "Patient/p1"), "{outcome:?}");
+    assert!(t.index.current(&tenant(), patient(), &ResourceId::parse("p2").unwrap()).await.unwrap().is_none());
+    assert_eq!(t.index.tenant_key(&tenant(), "Patient/p1").await.unwrap(), Some(wrapped));
+    assert_eq!(audit_request_ids(&t.url).await, ["first"]);
+}
+
+#[tokio::test]
+async fn the_group_committer_acknowledges_each_job_with_its_own_outcome() {
+    let t = fresh_index().await;
+    let committer = Committer::start(&t.index, t.index.commit_workers());
+    t.index.commit_version(&new_version("p1", 1, None, 1), &audit("setup")).await.unwrap();
+    let jobs = (0..40).map(|i| {
+        let committer = committer.clone();
+        tokio::spawn(async move {
+            if i % 2 == 0 {
+                committer.append_audit(audit(&format!("read-{i:02}"))).await.map(|()| 0)
+            } else {
+                // All these race to be version 2 of p1: exactly one wins.
+                committer.commit_version(commit(new_version("p1", 2, Some(1), 2), &format!("write-{i:02}"))).await
+            }
+        })
+    });
+    let outcomes: Vec<_> = futures::future::join_all(jobs).await.into_iter().map(Result::unwrap).collect();
+    let reads_ok = outcomes.iter().step_by(2).filter(|o| o.is_ok()).count();
+    let writes: Vec<_> = outcomes.iter().skip(1).step_by(2).collect();
+    assert_eq!(reads_ok, 20);
+    assert_eq!(writes.iter().filter(|o| o.is_ok()).count(), 1, "{writes:?}");
+    assert!(writes.iter().all(|o| matches!(o, Ok(_) | Err(StorageError::Conflict { .. }))));
+    let ids = audit_request_ids(&t.url).await;
+    assert_eq!(ids.iter().filter(|r| r.starts_with("read-")).count(), 20);
+    assert_eq!(ids.iter().filter(|r| r.starts_with("write-")).count(), 1);
 }
 
 #[tokio::test]

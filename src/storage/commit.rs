@@ -1,0 +1,129 @@
+//! Group commit: requests hand their index writes (version commits and audit records) to a few
+//! committer tasks, and each task writes whatever has queued up meanwhile in one transaction.
+//!
+//! A durable commit costs a flush (an fsync of the WAL, on either database) and, on PostgreSQL,
+//! a few round trips; sharing them between the requests that arrive together is what lets every
+//! read carry a durable audit record at little cost. Nothing is acknowledged before its
+//! transaction committed, so a request never answers with its audit record still in flight.
+//!
+//! **Architecture Invariant:** a job's outcome is its own. A version that conflicts fails
+//! alone (the batch commits the others); a batch whose transaction fails is retried job by job,
+//! so one bad job cannot fail the requests that happened to share its batch.
+
+use std::sync::Arc;
+
+use tokio::sync::{Mutex, mpsc, oneshot};
+
+use super::{Index, StorageError, VersionCommit};
+use crate::audit::AuditRecord;
+
+/// At most this many jobs share a transaction.
+const MAX_BATCH: usize = 256;
+/// Jobs waiting beyond this make their senders wait (back-pressure, not unbounded memory).
+const QUEUE: usize = 4096;
+
+enum Job {
+    Version(Box<VersionCommit>, oneshot::Sender<Result<i64, StorageError>>),
+    Audit(Box<AuditRecord>, oneshot::Sender<Result<(), StorageError>>),
+}
+
+/// The handle requests commit through. Cloning it is cheap; the tasks stop when every handle
+/// is dropped and the queue is empty.
+#[derive(Clone)]
+pub struct Committer {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl Committer {
+    /// Start `workers` committer tasks on the current Tokio runtime. One is right for SQLite
+    /// (a single writer); more let PostgreSQL flush one batch while the next one fills.
+    pub fn start(index: &Arc<dyn Index>, workers: usize) -> Self {
+        let (jobs, queue) = mpsc::channel(QUEUE);
+        let queue = Arc::new(Mutex::new(queue));
+        for _ in 0..workers.max(1) {
+            tokio::spawn(work(Arc::clone(index), Arc::clone(&queue)));
+        }
+        Self { jobs }
+    }
+
+    /// Commit one version (see `Index::commit_batch`); returns its `seq` once durable.
+    pub async fn commit_version(&self, commit: VersionCommit) -> Result<i64, StorageError> {
+        let (done, outcome) = oneshot::channel();
+        self.send(Job::Version(Box::new(commit), done)).await?;
+        outcome.await.map_err(|_| StorageError::CommitterStopped)?
+    }
+
+    /// Append one audit record; returns once it is durable.
+    pub async fn append_audit(&self, record: AuditRecord) -> Result<(), StorageError> {
+        let (done, outcome) = oneshot::channel();
+        self.send(Job::Audit(Box::new(record), done)).await?;
+        outcome.await.map_err(|_| StorageError::CommitterStopped)?
+    }
+
+    async fn send(&self, job: Job) -> Result<(), StorageError> {
+        self.jobs.send(job).await.map_err(|_| StorageError::CommitterStopped)
+    }
+}
+
+/// Take what has queued up (waiting for the first job), commit it, repeat. The queue lock is
+/// held only while taking, so another task can fill its batch while this one commits.
+async fn work(index: Arc<dyn Index>, queue: Arc<Mutex<mpsc::Receiver<Job>>>) {
+    loop {
+        let mut batch = Vec::new();
+        {
+            let mut queue = queue.lock().await;
+            if queue.recv_many(&mut batch, MAX_BATCH).await == 0 {
+                return;
+            }
+        }
+        commit(index.as_ref(), batch).await;
+    }
+}
+
+async fn commit(index: &dyn Index, batch: Vec<Job>) {
+    let mut versions = Vec::new();
+    let mut version_done = Vec::new();
+    let mut audits = Vec::new();
+    let mut audit_done = Vec::new();
+    for job in batch {
+        match job {
+            Job::Version(commit, done) => {
+                versions.push(*commit);
+                version_done.push(done);
+            }
+            Job::Audit(record, done) => {
+                audits.push(*record);
+                audit_done.push(done);
+            }
+        }
+    }
+    match index.commit_batch(&versions, &audits).await {
+        Ok(outcomes) => {
+            // A waiter that went away (its client disconnected) is fine: the job committed.
+            for (done, outcome) in version_done.into_iter().zip(outcomes) {
+                let _ = done.send(outcome);
+            }
+            for done in audit_done {
+                let _ = done.send(Ok(()));
+            }
+        }
+        Err(error) if versions.len() + audits.len() == 1 => {
+            if let Some(done) = version_done.pop() {
+                let _ = done.send(Err(error));
+            } else if let Some(done) = audit_done.pop() {
+                let _ = done.send(Err(error));
+            }
+        }
+        Err(error) => {
+            tracing::warn!(%error, jobs = versions.len() + audits.len(), "batch commit failed; committing its jobs one by one");
+            for (commit, done) in versions.into_iter().zip(version_done) {
+                let outcome = index.commit_batch(std::slice::from_ref(&commit), &[]).await;
+                let outcome = outcome.and_then(|mut o| o.pop().unwrap_or(Err(StorageError::CommitterStopped)));
+                let _ = done.send(outcome);
+            }
+            for (record, done) in audits.into_iter().zip(audit_done) {
+                let _ = done.send(index.append_audit(std::slice::from_ref(&record)).await);
+            }
+        }
+    }
+}
