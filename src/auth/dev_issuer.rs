@@ -12,7 +12,7 @@ use ring::signature::{Ed25519KeyPair, KeyPair as _};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use super::{AuthError, Principal, Role, Scopes, token_tail};
+use super::{AuthError, Principal, Role, Scopes, Verified, token_tail};
 use crate::ids::{CountryCode, ResourceId, TenantId};
 
 /// The `iss` of development tokens.
@@ -133,6 +133,11 @@ impl DevIssuer {
 
     /// Verify signature, issuer, audience and times, then build the principal.
     pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+        self.verify_token(token).map(|verified| verified.principal)
+    }
+
+    /// Verify, and say until when the answer holds (`exp` and `nbf`, leeway included).
+    pub fn verify_token(&self, token: &str) -> Result<Verified, AuthError> {
         let mut validation = Validation::new(Algorithm::EdDSA);
         validation.set_issuer(&[ISSUER]);
         validation.set_audience(&[&self.audience]);
@@ -158,7 +163,7 @@ impl DevIssuer {
         if (role == Role::Patient) != patient.is_some() {
             return Err(invalid("patient"));
         }
-        Ok(Principal {
+        let principal = Principal {
             tenant: TenantId::parse(&c.tenant).map_err(|_| invalid("tenant"))?,
             subject: c.sub,
             issuer: c.iss,
@@ -173,6 +178,11 @@ impl DevIssuer {
             scopes: Scopes::parse(&c.scope),
             patient,
             token_id: Some(if c.jti.is_empty() { token_tail(token) } else { c.jti }),
+        };
+        Ok(Verified {
+            principal,
+            valid_from: c.nbf.saturating_sub(self.leeway),
+            valid_until: c.exp.saturating_add(self.leeway),
         })
     }
 }

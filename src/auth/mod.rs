@@ -8,6 +8,8 @@ pub mod dev_issuer;
 pub mod scopes;
 
 use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
 
 use crate::ids::{CountryCode, ResourceId, TenantId};
 
@@ -131,14 +133,39 @@ impl Principal {
     }
 }
 
+/// A token whose signature and claims were checked: who it speaks for, and the window (seconds
+/// since the epoch, leeway included) in which that answer holds.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    pub principal: Principal,
+    pub valid_from: u64,
+    pub valid_until: u64,
+}
+
+impl Verified {
+    fn holds_at(&self, now: u64) -> bool {
+        self.valid_from <= now && now <= self.valid_until
+    }
+}
+
+/// How many verified tokens are remembered, and for how long at most.
+const VERIFIED_CAPACITY: u64 = 10_000;
+const VERIFIED_TTL: Duration = Duration::from_secs(300);
+
 /// Turns `Authorization` headers into principals.
+///
+/// A signature is checked once per token, not once per request: a verified token is remembered
+/// by its SHA-256 for at most five minutes and never outside its own `nbf`..`exp` window. Only
+/// successes are remembered, so a forged token is verified (and refused) every time.
 pub struct Authenticator {
     dev: Option<DevIssuer>,
+    verified: moka::sync::Cache<[u8; 32], Arc<Verified>>,
 }
 
 impl Authenticator {
     pub fn new(dev: Option<DevIssuer>) -> Self {
-        Self { dev }
+        let verified = moka::sync::Cache::builder().max_capacity(VERIFIED_CAPACITY).time_to_live(VERIFIED_TTL).build();
+        Self { dev, verified }
     }
 
     /// Verify a bearer token from any trusted issuer.
@@ -148,15 +175,97 @@ impl Authenticator {
             Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() => token.trim(),
             _ => return Err(AuthError::NotBearer),
         };
-        match &self.dev {
-            Some(dev) => dev.verify(token),
-            None => Err(AuthError::NoIssuer),
+        let key = token_digest(token);
+        let now = now_seconds();
+        if let Some(known) = self.verified.get(&key) {
+            if known.holds_at(now) {
+                return Ok(known.principal.clone());
+            }
+            self.verified.invalidate(&key);
         }
+        let verified = match &self.dev {
+            Some(dev) => dev.verify_token(token)?,
+            None => return Err(AuthError::NoIssuer),
+        };
+        let principal = verified.principal.clone();
+        if verified.holds_at(now) {
+            self.verified.insert(key, Arc::new(verified));
+        }
+        Ok(principal)
     }
+}
+
+fn token_digest(token: &str) -> [u8; 32] {
+    let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+    let mut key = [0u8; 32];
+    for (k, d) in key.iter_mut().zip(digest.as_ref()) {
+        *k = *d;
+    }
+    key
+}
+
+fn now_seconds() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// The last 32 characters of a token, for audit when it carries no `jti`.
 pub fn token_tail(token: &str) -> String {
     let start = token.len().saturating_sub(32);
     token.get(start..).unwrap_or_default().to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn authenticator(dir: &std::path::Path) -> (Authenticator, String) {
+        let path = dir.join("k.pk8");
+        DevIssuer::ensure_key(&path).unwrap();
+        let dev = DevIssuer::load(&path, "fhirvault", 0).unwrap();
+        let request = TokenRequest {
+            tenant: TenantId::parse("demo").unwrap(),
+            role: Role::Practitioner,
+            subject: None,
+            jurisdiction: None,
+            scope: None,
+            patient: None,
+            purpose: None,
+            ttl: Duration::from_secs(60),
+        };
+        let token = dev.issue(&request).unwrap();
+        (Authenticator::new(Some(dev)), token)
+    }
+
+    fn key_of(token: &str) -> [u8; 32] {
+        token_digest(token)
+    }
+
+    #[test]
+    fn a_verified_token_is_remembered_within_its_window_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let (auth, token) = authenticator(dir.path());
+        let bearer = format!("Bearer {token}");
+        let first = auth.authenticate(Some(&bearer)).unwrap();
+        assert!(auth.verified.contains_key(&key_of(&token)));
+        assert_eq!(auth.authenticate(Some(&bearer)).unwrap().subject(), first.subject());
+
+        // A remembered answer whose window has passed is not honoured: the token is verified
+        // again (here a forged one, which fails).
+        let forged = "eyJhbGciOiJFZERTQSJ9.e30.AAAA";
+        let stale = Verified { principal: first, valid_from: 0, valid_until: now_seconds() - 1 };
+        auth.verified.insert(key_of(forged), Arc::new(stale));
+        let refused = auth.authenticate(Some(&format!("Bearer {forged}")));
+        assert!(matches!(refused, Err(AuthError::Invalid(_))), "{refused:?}");
+        assert!(!auth.verified.contains_key(&key_of(forged)));
+    }
+
+    #[test]
+    fn refused_tokens_are_not_remembered() {
+        let dir = tempfile::tempdir().unwrap();
+        let (auth, token) = authenticator(dir.path());
+        let tampered = format!("{}x", token);
+        assert!(auth.authenticate(Some(&format!("Bearer {tampered}"))).is_err());
+        assert!(!auth.verified.contains_key(&key_of(&tampered)));
+        assert!(auth.authenticate(Some(&format!("Bearer {tampered}"))).is_err());
+    }
 }
