@@ -60,77 +60,21 @@ pub(super) const SELECT_CURRENT_VERSION: &str =
 pub(super) const ADVANCE_CURRENT: &str = "UPDATE resources SET current_version = $4 \
      WHERE tenant = $1 AND resource_type = $2 AND resource_id = $3 AND current_version = $5";
 
-/// Multi-row statements: a batch is cut into chunks of these sizes, largest first, so that each
-/// connection prepares (and caches) at most four statements per table however batches vary.
-const CHUNKS: [usize; 4] = [64, 16, 4, 1];
+/// The columns the bulk inserts write, in the order they bind them.
+pub(super) const POINTER_COLUMNS: &str = "tenant, resource_type, resource_id, current_version";
+pub(super) const VERSION_COLUMNS: &str =
+    "tenant, resource_type, resource_id, version, method, object_key, location, compartment, last_updated";
+pub(super) const AUDIT_COLUMNS: &str = "recorded_at, request_id, tenant, agent_subject, agent_issuer, agent_role, \
+     agent_jurisdiction, purpose, token_id, source_ip, action, resource_type, resource_id, version, compartment, \
+     outcome, detail, policy";
 
-/// One `INSERT ... VALUES (...), (...)` per chunk size.
-pub(super) struct MultiRow {
-    by_size: [String; 4],
-}
+/// What a new pointer row's insert returns (the rows it did insert) and when it conflicts.
+pub(super) const POINTER_RETURNING: &str =
+    " ON CONFLICT (tenant, resource_type, resource_id) DO NOTHING RETURNING tenant, resource_type, resource_id";
+pub(super) const VERSION_RETURNING: &str = " RETURNING seq, tenant, resource_type, resource_id, version";
 
-impl MultiRow {
-    fn new(head: &str, columns: usize, tail: &str) -> Self {
-        Self {
-            by_size: CHUNKS.map(|rows| {
-                let tuples: Vec<String> = (0..rows)
-                    .map(|row| {
-                        let params: Vec<String> = (1..=columns).map(|c| format!("${}", row * columns + c)).collect();
-                        format!("({})", params.join(", "))
-                    })
-                    .collect();
-                format!("{head} VALUES {}{tail}", tuples.join(", "))
-            }),
-        }
-    }
-
-    /// The statement for a chunk that `chunks` produced.
-    pub(super) fn sql(&'static self, rows: usize) -> &'static str {
-        let at = CHUNKS.iter().position(|&size| size == rows).unwrap_or(CHUNKS.len() - 1);
-        self.by_size.get(at).map_or("", String::as_str)
-    }
-}
-
-/// `items` cut into chunks whose sizes are in `CHUNKS`, largest first.
-pub(super) fn chunks<T>(mut items: &[T]) -> Vec<&[T]> {
-    let mut out = Vec::new();
-    for size in CHUNKS {
-        while items.len() >= size {
-            let (chunk, rest) = items.split_at(size);
-            out.push(chunk);
-            items = rest;
-        }
-    }
-    out
-}
-
-/// New resources: the pointer row is inserted unless the resource exists (then: a conflict).
-pub(super) static INSERT_CURRENT: std::sync::LazyLock<MultiRow> = std::sync::LazyLock::new(|| {
-    MultiRow::new(
-        "INSERT INTO resources (tenant, resource_type, resource_id, current_version)",
-        4,
-        " ON CONFLICT (tenant, resource_type, resource_id) DO NOTHING RETURNING tenant, resource_type, resource_id",
-    )
-});
-
-pub(super) static INSERT_VERSIONS: std::sync::LazyLock<MultiRow> = std::sync::LazyLock::new(|| {
-    MultiRow::new(
-        "INSERT INTO resource_versions (tenant, resource_type, resource_id, version, method, object_key, location, \
-         compartment, last_updated)",
-        9,
-        " RETURNING seq, tenant, resource_type, resource_id, version",
-    )
-});
-
-pub(super) static INSERT_AUDITS: std::sync::LazyLock<MultiRow> = std::sync::LazyLock::new(|| {
-    MultiRow::new(
-        "INSERT INTO audit_records (recorded_at, request_id, tenant, agent_subject, agent_issuer, agent_role, \
-         agent_jurisdiction, purpose, token_id, source_ip, action, resource_type, resource_id, version, \
-         compartment, outcome, detail, policy)",
-        18,
-        "",
-    )
-});
+/// A version row as `RETURNING` gives it back: seq, tenant, type, id, version.
+pub(super) type InsertedVersion = (i64, String, String, String, i64);
 
 pub(super) const HISTORY_INSTANCE: &str = "SELECT seq, tenant, resource_type, resource_id, version, method, \
      object_key, location, compartment, last_updated FROM resource_versions \
@@ -163,45 +107,13 @@ pub(super) fn version_from_db(raw: i64) -> Result<crate::ids::VersionId, Storage
         .ok_or_else(|| StorageError::Corrupt("version".into()))
 }
 
-/// `impl Index for $index`, where `$index` has a `pool` and an
-/// `async fn begin_write(&self) -> Result<Transaction<'static, $db>, StorageError>`.
+/// `impl Index for $index`, where `$index` has a `pool`,
+/// `async fn begin_write(&self) -> Result<Transaction<'static, $db>, StorageError>` and
+/// `async fn append_audit_rows(&self, &[&AuditRecord])` (one atomic append), and the invoking
+/// module has the bulk inserts `insert_pointer_rows`, `insert_version_rows` and
+/// `insert_audit_rows` (multi-row `VALUES` on SQLite, `UNNEST` of arrays on PostgreSQL).
 macro_rules! impl_index {
     ($index:ty, $db:ty, commit_workers = $workers:expr) => {
-        /// Append `records` with multi-row inserts.
-        async fn insert_audits(
-            tx: &mut sqlx::Transaction<'static, $db>,
-            records: &[&$crate::audit::AuditRecord],
-        ) -> Result<(), $crate::storage::StorageError> {
-            use $crate::ids::{ResourceId, ResourceType, TenantId};
-            use $crate::storage::sql;
-            for chunk in sql::chunks(records) {
-                let mut query = sqlx::query(sql::INSERT_AUDITS.sql(chunk.len()));
-                for r in chunk {
-                    query = query
-                        .bind(r.recorded.millis())
-                        .bind(&r.request_id)
-                        .bind(r.tenant.as_ref().map(TenantId::as_str))
-                        .bind(&r.agent.subject)
-                        .bind(&r.agent.issuer)
-                        .bind(&r.agent.role)
-                        .bind(&r.agent.jurisdiction)
-                        .bind(&r.agent.purpose)
-                        .bind(&r.agent.token_id)
-                        .bind(&r.source_ip)
-                        .bind(r.action.as_str())
-                        .bind(r.resource_type.map(ResourceType::as_str))
-                        .bind(r.resource_id.as_ref().map(ResourceId::as_str))
-                        .bind(r.version.map(|v| i64::from(v.get())))
-                        .bind(&r.compartment)
-                        .bind(i64::from(r.outcome))
-                        .bind(&r.detail)
-                        .bind(&r.policy);
-                }
-                query.execute(&mut **tx).await?;
-            }
-            Ok(())
-        }
-
         /// Store the new compartment keys; a name already taken fails that version.
         async fn insert_new_keys(
             tx: &mut sqlx::Transaction<'static, $db>,
@@ -264,19 +176,10 @@ macro_rules! impl_index {
                     *slot = Some(Err(StorageError::Conflict { current: None }));
                 }
             }
-            let mut inserted: HashSet<(String, String, String)> = HashSet::new();
-            for chunk in sql::chunks(&inserts) {
-                let mut query = sqlx::query_as::<_, (String, String, String)>(sql::INSERT_CURRENT.sql(chunk.len()));
-                for &i in chunk {
-                    let Some(c) = versions.get(i) else { continue };
-                    query = query
-                        .bind(c.version.tenant.as_str())
-                        .bind(c.version.resource_type.as_str())
-                        .bind(c.version.id.as_str())
-                        .bind(i64::from(c.version.version.get()));
-                }
-                inserted.extend(query.fetch_all(&mut **tx).await?);
-            }
+            let rows: Vec<&$crate::storage::NewVersion> =
+                inserts.iter().filter_map(|&i| versions.get(i)).map(|c| &c.version).collect();
+            let inserted: HashSet<(String, String, String)> =
+                insert_pointer_rows(&mut **tx, &rows).await?.into_iter().collect();
             for i in inserts {
                 let Some(c) = versions.get(i) else { continue };
                 let v = &c.version;
@@ -331,7 +234,6 @@ macro_rules! impl_index {
             results: &mut [Option<Result<i64, $crate::storage::StorageError>>],
         ) -> Result<(), $crate::storage::StorageError> {
             use std::collections::HashMap;
-            use $crate::storage::sql;
             let winners: Vec<usize> =
                 (0..versions.len()).filter(|&i| results.get(i).is_some_and(Option::is_none)).collect();
             let mut by_row: HashMap<(String, String, String, i64), usize> = HashMap::new();
@@ -348,32 +250,16 @@ macro_rules! impl_index {
                     i,
                 );
             }
-            for chunk in sql::chunks(&winners) {
-                let mut query =
-                    sqlx::query_as::<_, (i64, String, String, String, i64)>(sql::INSERT_VERSIONS.sql(chunk.len()));
-                for &i in chunk {
-                    let Some(c) = versions.get(i) else { continue };
-                    let v = &c.version;
-                    query = query
-                        .bind(v.tenant.as_str())
-                        .bind(v.resource_type.as_str())
-                        .bind(v.id.as_str())
-                        .bind(i64::from(v.version.get()))
-                        .bind(v.method.as_str())
-                        .bind(v.object_key.as_ref().map($crate::storage::ObjectKey::as_str))
-                        .bind(&v.location)
-                        .bind(&v.compartment)
-                        .bind(v.last_updated.millis());
-                }
-                for (seq, tenant, rt, id, version) in query.fetch_all(&mut **tx).await? {
-                    let slot = by_row.get(&(tenant, rt, id, version)).and_then(|&i| results.get_mut(i));
-                    match slot {
-                        Some(slot) => *slot = Some(Ok(seq)),
-                        None => {
-                            return Err($crate::storage::StorageError::Corrupt(
-                                "a version row the batch did not insert".into(),
-                            ));
-                        }
+            let rows: Vec<&$crate::storage::NewVersion> =
+                winners.iter().filter_map(|&i| versions.get(i)).map(|c| &c.version).collect();
+            for (seq, tenant, rt, id, version) in insert_version_rows(&mut **tx, &rows).await? {
+                let slot = by_row.get(&(tenant, rt, id, version)).and_then(|&i| results.get_mut(i));
+                match slot {
+                    Some(slot) => *slot = Some(Ok(seq)),
+                    None => {
+                        return Err($crate::storage::StorageError::Corrupt(
+                            "a version row the batch did not insert".into(),
+                        ));
                     }
                 }
             }
@@ -429,6 +315,11 @@ macro_rules! impl_index {
                 audits: &[$crate::audit::AuditRecord],
             ) -> Result<Vec<Result<i64, $crate::storage::StorageError>>, $crate::storage::StorageError> {
                 use $crate::storage::StorageError;
+                if versions.is_empty() {
+                    let records: Vec<&$crate::audit::AuditRecord> = audits.iter().collect();
+                    self.append_audit_rows(&records).await?;
+                    return Ok(Vec::new());
+                }
                 let mut results: Vec<Option<Result<i64, StorageError>>> = versions.iter().map(|_| None).collect();
                 let mut tx = self.begin_write().await?;
                 insert_new_keys(&mut tx, versions, &mut results).await?;
@@ -442,7 +333,7 @@ macro_rules! impl_index {
                     .map(|(c, _)| &c.audit)
                     .collect();
                 records.extend(audits);
-                insert_audits(&mut tx, &records).await?;
+                insert_audit_rows(&mut *tx, &records).await?;
                 tx.commit().await?;
                 Ok(results
                     .into_iter()

@@ -3,10 +3,17 @@
 
 use std::str::FromStr;
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use std::sync::LazyLock;
+
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 use sqlx::{Sqlite, Transaction};
 
-use super::{IndexOptions, StorageError};
+use super::sql::{self, InsertedVersion};
+use super::{IndexOptions, NewVersion, StorageError};
+use crate::audit::AuditRecord;
+use crate::ids::{ResourceId, ResourceType, TenantId};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -35,6 +42,136 @@ impl SqliteIndex {
     async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>, StorageError> {
         Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
     }
+
+    async fn append_audit_rows(&self, records: &[&AuditRecord]) -> Result<(), StorageError> {
+        let mut tx = self.begin_write().await?;
+        insert_audit_rows(&mut tx, records).await?;
+        Ok(tx.commit().await?)
+    }
+}
+
+/// Multi-row statements: rows are cut into chunks of these sizes, largest first, so that each
+/// connection prepares (and caches) a few statements per table however batches vary.
+const CHUNKS: [usize; 7] = [64, 16, 8, 4, 3, 2, 1];
+
+/// One `INSERT ... VALUES (...), (...)` per chunk size.
+struct MultiRow {
+    by_size: Vec<String>,
+}
+
+impl MultiRow {
+    fn new(table: &str, columns: &str, tail: &str) -> Self {
+        let width = columns.split(',').count();
+        let by_size = CHUNKS
+            .iter()
+            .map(|&rows| {
+                let tuples: Vec<String> = (0..rows)
+                    .map(|row| {
+                        let params: Vec<String> = (1..=width).map(|c| format!("${}", row * width + c)).collect();
+                        format!("({})", params.join(", "))
+                    })
+                    .collect();
+                format!("INSERT INTO {table} ({columns}) VALUES {}{tail}", tuples.join(", "))
+            })
+            .collect();
+        Self { by_size }
+    }
+
+    fn sql(&'static self, rows: usize) -> &'static str {
+        let at = CHUNKS.iter().position(|&size| size == rows).unwrap_or(CHUNKS.len() - 1);
+        self.by_size.get(at).map_or("", String::as_str)
+    }
+}
+
+/// `items` cut into chunks whose sizes are in `CHUNKS`, largest first.
+fn chunks<T>(mut items: &[T]) -> Vec<&[T]> {
+    let mut out = Vec::new();
+    for size in CHUNKS {
+        while items.len() >= size {
+            let (chunk, rest) = items.split_at(size);
+            out.push(chunk);
+            items = rest;
+        }
+    }
+    out
+}
+
+static INSERT_POINTERS: LazyLock<MultiRow> =
+    LazyLock::new(|| MultiRow::new("resources", sql::POINTER_COLUMNS, sql::POINTER_RETURNING));
+static INSERT_VERSIONS: LazyLock<MultiRow> =
+    LazyLock::new(|| MultiRow::new("resource_versions", sql::VERSION_COLUMNS, sql::VERSION_RETURNING));
+static INSERT_AUDITS: LazyLock<MultiRow> = LazyLock::new(|| MultiRow::new("audit_records", sql::AUDIT_COLUMNS, ""));
+
+async fn insert_pointer_rows(
+    conn: &mut SqliteConnection,
+    rows: &[&NewVersion],
+) -> Result<Vec<(String, String, String)>, StorageError> {
+    let mut inserted = Vec::new();
+    for chunk in chunks(rows) {
+        let mut query = sqlx::query_as(INSERT_POINTERS.sql(chunk.len()));
+        for v in chunk {
+            query = query
+                .bind(v.tenant.as_str())
+                .bind(v.resource_type.as_str())
+                .bind(v.id.as_str())
+                .bind(i64::from(v.version.get()));
+        }
+        inserted.extend(query.fetch_all(&mut *conn).await?);
+    }
+    Ok(inserted)
+}
+
+async fn insert_version_rows(
+    conn: &mut SqliteConnection,
+    rows: &[&NewVersion],
+) -> Result<Vec<InsertedVersion>, StorageError> {
+    let mut inserted = Vec::new();
+    for chunk in chunks(rows) {
+        let mut query = sqlx::query_as(INSERT_VERSIONS.sql(chunk.len()));
+        for v in chunk {
+            query = query
+                .bind(v.tenant.as_str())
+                .bind(v.resource_type.as_str())
+                .bind(v.id.as_str())
+                .bind(i64::from(v.version.get()))
+                .bind(v.method.as_str())
+                .bind(v.object_key.as_ref().map(super::ObjectKey::as_str))
+                .bind(&v.location)
+                .bind(&v.compartment)
+                .bind(v.last_updated.millis());
+        }
+        inserted.extend(query.fetch_all(&mut *conn).await?);
+    }
+    Ok(inserted)
+}
+
+async fn insert_audit_rows(conn: &mut SqliteConnection, records: &[&AuditRecord]) -> Result<(), StorageError> {
+    for chunk in chunks(records) {
+        let mut query = sqlx::query(INSERT_AUDITS.sql(chunk.len()));
+        for r in chunk {
+            query = query
+                .bind(r.recorded.millis())
+                .bind(&r.request_id)
+                .bind(r.tenant.as_ref().map(TenantId::as_str))
+                .bind(&r.agent.subject)
+                .bind(&r.agent.issuer)
+                .bind(&r.agent.role)
+                .bind(&r.agent.jurisdiction)
+                .bind(&r.agent.purpose)
+                .bind(&r.agent.token_id)
+                .bind(&r.source_ip)
+                .bind(r.action.as_str())
+                .bind(r.resource_type.map(ResourceType::as_str))
+                .bind(r.resource_id.as_ref().map(ResourceId::as_str))
+                .bind(r.version.map(|v| i64::from(v.get())))
+                .bind(&r.compartment)
+                .bind(i64::from(r.outcome))
+                .bind(&r.detail)
+                .bind(&r.policy);
+        }
+        query.execute(&mut *conn).await?;
+    }
+    Ok(())
 }
 
 // One writer at a time: a second committer would only wait for the lock.
