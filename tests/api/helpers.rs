@@ -149,19 +149,20 @@ impl TestApp {
         out
     }
 
-    /// The object files of one resource, by version number.
-    pub fn object_files(&self, rt: &str, id: &str) -> Vec<(u32, PathBuf)> {
-        let dir = self.data_path().join("objects/tenants/demo").join(rt).join(id);
-        let mut out: Vec<(u32, PathBuf)> = std::fs::read_dir(dir)
-            .expect("object directory")
-            .map(|e| e.expect("entry").path())
-            .map(|p| {
-                let name = p.file_name().unwrap().to_string_lossy().into_owned();
-                (name.split('.').next().unwrap().parse().expect("version prefix"), p)
-            })
-            .collect();
-        out.sort();
-        out
+    /// The object files of one resource, by version number (as the index names them).
+    pub async fn object_files(&self, rt: &str, id: &str) -> Vec<(u32, PathBuf)> {
+        let rows: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT version, object_key FROM resource_versions \
+             WHERE tenant = 'demo' AND resource_type = $1 AND resource_id = $2 AND object_key IS NOT NULL \
+             ORDER BY version",
+        )
+        .bind(rt)
+        .bind(id)
+        .fetch_all(&self.index().await)
+        .await
+        .expect("object keys");
+        let objects = self.data_path().join("objects");
+        rows.into_iter().map(|(v, key)| (u32::try_from(v).expect("version"), objects.join(key))).collect()
     }
 
     /// A direct connection to the index (SQLite or PostgreSQL), for assertions about what it holds.

@@ -85,7 +85,7 @@ async fn an_object_moved_to_another_location_does_not_open() {
 
     // Someone with access to both stores and the index copies the object to `lyon` and points
     // the index row at it: the location is bound into the AAD, so it does not open.
-    let (_, file) = app.object_files("Patient", &id).remove(0);
+    let (_, file) = app.object_files("Patient", &id).await.remove(0);
     let relative = file.strip_prefix(app.data_path().join("objects")).unwrap();
     std::fs::create_dir_all(elsewhere.path().join(relative).parent().unwrap()).unwrap();
     std::fs::copy(&file, elsewhere.path().join(relative)).unwrap();

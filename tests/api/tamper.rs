@@ -28,8 +28,8 @@ async fn swapped_objects_do_not_open() {
     let app = spawn_app().await;
     let a = app.create_ok(&patient("Aubert")).await["id"].as_str().unwrap().to_owned();
     let b = app.create_ok(&patient("Brun")).await["id"].as_str().unwrap().to_owned();
-    let (_, file_a) = app.object_files("Patient", &a).remove(0);
-    let (_, file_b) = app.object_files("Patient", &b).remove(0);
+    let (_, file_a) = app.object_files("Patient", &a).await.remove(0);
+    let (_, file_b) = app.object_files("Patient", &b).await.remove(0);
     let (bytes_a, bytes_b) = (std::fs::read(&file_a).unwrap(), std::fs::read(&file_b).unwrap());
     std::fs::write(&file_a, &bytes_b).unwrap();
     std::fs::write(&file_b, &bytes_a).unwrap();
@@ -42,7 +42,7 @@ async fn swapped_objects_do_not_open() {
 async fn a_flipped_byte_anywhere_is_detected() {
     let app = spawn_app().await;
     let id = app.create_ok(&patient("Carpentier")).await["id"].as_str().unwrap().to_owned();
-    let (_, file) = app.object_files("Patient", &id).remove(0);
+    let (_, file) = app.object_files("Patient", &id).await.remove(0);
     let original = std::fs::read(&file).unwrap();
     // Header, wrapped key, commitment, nonce, ciphertext, tag.
     for position in [0, 5, 10, 70, 100, 120, original.len() - 1] {
@@ -62,7 +62,7 @@ async fn an_old_version_replayed_under_a_newer_key_is_refused() {
     let id = resource["id"].as_str().unwrap().to_owned();
     resource["active"] = json!(false);
     assert_eq!(app.update(&resource).await.status(), 200);
-    let files = app.object_files("Patient", &id);
+    let files = app.object_files("Patient", &id).await;
     let (v1, v2) = (&files[0].1, &files[1].1);
     std::fs::copy(v1, v2).unwrap();
 
@@ -75,7 +75,7 @@ async fn an_old_version_replayed_under_a_newer_key_is_refused() {
 async fn a_missing_object_is_an_opaque_500() {
     let app = spawn_app().await;
     let id = app.create_ok(&patient("Fabre")).await["id"].as_str().unwrap().to_owned();
-    let (_, file) = app.object_files("Patient", &id).remove(0);
+    let (_, file) = app.object_files("Patient", &id).await.remove(0);
     std::fs::remove_file(file).unwrap();
 
     let response = app.get(&format!("Patient/{id}")).await;
