@@ -12,7 +12,7 @@ use ring::signature::{Ed25519KeyPair, KeyPair as _};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use super::{AuthError, Principal, Role, Scopes, Verified, token_tail};
+use super::{AuthError, Principal, Role, Scopes, Verified, now_seconds, token_tail};
 use crate::ids::{CountryCode, ResourceId, TenantId};
 
 /// The `iss` of development tokens.
@@ -185,10 +185,6 @@ impl DevIssuer {
             valid_until: c.exp.saturating_add(self.leeway),
         })
     }
-}
-
-fn now_seconds() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 #[cfg(test)]

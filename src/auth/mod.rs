@@ -197,13 +197,10 @@ impl Authenticator {
 
 fn token_digest(token: &str) -> [u8; 32] {
     let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
-    let mut key = [0u8; 32];
-    for (k, d) in key.iter_mut().zip(digest.as_ref()) {
-        *k = *d;
-    }
-    key
+    digest.as_ref().try_into().unwrap_or_default()
 }
 
+/// Seconds since the epoch, as JWT claims count time.
 fn now_seconds() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
