@@ -8,16 +8,19 @@
 //! outcome SQLite gets from its single writer. Batches take their row locks in (tenant, type, id)
 //! order, so two batches never deadlock on each other.
 
+use std::collections::HashMap;
 use std::str::FromStr;
-
 use std::sync::LazyLock;
 
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
+use sqlx::Arguments as _;
+use sqlx::error::BoxDynError;
+use sqlx::postgres::{PgArguments, PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Transaction};
 
 use super::sql::{self, InsertedVersion};
-use super::{IndexOptions, NewVersion, ObjectKey, StorageError};
+use super::{IndexOptions, NewVersion, ObjectKey, StorageError, VersionCommit};
 use crate::audit::AuditRecord;
+use crate::crypto::WrappedKey;
 use crate::ids::{ResourceId, ResourceType, TenantId};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -55,29 +58,117 @@ impl PostgresIndex {
 // Bulk inserts bind one array per column and `UNNEST` them: one prepared statement and one round
 // trip for any number of rows, taken in array order (the caller's lock order).
 
+const UNNEST_POINTERS: &str = "UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[])";
+const UNNEST_VERSIONS: &str = "UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[], \
+     $7::text[], $8::text[], $9::bigint[])";
+
 static INSERT_POINTERS: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "INSERT INTO resources ({}) SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[]){}",
+        "INSERT INTO resources ({}) SELECT * FROM {UNNEST_POINTERS}{}",
         sql::POINTER_COLUMNS,
         sql::POINTER_RETURNING
     )
 });
 static INSERT_VERSIONS: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "INSERT INTO resource_versions ({}) SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], \
-         $4::bigint[], $5::text[], $6::text[], $7::text[], $8::text[], $9::bigint[]){}",
+        "INSERT INTO resource_versions ({}) SELECT * FROM {UNNEST_VERSIONS}{}",
         sql::VERSION_COLUMNS,
         sql::VERSION_RETURNING
     )
 });
-static INSERT_AUDITS: LazyLock<String> = LazyLock::new(|| {
+static INSERT_AUDITS: LazyLock<String> =
+    LazyLock::new(|| format!("INSERT INTO audit_records ({}) SELECT * FROM {}", sql::AUDIT_COLUMNS, unnest_audits(1)));
+
+/// `UNNEST` of the audit columns, numbered from `$first`.
+fn unnest_audits(first: usize) -> String {
+    const TYPES: [&str; 18] = [
+        "bigint", "text", "text", "text", "text", "text", "text", "text", "text", "text", "text", "text", "text",
+        "bigint", "text", "bigint", "text", "text",
+    ];
+    let columns: Vec<String> = TYPES.iter().zip(first..).map(|(t, n)| format!("${n}::{t}[]")).collect();
+    format!("UNNEST({})", columns.join(", "))
+}
+
+/// A batch of new resources in one autocommitted statement: their compartment keys, pointers,
+/// versions and audit records (and the batch's standalone audit records). Plain inserts, no
+/// `ON CONFLICT`: any clash (an id or key already taken) fails the whole statement, and nothing
+/// of it is written. Parameters: keys $1-$5, version rows $6-$14 (the pointer takes $6-$9),
+/// audit records from $15.
+static COMMIT_CREATES: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "INSERT INTO audit_records ({}) SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], \
-         $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], \
-         $13::text[], $14::bigint[], $15::text[], $16::bigint[], $17::text[], $18::text[])",
-        sql::AUDIT_COLUMNS
+        "WITH keys AS (INSERT INTO tenant_keys (tenant, key_ref, kek_version, wrapped, created_at) \
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::bytea[], $5::bigint[])), \
+         pointers AS (INSERT INTO resources ({pointers}) \
+         SELECT * FROM UNNEST($6::text[], $7::text[], $8::text[], $9::bigint[])), \
+         audits AS (INSERT INTO audit_records ({audits}) SELECT * FROM {unnest_audits}) \
+         INSERT INTO resource_versions ({versions}) SELECT * FROM UNNEST($6::text[], $7::text[], $8::text[], \
+         $9::bigint[], $10::text[], $11::text[], $12::text[], $13::text[], $14::bigint[]){returning}",
+        pointers = sql::POINTER_COLUMNS,
+        audits = sql::AUDIT_COLUMNS,
+        unnest_audits = unnest_audits(15),
+        versions = sql::VERSION_COLUMNS,
+        returning = sql::VERSION_RETURNING,
     )
 });
+
+type Encoded = Result<(), BoxDynError>;
+
+/// Tenant, type, id, version: a pointer row, and the first four columns of a version row.
+fn add_ids(args: &mut PgArguments, rows: &[&NewVersion]) -> Encoded {
+    args.add(rows.iter().map(|v| v.tenant.as_str()).collect::<Vec<_>>())?;
+    args.add(rows.iter().map(|v| v.resource_type.as_str()).collect::<Vec<_>>())?;
+    args.add(rows.iter().map(|v| v.id.as_str()).collect::<Vec<_>>())?;
+    args.add(rows.iter().map(|v| i64::from(v.version.get())).collect::<Vec<_>>())
+}
+
+/// The rest of a version row: method, object key, location, compartment, last updated.
+fn add_version_tail(args: &mut PgArguments, rows: &[&NewVersion]) -> Encoded {
+    args.add(rows.iter().map(|v| v.method.as_str()).collect::<Vec<_>>())?;
+    args.add(rows.iter().map(|v| v.object_key.as_ref().map(ObjectKey::as_str)).collect::<Vec<_>>())?;
+    args.add(rows.iter().map(|v| v.location.as_str()).collect::<Vec<_>>())?;
+    args.add(rows.iter().map(|v| v.compartment.as_str()).collect::<Vec<_>>())?;
+    args.add(rows.iter().map(|v| v.last_updated.millis()).collect::<Vec<_>>())
+}
+
+fn add_audits(args: &mut PgArguments, records: &[&AuditRecord]) -> Encoded {
+    let text = |f: fn(&AuditRecord) -> Option<&str>| records.iter().map(|r| f(r)).collect::<Vec<_>>();
+    args.add(records.iter().map(|r| r.recorded.millis()).collect::<Vec<_>>())?;
+    args.add(records.iter().map(|r| r.request_id.as_str()).collect::<Vec<_>>())?;
+    args.add(text(|r| r.tenant.as_ref().map(TenantId::as_str)))?;
+    args.add(text(|r| r.agent.subject.as_deref()))?;
+    args.add(text(|r| r.agent.issuer.as_deref()))?;
+    args.add(text(|r| r.agent.role.as_deref()))?;
+    args.add(text(|r| r.agent.jurisdiction.as_deref()))?;
+    args.add(text(|r| r.agent.purpose.as_deref()))?;
+    args.add(text(|r| r.agent.token_id.as_deref()))?;
+    args.add(text(|r| r.source_ip.as_deref()))?;
+    args.add(records.iter().map(|r| r.action.as_str()).collect::<Vec<_>>())?;
+    args.add(text(|r| r.resource_type.map(ResourceType::as_str)))?;
+    args.add(text(|r| r.resource_id.as_ref().map(ResourceId::as_str)))?;
+    args.add(records.iter().map(|r| r.version.map(|v| i64::from(v.get()))).collect::<Vec<_>>())?;
+    args.add(text(|r| r.compartment.as_deref()))?;
+    args.add(records.iter().map(|r| i64::from(r.outcome)).collect::<Vec<_>>())?;
+    args.add(text(|r| r.detail.as_deref()))?;
+    args.add(text(|r| r.policy.as_deref()))
+}
+
+/// The new compartment keys of a batch: tenant, key name, KEK version, wrapped key, created at.
+fn add_keys(args: &mut PgArguments, versions: &[VersionCommit]) -> Encoded {
+    let keys: Vec<(&VersionCommit, &WrappedKey)> =
+        versions.iter().filter_map(|c| c.new_key.as_ref().map(|k| (c, k))).collect();
+    args.add(keys.iter().map(|(c, _)| c.version.tenant.as_str()).collect::<Vec<_>>())?;
+    args.add(keys.iter().map(|(c, _)| c.version.compartment.as_str()).collect::<Vec<_>>())?;
+    args.add(keys.iter().map(|(_, k)| i64::from(k.kek_version)).collect::<Vec<_>>())?;
+    args.add(keys.iter().map(|(_, k)| k.bytes.as_slice()).collect::<Vec<_>>())?;
+    args.add(keys.iter().map(|(c, _)| c.audit.recorded.millis()).collect::<Vec<_>>())
+}
+
+/// Encode a statement's arguments; a value that does not encode is `sqlx::Error::Encode`.
+fn arguments(add: impl FnOnce(&mut PgArguments) -> Encoded) -> Result<PgArguments, sqlx::Error> {
+    let mut args = PgArguments::default();
+    add(&mut args).map_err(sqlx::Error::Encode)?;
+    Ok(args)
+}
 
 async fn insert_pointer_rows(
     conn: &mut PgConnection,
@@ -86,13 +177,8 @@ async fn insert_pointer_rows(
     if rows.is_empty() {
         return Ok(Vec::new());
     }
-    Ok(sqlx::query_as(INSERT_POINTERS.as_str())
-        .bind(rows.iter().map(|v| v.tenant.as_str()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|v| v.resource_type.as_str()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|v| v.id.as_str()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|v| i64::from(v.version.get())).collect::<Vec<_>>())
-        .fetch_all(conn)
-        .await?)
+    let args = arguments(|a| add_ids(a, rows))?;
+    Ok(sqlx::query_as_with(INSERT_POINTERS.as_str(), args).fetch_all(conn).await?)
 }
 
 async fn insert_version_rows(
@@ -102,47 +188,62 @@ async fn insert_version_rows(
     if rows.is_empty() {
         return Ok(Vec::new());
     }
-    Ok(sqlx::query_as(INSERT_VERSIONS.as_str())
-        .bind(rows.iter().map(|v| v.tenant.as_str()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|v| v.resource_type.as_str()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|v| v.id.as_str()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|v| i64::from(v.version.get())).collect::<Vec<_>>())
-        .bind(rows.iter().map(|v| v.method.as_str()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|v| v.object_key.as_ref().map(ObjectKey::as_str)).collect::<Vec<_>>())
-        .bind(rows.iter().map(|v| v.location.as_str()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|v| v.compartment.as_str()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|v| v.last_updated.millis()).collect::<Vec<_>>())
-        .fetch_all(conn)
-        .await?)
+    let args = arguments(|a| {
+        add_ids(a, rows)?;
+        add_version_tail(a, rows)
+    })?;
+    Ok(sqlx::query_as_with(INSERT_VERSIONS.as_str(), args).fetch_all(conn).await?)
 }
 
 async fn insert_audit_rows(conn: &mut PgConnection, records: &[&AuditRecord]) -> Result<(), StorageError> {
     if records.is_empty() {
         return Ok(());
     }
-    let text = |f: fn(&AuditRecord) -> Option<&str>| records.iter().map(|r| f(r)).collect::<Vec<_>>();
-    sqlx::query(INSERT_AUDITS.as_str())
-        .bind(records.iter().map(|r| r.recorded.millis()).collect::<Vec<_>>())
-        .bind(records.iter().map(|r| r.request_id.as_str()).collect::<Vec<_>>())
-        .bind(text(|r| r.tenant.as_ref().map(TenantId::as_str)))
-        .bind(text(|r| r.agent.subject.as_deref()))
-        .bind(text(|r| r.agent.issuer.as_deref()))
-        .bind(text(|r| r.agent.role.as_deref()))
-        .bind(text(|r| r.agent.jurisdiction.as_deref()))
-        .bind(text(|r| r.agent.purpose.as_deref()))
-        .bind(text(|r| r.agent.token_id.as_deref()))
-        .bind(text(|r| r.source_ip.as_deref()))
-        .bind(records.iter().map(|r| r.action.as_str()).collect::<Vec<_>>())
-        .bind(text(|r| r.resource_type.map(ResourceType::as_str)))
-        .bind(text(|r| r.resource_id.as_ref().map(ResourceId::as_str)))
-        .bind(records.iter().map(|r| r.version.map(|v| i64::from(v.get()))).collect::<Vec<_>>())
-        .bind(text(|r| r.compartment.as_deref()))
-        .bind(records.iter().map(|r| i64::from(r.outcome)).collect::<Vec<_>>())
-        .bind(text(|r| r.detail.as_deref()))
-        .bind(text(|r| r.policy.as_deref()))
-        .execute(conn)
-        .await?;
+    let args = arguments(|a| add_audits(a, records))?;
+    sqlx::query_with(INSERT_AUDITS.as_str(), args).execute(conn).await?;
     Ok(())
+}
+
+impl PostgresIndex {
+    /// A batch that only creates resources, in one round trip instead of six (`BEGIN`, keys,
+    /// pointers, versions, audit records, `COMMIT`). `Ok(None)` when the batch does not qualify
+    /// (it moves an existing pointer) or when the statement hit a unique constraint (an id
+    /// taken, by this batch or another writer): nothing was written, and the general path then
+    /// settles each version on its own.
+    async fn commit_creates(
+        &self,
+        versions: &[VersionCommit],
+        audits: &[AuditRecord],
+    ) -> Result<Option<Vec<i64>>, StorageError> {
+        if versions.iter().any(|c| c.version.expected_current.is_some()) {
+            return Ok(None);
+        }
+        let rows: Vec<&NewVersion> = versions.iter().map(|c| &c.version).collect();
+        let records: Vec<&AuditRecord> = versions.iter().map(|c| &c.audit).chain(audits).collect();
+        let args = arguments(|a| {
+            add_keys(a, versions)?;
+            add_ids(a, &rows)?;
+            add_version_tail(a, &rows)?;
+            add_audits(a, &records)
+        })?;
+        let inserted: Vec<InsertedVersion> =
+            match sqlx::query_as_with(COMMIT_CREATES.as_str(), args).fetch_all(&self.pool).await {
+                Ok(inserted) => inserted,
+                Err(sqlx::Error::Database(e)) if e.is_unique_violation() => return Ok(None),
+                Err(e) => return Err(e.into()),
+            };
+        let mut seqs: HashMap<(String, String, String, i64), i64> =
+            inserted.into_iter().map(|(seq, tenant, rt, id, version)| ((tenant, rt, id, version), seq)).collect();
+        rows.iter()
+            .map(|v| {
+                let key =
+                    (v.tenant.to_string(), v.resource_type.to_string(), v.id.to_string(), i64::from(v.version.get()));
+                seqs.remove(&key)
+                    .ok_or_else(|| StorageError::Corrupt("a created version the statement did not return".into()))
+            })
+            .collect::<Result<Vec<i64>, StorageError>>()
+            .map(Some)
+    }
 }
 
 // Two committers: one flushes its batch while the other fills the next.

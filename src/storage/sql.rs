@@ -108,8 +108,10 @@ pub(super) fn version_from_db(raw: i64) -> Result<crate::ids::VersionId, Storage
 }
 
 /// `impl Index for $index`, where `$index` has a `pool`,
-/// `async fn begin_write(&self) -> Result<Transaction<'static, $db>, StorageError>` and
-/// `async fn append_audit_rows(&self, &[&AuditRecord])` (one atomic append), and the invoking
+/// `async fn begin_write(&self) -> Result<Transaction<'static, $db>, StorageError>`,
+/// `async fn append_audit_rows(&self, &[&AuditRecord])` (one atomic append) and
+/// `async fn commit_creates(&self, &[VersionCommit], &[AuditRecord]) -> Result<Option<Vec<i64>>, _>`
+/// (a shortcut for batches of new resources; `None`: take the general path), and the invoking
 /// module has the bulk inserts `insert_pointer_rows`, `insert_version_rows` and
 /// `insert_audit_rows` (multi-row `VALUES` on SQLite, `UNNEST` of arrays on PostgreSQL).
 macro_rules! impl_index {
@@ -319,6 +321,9 @@ macro_rules! impl_index {
                     let records: Vec<&$crate::audit::AuditRecord> = audits.iter().collect();
                     self.append_audit_rows(&records).await?;
                     return Ok(Vec::new());
+                }
+                if let Some(seqs) = self.commit_creates(versions, audits).await? {
+                    return Ok(seqs.into_iter().map(Ok).collect());
                 }
                 let mut results: Vec<Option<Result<i64, StorageError>>> = versions.iter().map(|_| None).collect();
                 let mut tx = self.begin_write().await?;

@@ -43,6 +43,16 @@ impl SqliteIndex {
         Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
     }
 
+    /// SQLite has no data-modifying `WITH`, and a statement costs it no network round trip:
+    /// every batch takes the general path.
+    async fn commit_creates(
+        &self,
+        _versions: &[super::VersionCommit],
+        _audits: &[AuditRecord],
+    ) -> Result<Option<Vec<i64>>, StorageError> {
+        Ok(None)
+    }
+
     async fn append_audit_rows(&self, records: &[&AuditRecord]) -> Result<(), StorageError> {
         let mut tx = self.begin_write().await?;
         insert_audit_rows(&mut tx, records).await?;

@@ -275,6 +275,39 @@ async fn a_batch_commits_its_winners_and_fails_only_its_conflicts() {
     );
 }
 
+/// Batches that only create resources take PostgreSQL's one-statement path; a clash in one of
+/// them must still fail only the clashing versions.
+#[tokio::test]
+async fn a_batch_of_new_resources_commits_whole_or_settles_each_clash() {
+    let t = fresh_index().await;
+    let key = WrappedKey { kek_version: 1, bytes: vec![9; 40] };
+    let with_key = |id: &str, request: &str| {
+        let version = NewVersion { compartment: format!("Patient/{id}"), ..new_version(id, 1, None, 1) };
+        VersionCommit { version, audit: audit(request), new_key: Some(key.clone()) }
+    };
+    let fresh = [with_key("a1", "create-a1"), commit(new_version("a2", 1, None, 1), "create-a2")];
+    let outcomes = t.index.commit_batch(&fresh, &[audit("read-1")]).await.unwrap();
+    assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
+    assert_eq!(t.index.tenant_key(&tenant(), "Patient/a1").await.unwrap(), Some(key.clone()));
+
+    let clashing = [
+        commit(new_version("a1", 1, None, 2), "create-a1-again"),
+        with_key("b1", "create-b1"),
+        commit(new_version("b2", 1, None, 2), "create-b2"),
+        commit(new_version("b2", 1, None, 2), "create-b2-again"),
+    ];
+    let outcomes = t.index.commit_batch(&clashing, &[audit("read-2")]).await.unwrap();
+    let won: Vec<bool> = outcomes.iter().map(Result::is_ok).collect();
+    assert_eq!(won, [false, true, true, false], "{outcomes:?}");
+    assert!(matches!(outcomes.first(), Some(Err(StorageError::Conflict { current: Some(_) }))), "{outcomes:?}");
+    assert_eq!(t.index.tenant_key(&tenant(), "Patient/b1").await.unwrap(), Some(key));
+    assert_eq!(t.index.history_total(&history(None)).await.unwrap(), 4);
+    assert_eq!(
+        audit_request_ids(&t.url).await,
+        ["create-a1", "create-a2", "create-b1", "create-b2", "read-1", "read-2"]
+    );
+}
+
 #[tokio::test]
 async fn a_new_compartment_key_commits_with_its_version_or_not_at_all() {
     let t = fresh_index().await;
