@@ -235,6 +235,12 @@ pub struct IndexOptions {
     pub statement_timeout: Duration,
 }
 
+/// A pooled connection is checked (one round trip) before it is handed out only if it sat idle
+/// at least this long. sqlx's default checks every time, which cost a busy server a round trip
+/// to the database per statement; a connection in steady use has just proved itself, while one
+/// idle for a while may have been dropped by a restarted database or a firewall.
+pub(crate) const PING_AFTER_IDLE: Duration = Duration::from_secs(1);
+
 /// Open the index named by `url` (`sqlite:` or `postgres:`), running its migrations.
 pub async fn open_index(url: &SecretString, options: &IndexOptions) -> Result<Arc<dyn Index>, StorageError> {
     let raw = url.expose_secret();

@@ -15,7 +15,7 @@ use std::sync::LazyLock;
 use sqlx::Arguments as _;
 use sqlx::error::BoxDynError;
 use sqlx::postgres::{PgArguments, PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
-use sqlx::{Postgres, Transaction};
+use sqlx::{Connection as _, Postgres, Transaction};
 
 use super::sql::{self, InsertedVersion};
 use super::{IndexOptions, NewVersion, ObjectKey, StorageError, VersionCommit};
@@ -37,6 +37,15 @@ impl PostgresIndex {
             .options([("statement_timeout", statement_timeout.as_str())]);
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections)
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for >= super::PING_AFTER_IDLE {
+                        conn.ping().await?;
+                    }
+                    Ok(true)
+                })
+            })
             .acquire_timeout(options.connect_timeout)
             .connect_with(connect)
             .await?;
