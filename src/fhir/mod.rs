@@ -9,6 +9,7 @@ pub mod model;
 pub mod outcome;
 pub mod resource;
 pub mod resource_types;
+pub mod search_params;
 pub mod validate;
 
 pub use resource::{Compartment, Resource, ResourceError};
