@@ -239,7 +239,20 @@ pub struct IndexOptions {
 /// at least this long. sqlx's default checks every time, which cost a busy server a round trip
 /// to the database per statement; a connection in steady use has just proved itself, while one
 /// idle for a while may have been dropped by a restarted database or a firewall.
-pub(crate) const PING_AFTER_IDLE: Duration = Duration::from_secs(1);
+const PING_AFTER_IDLE: Duration = Duration::from_secs(1);
+
+/// Pool options that check a connection only after `PING_AFTER_IDLE` (sqlx's documented
+/// `before_acquire` pattern), for either database.
+fn checked_when_idle<DB: sqlx::Database>(options: sqlx::pool::PoolOptions<DB>) -> sqlx::pool::PoolOptions<DB> {
+    options.test_before_acquire(false).before_acquire(|conn, meta| {
+        Box::pin(async move {
+            if meta.idle_for >= PING_AFTER_IDLE {
+                sqlx::Connection::ping(conn).await?;
+            }
+            Ok(true)
+        })
+    })
+}
 
 /// Open the index named by `url` (`sqlite:` or `postgres:`), running its migrations.
 pub async fn open_index(url: &SecretString, options: &IndexOptions) -> Result<Arc<dyn Index>, StorageError> {

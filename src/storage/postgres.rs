@@ -15,7 +15,7 @@ use std::sync::LazyLock;
 use sqlx::Arguments as _;
 use sqlx::error::BoxDynError;
 use sqlx::postgres::{PgArguments, PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
-use sqlx::{Connection as _, Postgres, Transaction};
+use sqlx::{Postgres, Transaction};
 
 use super::sql::{self, InsertedVersion};
 use super::{IndexOptions, NewVersion, ObjectKey, StorageError, VersionCommit};
@@ -35,17 +35,8 @@ impl PostgresIndex {
         let connect = PgConnectOptions::from_str(url)?
             .application_name("fhirvault")
             .options([("statement_timeout", statement_timeout.as_str())]);
-        let pool = PgPoolOptions::new()
+        let pool = super::checked_when_idle(PgPoolOptions::new())
             .max_connections(options.max_connections)
-            .test_before_acquire(false)
-            .before_acquire(|conn, meta| {
-                Box::pin(async move {
-                    if meta.idle_for >= super::PING_AFTER_IDLE {
-                        conn.ping().await?;
-                    }
-                    Ok(true)
-                })
-            })
             .acquire_timeout(options.connect_timeout)
             .connect_with(connect)
             .await?;

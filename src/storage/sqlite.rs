@@ -8,7 +8,7 @@ use std::sync::LazyLock;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{Connection as _, Sqlite, Transaction};
+use sqlx::{Sqlite, Transaction};
 
 use super::sql::{self, InsertedVersion};
 use super::{IndexOptions, NewVersion, StorageError};
@@ -30,17 +30,8 @@ impl SqliteIndex {
             .foreign_keys(true)
             // SQLite has no statement timeout; a writer waits this long for the write lock.
             .busy_timeout(options.statement_timeout);
-        let pool = SqlitePoolOptions::new()
+        let pool = super::checked_when_idle(SqlitePoolOptions::new())
             .max_connections(options.max_connections)
-            .test_before_acquire(false)
-            .before_acquire(|conn, meta| {
-                Box::pin(async move {
-                    if meta.idle_for >= super::PING_AFTER_IDLE {
-                        conn.ping().await?;
-                    }
-                    Ok(true)
-                })
-            })
             .acquire_timeout(options.connect_timeout)
             .connect_with(connect)
             .await?;
