@@ -8,7 +8,6 @@
 //! outcome SQLite gets from its single writer. Batches take their row locks in (tenant, type, id)
 //! order, so two batches never deadlock on each other.
 
-use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::LazyLock;
 
@@ -232,17 +231,7 @@ impl PostgresIndex {
                 Err(sqlx::Error::Database(e)) if e.is_unique_violation() => return Ok(None),
                 Err(e) => return Err(e.into()),
             };
-        let mut seqs: HashMap<(String, String, String, i64), i64> =
-            inserted.into_iter().map(|(seq, tenant, rt, id, version)| ((tenant, rt, id, version), seq)).collect();
-        rows.iter()
-            .map(|v| {
-                let key =
-                    (v.tenant.to_string(), v.resource_type.to_string(), v.id.to_string(), i64::from(v.version.get()));
-                seqs.remove(&key)
-                    .ok_or_else(|| StorageError::Corrupt("a created version the statement did not return".into()))
-            })
-            .collect::<Result<Vec<i64>, StorageError>>()
-            .map(Some)
+        sql::seqs_in_order(&rows, inserted).map(Some)
     }
 }
 

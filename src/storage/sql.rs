@@ -5,7 +5,7 @@
 //! transaction starts) lives in `sqlite.rs` and `postgres.rs`; each implements `Index` with
 //! `impl_index!` so the two cannot drift apart.
 
-use super::{Method, ObjectKey, StorageError, VersionRow, parse_row_ids};
+use super::{Method, NewVersion, ObjectKey, StorageError, VersionRow, parse_row_ids};
 use crate::time::Timestamp;
 
 #[derive(sqlx::FromRow)]
@@ -75,6 +75,24 @@ pub(super) const VERSION_RETURNING: &str = " RETURNING seq, tenant, resource_typ
 
 /// A version row as `RETURNING` gives it back: seq, tenant, type, id, version.
 pub(super) type InsertedVersion = (i64, String, String, String, i64);
+
+/// Each of `rows`' `seq`, in `rows` order, from what `RETURNING` gave back (in no promised
+/// order). A row missing or one too many means the index is not what this code wrote.
+pub(super) fn seqs_in_order(rows: &[&NewVersion], inserted: Vec<InsertedVersion>) -> Result<Vec<i64>, StorageError> {
+    use std::collections::HashMap;
+    let returned = inserted.len();
+    let mut seqs: HashMap<(String, String, String, i64), i64> =
+        inserted.into_iter().map(|(seq, tenant, rt, id, version)| ((tenant, rt, id, version), seq)).collect();
+    if seqs.len() != returned || returned != rows.len() {
+        return Err(StorageError::Corrupt("the version rows returned are not those inserted".into()));
+    }
+    rows.iter()
+        .map(|v| {
+            let key = (v.tenant.to_string(), v.resource_type.to_string(), v.id.to_string(), i64::from(v.version.get()));
+            seqs.remove(&key).ok_or_else(|| StorageError::Corrupt("a version row the batch did not insert".into()))
+        })
+        .collect()
+}
 
 pub(super) const HISTORY_INSTANCE: &str = "SELECT seq, tenant, resource_type, resource_id, version, method, \
      object_key, location, compartment, last_updated FROM resource_versions \
@@ -235,34 +253,15 @@ macro_rules! impl_index {
             versions: &[$crate::storage::VersionCommit],
             results: &mut [Option<Result<i64, $crate::storage::StorageError>>],
         ) -> Result<(), $crate::storage::StorageError> {
-            use std::collections::HashMap;
             let winners: Vec<usize> =
                 (0..versions.len()).filter(|&i| results.get(i).is_some_and(Option::is_none)).collect();
-            let mut by_row: HashMap<(String, String, String, i64), usize> = HashMap::new();
-            for &i in &winners {
-                let Some(c) = versions.get(i) else { continue };
-                let v = &c.version;
-                by_row.insert(
-                    (
-                        v.tenant.as_str().to_owned(),
-                        v.resource_type.as_str().to_owned(),
-                        v.id.as_str().to_owned(),
-                        i64::from(v.version.get()),
-                    ),
-                    i,
-                );
-            }
             let rows: Vec<&$crate::storage::NewVersion> =
                 winners.iter().filter_map(|&i| versions.get(i)).map(|c| &c.version).collect();
-            for (seq, tenant, rt, id, version) in insert_version_rows(&mut **tx, &rows).await? {
-                let slot = by_row.get(&(tenant, rt, id, version)).and_then(|&i| results.get_mut(i));
-                match slot {
-                    Some(slot) => *slot = Some(Ok(seq)),
-                    None => {
-                        return Err($crate::storage::StorageError::Corrupt(
-                            "a version row the batch did not insert".into(),
-                        ));
-                    }
+            let inserted = insert_version_rows(&mut **tx, &rows).await?;
+            let seqs = $crate::storage::sql::seqs_in_order(&rows, inserted)?;
+            for (i, seq) in winners.into_iter().zip(seqs) {
+                if let Some(slot) = results.get_mut(i) {
+                    *slot = Some(Ok(seq));
                 }
             }
             Ok(())
