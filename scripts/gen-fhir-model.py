@@ -16,27 +16,14 @@ The output is deterministic: re-running it on the same package gives the same by
 import glob
 import json
 import os
-import subprocess
-import sys
-import tarfile
-import tempfile
+
+from fhir_package import package_dir
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(HERE, "..", "schemas", "fhir-r4-model.json")
 FHIR_TYPE_EXT = "http://hl7.org/fhir/StructureDefinition/structuredefinition-fhir-type"
 REGEX_EXT = "http://hl7.org/fhir/StructureDefinition/regex"
 SD_PREFIX = "http://hl7.org/fhir/StructureDefinition/"
-
-
-def package_dir():
-    if len(sys.argv) > 1:
-        return sys.argv[1]
-    tmp = tempfile.mkdtemp(prefix="fhir-r4-")
-    subprocess.run(["npm", "pack", "hl7.fhir.r4.examples@4.0.1"], cwd=tmp, check=True,
-                   stdout=subprocess.DEVNULL)
-    with tarfile.open(os.path.join(tmp, "hl7.fhir.r4.examples-4.0.1.tgz")) as tar:
-        tar.extractall(tmp, filter="data")
-    return os.path.join(tmp, "package")
 
 
 def load_all(pkg, prefix):

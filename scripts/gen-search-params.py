@@ -31,10 +31,8 @@ parses and that every path exists in the structural model (schemas/fhir-r4-model
 import json
 import os
 import re
-import subprocess
-import sys
-import tarfile
-import tempfile
+
+from fhir_package import package_dir
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(HERE, "..", "schemas", "fhir-r4-search-params.json")
@@ -56,17 +54,6 @@ FORMS = [
                 rf"(?:\.(?P<then>{STEPS}))?$"),
      "where"),
 ]
-
-
-def package_dir():
-    if len(sys.argv) > 1:
-        return sys.argv[1]
-    tmp = tempfile.mkdtemp(prefix="fhir-r4-")
-    subprocess.run(["npm", "pack", "hl7.fhir.r4.examples@4.0.1"], cwd=tmp, check=True,
-                   stdout=subprocess.DEVNULL)
-    with tarfile.open(os.path.join(tmp, "hl7.fhir.r4.examples-4.0.1.tgz")) as tar:
-        tar.extractall(tmp, filter="data")
-    return os.path.join(tmp, "package")
 
 
 def compile_alternative(alt):
