@@ -9,6 +9,7 @@
 
 pub mod commit;
 pub mod gc;
+mod lease;
 pub mod objects;
 pub mod postgres;
 mod sql;
@@ -46,6 +47,9 @@ pub enum StorageError {
     CommitterStopped,
     #[error("index database error")]
     Database(#[from] sqlx::Error),
+    /// The connection pool itself failed (not the database).
+    #[error("index connection pool error: {0}")]
+    Pool(String),
     #[error("index migration failed")]
     Migration(#[from] sqlx::migrate::MigrateError),
     #[error("object store error")]
@@ -233,25 +237,6 @@ pub struct IndexOptions {
     /// PostgreSQL: the server cancels statements running longer. SQLite: how long a writer
     /// waits for the write lock.
     pub statement_timeout: Duration,
-}
-
-/// A pooled connection is checked (one round trip) before it is handed out only if it sat idle
-/// at least this long. sqlx's default checks every time, which cost a busy server a round trip
-/// to the database per statement; a connection in steady use has just proved itself, while one
-/// idle for a while may have been dropped by a restarted database or a firewall.
-const PING_AFTER_IDLE: Duration = Duration::from_secs(1);
-
-/// Pool options that check a connection only after `PING_AFTER_IDLE` (sqlx's documented
-/// `before_acquire` pattern), for either database.
-fn checked_when_idle<DB: sqlx::Database>(options: sqlx::pool::PoolOptions<DB>) -> sqlx::pool::PoolOptions<DB> {
-    options.test_before_acquire(false).before_acquire(|conn, meta| {
-        Box::pin(async move {
-            if meta.idle_for >= PING_AFTER_IDLE {
-                sqlx::Connection::ping(conn).await?;
-            }
-            Ok(true)
-        })
-    })
 }
 
 /// Open the index named by `url` (`sqlite:` or `postgres:`), running its migrations.

@@ -13,9 +13,10 @@ use std::sync::LazyLock;
 
 use sqlx::Arguments as _;
 use sqlx::error::BoxDynError;
-use sqlx::postgres::{PgArguments, PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgArguments, PgConnectOptions, PgConnection};
 use sqlx::{Postgres, Transaction};
 
+use super::lease::Leases;
 use super::sql::{self, InsertedVersion};
 use super::{IndexOptions, NewVersion, ObjectKey, StorageError, VersionCommit};
 use crate::audit::AuditRecord;
@@ -25,7 +26,7 @@ use crate::ids::{ResourceId, ResourceType, TenantId};
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
 pub struct PostgresIndex {
-    pool: PgPool,
+    leases: Leases<Postgres>,
 }
 
 impl PostgresIndex {
@@ -34,23 +35,23 @@ impl PostgresIndex {
         let connect = PgConnectOptions::from_str(url)?
             .application_name("fhirvault")
             .options([("statement_timeout", statement_timeout.as_str())]);
-        let pool = super::checked_when_idle(PgPoolOptions::new())
-            .max_connections(options.max_connections)
-            .acquire_timeout(options.connect_timeout)
-            .connect_with(connect)
-            .await?;
-        MIGRATOR.run(&pool).await?;
-        Ok(Self { pool })
+        let leases: Leases<Postgres> = Leases::new(connect, options.max_connections, options.connect_timeout)?;
+        let mut conn = leases.get().await?;
+        MIGRATOR.run(&mut *conn).await?;
+        conn.done();
+        Ok(Self { leases })
     }
 
-    async fn begin_write(&self) -> Result<Transaction<'static, Postgres>, StorageError> {
-        Ok(self.pool.begin().await?)
+    async fn begin_write(conn: &mut PgConnection) -> Result<Transaction<'_, Postgres>, StorageError> {
+        Ok(sqlx::Connection::begin(conn).await?)
     }
 
     /// One statement is atomic on its own: no `BEGIN`/`COMMIT` round trips.
     async fn append_audit_rows(&self, records: &[&AuditRecord]) -> Result<(), StorageError> {
-        let mut conn = self.pool.acquire().await?;
-        insert_audit_rows(&mut conn, records).await
+        let mut conn = self.leases.get().await?;
+        insert_audit_rows(&mut conn, records).await?;
+        conn.done();
+        Ok(())
     }
 }
 
@@ -225,12 +226,18 @@ impl PostgresIndex {
             add_version_tail(a, &rows)?;
             add_audits(a, &records)
         })?;
+        let mut conn = self.leases.get().await?;
         let inserted: Vec<InsertedVersion> =
-            match sqlx::query_as_with(COMMIT_CREATES.as_str(), args).fetch_all(&self.pool).await {
+            match sqlx::query_as_with(COMMIT_CREATES.as_str(), args).fetch_all(&mut *conn).await {
                 Ok(inserted) => inserted,
-                Err(sqlx::Error::Database(e)) if e.is_unique_violation() => return Ok(None),
+                Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                    // The statement failed whole; the session is fine.
+                    conn.done();
+                    return Ok(None);
+                }
                 Err(e) => return Err(e.into()),
             };
+        conn.done();
         sql::seqs_in_order(&rows, inserted).map(Some)
     }
 }

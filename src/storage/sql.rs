@@ -125,8 +125,8 @@ pub(super) fn version_from_db(raw: i64) -> Result<crate::ids::VersionId, Storage
         .ok_or_else(|| StorageError::Corrupt("version".into()))
 }
 
-/// `impl Index for $index`, where `$index` has a `pool`,
-/// `async fn begin_write(&self) -> Result<Transaction<'static, $db>, StorageError>`,
+/// `impl Index for $index`, where `$index` has `leases` (a `lease::Leases<$db>`),
+/// `async fn begin_write(&mut $db's connection) -> Result<Transaction<'_, $db>, StorageError>`,
 /// `async fn append_audit_rows(&self, &[&AuditRecord])` (one atomic append) and
 /// `async fn commit_creates(&self, &[VersionCommit], &[AuditRecord]) -> Result<Option<Vec<i64>>, _>`
 /// (a shortcut for batches of new resources; `None`: take the general path), and the invoking
@@ -136,7 +136,7 @@ macro_rules! impl_index {
     ($index:ty, $db:ty, commit_workers = $workers:expr) => {
         /// Store the new compartment keys; a name already taken fails that version.
         async fn insert_new_keys(
-            tx: &mut sqlx::Transaction<'static, $db>,
+            tx: &mut sqlx::Transaction<'_, $db>,
             versions: &[$crate::storage::VersionCommit],
             results: &mut [Option<Result<i64, $crate::storage::StorageError>>],
         ) -> Result<(), $crate::storage::StorageError> {
@@ -169,7 +169,7 @@ macro_rules! impl_index {
         /// one, each in (tenant, type, id) order so that two batches never wait on each other in
         /// a cycle. A pointer that is not where its writer expected marks that version a conflict.
         async fn advance_pointers(
-            tx: &mut sqlx::Transaction<'static, $db>,
+            tx: &mut sqlx::Transaction<'_, $db>,
             versions: &[$crate::storage::VersionCommit],
             results: &mut [Option<Result<i64, $crate::storage::StorageError>>],
         ) -> Result<(), $crate::storage::StorageError> {
@@ -235,7 +235,7 @@ macro_rules! impl_index {
         }
 
         async fn current_version(
-            tx: &mut sqlx::Transaction<'static, $db>,
+            tx: &mut sqlx::Transaction<'_, $db>,
             v: &$crate::storage::NewVersion,
         ) -> Result<Option<$crate::ids::VersionId>, $crate::storage::StorageError> {
             let current: Option<i64> = sqlx::query_scalar($crate::storage::sql::SELECT_CURRENT_VERSION)
@@ -249,7 +249,7 @@ macro_rules! impl_index {
 
         /// Insert the version rows of the versions whose pointer moved; their `seq` is the result.
         async fn insert_versions(
-            tx: &mut sqlx::Transaction<'static, $db>,
+            tx: &mut sqlx::Transaction<'_, $db>,
             versions: &[$crate::storage::VersionCommit],
             results: &mut [Option<Result<i64, $crate::storage::StorageError>>],
         ) -> Result<(), $crate::storage::StorageError> {
@@ -274,7 +274,9 @@ macro_rules! impl_index {
             }
 
             async fn ping(&self) -> Result<(), $crate::storage::StorageError> {
-                sqlx::query("SELECT 1").execute(&self.pool).await?;
+                let mut conn = self.leases.get().await?;
+                sqlx::query("SELECT 1").execute(&mut *conn).await?;
+                conn.done();
                 Ok(())
             }
 
@@ -284,12 +286,14 @@ macro_rules! impl_index {
                 rt: $crate::ids::ResourceType,
                 id: &$crate::ids::ResourceId,
             ) -> Result<Option<$crate::storage::VersionRow>, $crate::storage::StorageError> {
+                let mut conn = self.leases.get().await?;
                 let row: Option<$crate::storage::sql::DbVersion> = sqlx::query_as($crate::storage::sql::SELECT_CURRENT)
                     .bind(tenant.as_str())
                     .bind(rt.as_str())
                     .bind(id.as_str())
-                    .fetch_optional(&self.pool)
+                    .fetch_optional(&mut *conn)
                     .await?;
+                conn.done();
                 row.map($crate::storage::VersionRow::try_from).transpose()
             }
 
@@ -300,13 +304,15 @@ macro_rules! impl_index {
                 id: &$crate::ids::ResourceId,
                 version: $crate::ids::VersionId,
             ) -> Result<Option<$crate::storage::VersionRow>, $crate::storage::StorageError> {
+                let mut conn = self.leases.get().await?;
                 let row: Option<$crate::storage::sql::DbVersion> = sqlx::query_as($crate::storage::sql::SELECT_VERSION)
                     .bind(tenant.as_str())
                     .bind(rt.as_str())
                     .bind(id.as_str())
                     .bind(i64::from(version.get()))
-                    .fetch_optional(&self.pool)
+                    .fetch_optional(&mut *conn)
                     .await?;
+                conn.done();
                 row.map($crate::storage::VersionRow::try_from).transpose()
             }
 
@@ -325,7 +331,8 @@ macro_rules! impl_index {
                     return Ok(seqs.into_iter().map(Ok).collect());
                 }
                 let mut results: Vec<Option<Result<i64, StorageError>>> = versions.iter().map(|_| None).collect();
-                let mut tx = self.begin_write().await?;
+                let mut conn = self.leases.get().await?;
+                let mut tx = Self::begin_write(&mut conn).await?;
                 insert_new_keys(&mut tx, versions, &mut results).await?;
                 advance_pointers(&mut tx, versions, &mut results).await?;
                 insert_versions(&mut tx, versions, &mut results).await?;
@@ -339,6 +346,7 @@ macro_rules! impl_index {
                 records.extend(audits);
                 insert_audit_rows(&mut *tx, &records).await?;
                 tx.commit().await?;
+                conn.done();
                 Ok(results
                     .into_iter()
                     .map(|r| {
@@ -354,6 +362,7 @@ macro_rules! impl_index {
                 use $crate::storage::sql;
                 let since = q.since.map_or(i64::MIN, $crate::time::Timestamp::millis);
                 let before = q.before_seq.unwrap_or(i64::MAX);
+                let mut conn = self.leases.get().await?;
                 let rows: Vec<sql::DbVersion> = match &q.id {
                     Some(id) => {
                         sqlx::query_as(sql::HISTORY_INSTANCE)
@@ -363,7 +372,7 @@ macro_rules! impl_index {
                             .bind(since)
                             .bind(before)
                             .bind(i64::from(q.limit))
-                            .fetch_all(&self.pool)
+                            .fetch_all(&mut *conn)
                             .await?
                     }
                     None => {
@@ -373,10 +382,11 @@ macro_rules! impl_index {
                             .bind(since)
                             .bind(before)
                             .bind(i64::from(q.limit))
-                            .fetch_all(&self.pool)
+                            .fetch_all(&mut *conn)
                             .await?
                     }
                 };
+                conn.done();
                 rows.into_iter().map($crate::storage::VersionRow::try_from).collect()
             }
 
@@ -386,6 +396,7 @@ macro_rules! impl_index {
             ) -> Result<u64, $crate::storage::StorageError> {
                 use $crate::storage::sql;
                 let since = q.since.map_or(i64::MIN, $crate::time::Timestamp::millis);
+                let mut conn = self.leases.get().await?;
                 let count: i64 = match &q.id {
                     Some(id) => {
                         sqlx::query_scalar(sql::COUNT_INSTANCE)
@@ -393,7 +404,7 @@ macro_rules! impl_index {
                             .bind(q.resource_type.as_str())
                             .bind(id.as_str())
                             .bind(since)
-                            .fetch_one(&self.pool)
+                            .fetch_one(&mut *conn)
                             .await?
                     }
                     None => {
@@ -401,10 +412,11 @@ macro_rules! impl_index {
                             .bind(q.tenant.as_str())
                             .bind(q.resource_type.as_str())
                             .bind(since)
-                            .fetch_one(&self.pool)
+                            .fetch_one(&mut *conn)
                             .await?
                     }
                 };
+                conn.done();
                 u64::try_from(count).map_err(|_| $crate::storage::StorageError::Corrupt("count".into()))
             }
 
@@ -413,11 +425,13 @@ macro_rules! impl_index {
                 tenant: &$crate::ids::TenantId,
                 key_ref: &str,
             ) -> Result<Option<$crate::crypto::WrappedKey>, $crate::storage::StorageError> {
+                let mut conn = self.leases.get().await?;
                 let row: Option<(i64, Vec<u8>)> = sqlx::query_as($crate::storage::sql::SELECT_TENANT_KEY)
                     .bind(tenant.as_str())
                     .bind(key_ref)
-                    .fetch_optional(&self.pool)
+                    .fetch_optional(&mut *conn)
                     .await?;
+                conn.done();
                 row.map(|(v, bytes)| {
                     let kek_version =
                         u32::try_from(v).map_err(|_| $crate::storage::StorageError::Corrupt("kek version".into()))?;
@@ -432,22 +446,26 @@ macro_rules! impl_index {
                 key_ref: &str,
                 wrapped: &$crate::crypto::WrappedKey,
             ) -> Result<$crate::crypto::WrappedKey, $crate::storage::StorageError> {
+                let mut conn = self.leases.get().await?;
                 sqlx::query($crate::storage::sql::INSERT_TENANT_KEY)
                     .bind(tenant.as_str())
                     .bind(key_ref)
                     .bind(i64::from(wrapped.kek_version))
                     .bind(&wrapped.bytes)
                     .bind($crate::time::Timestamp::now().millis())
-                    .execute(&self.pool)
+                    .execute(&mut *conn)
                     .await?;
+                conn.done();
                 self.tenant_key(tenant, key_ref)
                     .await?
                     .ok_or_else(|| $crate::storage::StorageError::Corrupt("tenant key vanished after insert".into()))
             }
 
             async fn knows_object(&self, key: &str) -> Result<bool, $crate::storage::StorageError> {
+                let mut conn = self.leases.get().await?;
                 let count: i64 =
-                    sqlx::query_scalar($crate::storage::sql::OBJECT_KNOWN).bind(key).fetch_one(&self.pool).await?;
+                    sqlx::query_scalar($crate::storage::sql::OBJECT_KNOWN).bind(key).fetch_one(&mut *conn).await?;
+                conn.done();
                 Ok(count > 0)
             }
         }

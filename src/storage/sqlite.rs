@@ -5,11 +5,10 @@ use std::str::FromStr;
 
 use std::sync::LazyLock;
 
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqliteSynchronous};
 use sqlx::{Sqlite, Transaction};
 
+use super::lease::Leases;
 use super::sql::{self, InsertedVersion};
 use super::{IndexOptions, NewVersion, StorageError};
 use crate::audit::AuditRecord;
@@ -18,7 +17,7 @@ use crate::ids::{ResourceId, ResourceType, TenantId};
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
 pub struct SqliteIndex {
-    pool: SqlitePool,
+    leases: Leases<Sqlite>,
 }
 
 impl SqliteIndex {
@@ -30,17 +29,15 @@ impl SqliteIndex {
             .foreign_keys(true)
             // SQLite has no statement timeout; a writer waits this long for the write lock.
             .busy_timeout(options.statement_timeout);
-        let pool = super::checked_when_idle(SqlitePoolOptions::new())
-            .max_connections(options.max_connections)
-            .acquire_timeout(options.connect_timeout)
-            .connect_with(connect)
-            .await?;
-        MIGRATOR.run(&pool).await?;
-        Ok(Self { pool })
+        let leases: Leases<Sqlite> = Leases::new(connect, options.max_connections, options.connect_timeout)?;
+        let mut conn = leases.get().await?;
+        MIGRATOR.run(&mut *conn).await?;
+        conn.done();
+        Ok(Self { leases })
     }
 
-    async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>, StorageError> {
-        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    async fn begin_write(conn: &mut SqliteConnection) -> Result<Transaction<'_, Sqlite>, StorageError> {
+        Ok(sqlx::Connection::begin_with(conn, "BEGIN IMMEDIATE").await?)
     }
 
     /// SQLite has no data-modifying `WITH`, and a statement costs it no network round trip:
@@ -54,9 +51,12 @@ impl SqliteIndex {
     }
 
     async fn append_audit_rows(&self, records: &[&AuditRecord]) -> Result<(), StorageError> {
-        let mut tx = self.begin_write().await?;
+        let mut conn = self.leases.get().await?;
+        let mut tx = Self::begin_write(&mut conn).await?;
         insert_audit_rows(&mut tx, records).await?;
-        Ok(tx.commit().await?)
+        tx.commit().await?;
+        conn.done();
+        Ok(())
     }
 }
 
