@@ -127,7 +127,8 @@ pub(super) fn version_from_db(raw: i64) -> Result<crate::ids::VersionId, Storage
 
 /// `impl Index for $index`, where `$index` has `leases` (a `lease::Leases<$db>`),
 /// `async fn begin_write(&mut $db's connection) -> Result<Transaction<'_, $db>, StorageError>`,
-/// `async fn append_audit_rows(&self, &[&AuditRecord])` (one atomic append) and
+/// `async fn append_audit_rows(&self, &[&AuditRecord])` (one atomic append),
+/// `async fn note_versions(&self, usize)` (told the size of each batch of versions before it commits) and
 /// `async fn commit_creates(&self, &[VersionCommit], &[AuditRecord]) -> Result<Option<Vec<i64>>, _>`
 /// (a shortcut for batches of new resources; `None`: take the general path), and the invoking
 /// module has the bulk inserts `insert_pointer_rows`, `insert_version_rows` and
@@ -327,6 +328,7 @@ macro_rules! impl_index {
                     self.append_audit_rows(&records).await?;
                     return Ok(Vec::new());
                 }
+                self.note_versions(versions.len()).await;
                 if let Some(seqs) = self.commit_creates(versions, audits).await? {
                     return Ok(seqs.into_iter().map(Ok).collect());
                 }

@@ -40,6 +40,10 @@ impl SqliteIndex {
         Ok(sqlx::Connection::begin_with(conn, "BEGIN IMMEDIATE").await?)
     }
 
+    /// SQLite's planner prefers the index that matches the most columns, with or without
+    /// statistics: nothing to bootstrap (see the PostgreSQL index).
+    async fn note_versions(&self, _versions: usize) {}
+
     /// SQLite has no data-modifying `WITH`, and a statement costs it no network round trip:
     /// every batch takes the general path.
     async fn commit_creates(

@@ -241,6 +241,41 @@ async fn audit_request_ids(url: &str) -> Vec<String> {
     sqlx::query_scalar("SELECT request_id FROM audit_records ORDER BY request_id").fetch_all(&pool).await.unwrap()
 }
 
+/// How the database would look up one version by its key, as the planner describes it.
+async fn version_lookup_plan(url: &str) -> String {
+    use sqlx::Row as _;
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(url).await.unwrap();
+    let lookup = "SELECT seq FROM resource_versions WHERE tenant = 'demo' AND resource_type = 'Patient' \
+                  AND resource_id = 'bulk-1' AND version = 1";
+    if on_postgres() {
+        let lines: Vec<String> =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("EXPLAIN {lookup}"))).fetch_all(&pool).await.unwrap();
+        lines.join("\n")
+    } else {
+        let rows =
+            sqlx::query(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {lookup}"))).fetch_all(&pool).await.unwrap();
+        rows.iter().map(|row| row.get::<String, _>("detail")).collect::<Vec<_>>().join("\n")
+    }
+}
+
+/// A fresh PostgreSQL database has no planner statistics until autovacuum's first `ANALYZE`,
+/// and without them the planner looked versions up through the smaller by-type index, reading
+/// every version of the type. After a bulk load the lookup must use the unique key.
+#[tokio::test]
+async fn after_a_bulk_load_a_version_is_looked_up_by_its_key() {
+    let t = fresh_index().await;
+    for chunk in 0..5 {
+        let batch: Vec<VersionCommit> =
+            (0..250).map(|i| commit(new_version(&format!("bulk-{}", chunk * 250 + i), 1, None, 1), "bulk")).collect();
+        let outcomes = t.index.commit_batch(&batch, &[]).await.unwrap();
+        assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
+    }
+    let plan = version_lookup_plan(&t.url).await;
+    assert!(!plan.contains("resource_versions_by_type"), "{plan}");
+    assert!(plan.contains("resource_id"), "the lookup should search the unique key: {plan}");
+}
+
 #[tokio::test]
 async fn a_batch_commits_its_winners_and_fails_only_its_conflicts() {
     let t = fresh_index().await;
