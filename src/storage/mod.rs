@@ -11,6 +11,7 @@ pub mod commit;
 pub mod gc;
 mod lease;
 pub mod objects;
+mod page_cache;
 pub mod postgres;
 mod sql;
 pub mod sqlite;
