@@ -52,7 +52,9 @@ struct Args {
     allow_remote: bool,
 }
 
-#[tokio::main]
+/// One thread, like wrk's: the load generator shares the machine with the server it measures,
+/// and a multi-threaded runtime spent part of that machine waking its own threads.
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let args = Args::parse();
     match run(args).await {
