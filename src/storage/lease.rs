@@ -81,6 +81,24 @@ impl<DB: Database> Leases<DB> {
         Ok(Self { pool })
     }
 
+    /// `new`, then the database's migrations on one of its connections.
+    pub async fn open(
+        options: <DB::Connection as Connection>::Options,
+        max: u32,
+        wait: Duration,
+        migrator: &sqlx::migrate::Migrator,
+    ) -> Result<Self, StorageError>
+    where
+        for<'c> &'c mut DB::Connection: sqlx::Acquire<'c, Database = DB>,
+        DB::Connection: sqlx::migrate::Migrate,
+    {
+        let leases = Self::new(options, max, wait)?;
+        let mut conn = leases.get().await?;
+        migrator.run(&mut *conn).await?;
+        conn.done();
+        Ok(leases)
+    }
+
     /// A connection: an idle one, or a new one while there are fewer than `max`.
     pub async fn get(&self) -> Result<Lease<DB>, StorageError> {
         match self.pool.get().await {

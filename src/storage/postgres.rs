@@ -37,10 +37,7 @@ impl PostgresIndex {
         let connect = PgConnectOptions::from_str(url)?
             .application_name("fhirvault")
             .options([("statement_timeout", statement_timeout.as_str())]);
-        let leases: Leases<Postgres> = Leases::new(connect, options.max_connections, options.connect_timeout)?;
-        let mut conn = leases.get().await?;
-        MIGRATOR.run(&mut *conn).await?;
-        conn.done();
+        let leases = Leases::open(connect, options.max_connections, options.connect_timeout, &MIGRATOR).await?;
         Ok(Self { leases, statistics: Statistics::default() })
     }
 
@@ -89,6 +86,9 @@ impl Statistics {
 
     /// Whether the batch of `versions` about to commit is the one that crosses the threshold.
     fn due(&self, versions: usize) -> bool {
+        if self.checked.load(Ordering::Relaxed) {
+            return false;
+        }
         let total = self.versions.fetch_add(versions, Ordering::Relaxed).saturating_add(versions);
         total >= Self::AFTER_VERSIONS && !self.checked.swap(true, Ordering::Relaxed)
     }

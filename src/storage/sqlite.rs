@@ -29,10 +29,7 @@ impl SqliteIndex {
             .foreign_keys(true)
             // SQLite has no statement timeout; a writer waits this long for the write lock.
             .busy_timeout(options.statement_timeout);
-        let leases: Leases<Sqlite> = Leases::new(connect, options.max_connections, options.connect_timeout)?;
-        let mut conn = leases.get().await?;
-        MIGRATOR.run(&mut *conn).await?;
-        conn.done();
+        let leases = Leases::open(connect, options.max_connections, options.connect_timeout, &MIGRATOR).await?;
         Ok(Self { leases })
     }
 
