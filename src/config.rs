@@ -59,6 +59,7 @@ pub struct Settings {
     pub auth: AuthSettings,
     pub log: LogSettings,
     pub gc: GcSettings,
+    pub search: SearchSettings,
     /// Where this server runs. It handles plaintext while serving, so its site falls under the
     /// same residency rules as the storage locations. Required in the production profile; the
     /// embedded profile assumes a development machine in France.
@@ -257,6 +258,35 @@ impl Default for GcSettings {
     }
 }
 
+/// How string values are indexed for search (their blind index: see SECURITY.md). Changing
+/// these applies to resources written afterwards.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct SearchSettings {
+    /// Word prefixes shorter than this are not indexed: a query word shorter than this matches
+    /// whole words only. Short prefixes reveal the most (the distribution of initials).
+    pub min_prefix_chars: usize,
+    /// Prefixes are indexed up to this many characters; a longer query word matches on its
+    /// first `max_prefix_chars` characters.
+    pub max_prefix_chars: usize,
+}
+
+impl Default for SearchSettings {
+    fn default() -> Self {
+        let defaults = crate::search::StringIndexing::default();
+        Self { min_prefix_chars: defaults.min_prefix_chars, max_prefix_chars: defaults.max_prefix_chars }
+    }
+}
+
+impl SearchSettings {
+    pub fn string_indexing(&self) -> crate::search::StringIndexing {
+        crate::search::StringIndexing {
+            min_prefix_chars: self.min_prefix_chars,
+            max_prefix_chars: self.max_prefix_chars,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum LogFormat {
@@ -335,6 +365,7 @@ impl Default for Settings {
             auth: AuthSettings::default(),
             log: LogSettings::default(),
             gc: GcSettings::default(),
+            search: SearchSettings::default(),
             hosting: None,
             locations: default_locations(),
             tenants: BTreeMap::from([("demo".to_owned(), TenantSettings::default())]),
@@ -455,6 +486,12 @@ impl Settings {
                 "gc.grace_seconds",
                 "must be at least 60: a shorter grace could remove objects of writes in flight".into(),
             ));
+        }
+        if self.search.min_prefix_chars == 0 || self.search.min_prefix_chars > self.search.max_prefix_chars {
+            return Err(invalid("search.min_prefix_chars", "must be between 1 and search.max_prefix_chars".into()));
+        }
+        if self.search.max_prefix_chars > 64 {
+            return Err(invalid("search.max_prefix_chars", "must be at most 64".into()));
         }
         if self.database.max_connections == 0 {
             return Err(invalid("database.max_connections", "must be positive".into()));

@@ -15,6 +15,7 @@ pub mod ids;
 pub mod keys;
 pub mod policy;
 pub mod residency;
+pub mod search;
 pub mod startup;
 pub mod storage;
 pub mod telemetry;

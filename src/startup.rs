@@ -27,6 +27,8 @@ pub enum StartupError {
     DataDir { path: String, source: std::io::Error },
     #[error("the embedded FHIR model is broken")]
     Model(#[source] &'static model::ModelError),
+    #[error("the embedded search parameter table is broken")]
+    SearchParams(#[source] &'static crate::fhir::search_params::SearchParamError),
     #[error("cannot open the index")]
     Index(#[source] StorageError),
     #[error("cannot open storage location `{name}`")]
@@ -86,6 +88,7 @@ impl Application {
 /// tenants), opened and checked. Also used in-process by the benchmarks.
 pub async fn build_state(settings: &Settings) -> Result<(web::Data<AppState>, Arc<dyn Index>), StartupError> {
     let model = model::r4().map_err(StartupError::Model)?;
+    let search_params = crate::fhir::search_params::r4().map_err(StartupError::SearchParams)?;
     prepare_data_dir(settings)?;
 
     let (index, locations) = open_storage(settings).await?;
@@ -120,9 +123,10 @@ pub async fn build_state(settings: &Settings) -> Result<(web::Data<AppState>, Ar
         paging_link_ttl: Duration::from_secs(settings.http.paging_link_ttl_seconds),
         default_page_size: settings.http.default_page_size,
         max_page_size: settings.http.max_page_size,
+        string_indexing: settings.search.string_indexing(),
     };
     let state = web::Data::new(AppState {
-        engine: Engine::new(index.clone(), locations, keys, model, limits),
+        engine: Engine::new(index.clone(), locations, keys, (model, search_params), limits),
         auth: Authenticator::new(dev),
         tenants: settings.tenant_ids().into_iter().collect::<BTreeSet<_>>(),
         public_base_url: settings.http.public_base_url.clone(),

@@ -140,6 +140,11 @@ impl Params {
         Some(self.rest.remove(pos).1)
     }
 
+    /// Take every parameter left (a search's own parameters), in the client's order.
+    pub fn take_rest(&mut self) -> Vec<(String, String)> {
+        std::mem::take(&mut self.rest)
+    }
+
     pub fn finish(&self) -> Result<(), ApiError> {
         match self.rest.first() {
             Some((name, _)) if !self.lenient => Err(ApiError::bad_request(format!(

@@ -11,14 +11,14 @@ use crate::fhir::capability;
 use crate::time::Timestamp;
 
 pub async fn capabilities(
-    _state: web::Data<AppState>,
+    state: web::Data<AppState>,
     Ctx(ctx): Ctx,
     mut params: Params,
 ) -> Result<HttpResponse, ApiError> {
     // `mode=full|normal|terminology` is accepted; only `full` exists here.
     let _ = params.take("mode");
     params.finish()?;
-    let statement = capability::statement(&ctx.tenant, &ctx.base_url, Timestamp::now());
+    let statement = capability::statement(&ctx.tenant, &ctx.base_url, state.engine.search_params(), Timestamp::now());
     let body = serde_json::to_vec(&statement).map_err(ApiError::internal)?;
     Ok(response::json(StatusCode::OK, &params, body))
 }

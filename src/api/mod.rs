@@ -15,6 +15,7 @@ mod middleware;
 mod negotiate;
 mod read;
 mod response;
+mod search;
 mod write;
 
 use std::collections::BTreeSet;
@@ -51,6 +52,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                         .default_service(not_allowed("GET")),
                 )
                 .service(
+                    web::resource("/{type}/_search")
+                        .route(web::post().to(search::search_post))
+                        .default_service(not_allowed("POST")),
+                )
+                .service(
                     web::resource("/{type}/_history")
                         .route(web::get().to(history::type_history))
                         .default_service(not_allowed("GET")),
@@ -72,11 +78,12 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                         .route(web::delete().to(write::delete))
                         .default_service(not_allowed("GET, PUT, DELETE")),
                 )
-                .service(web::resource("/{type}").route(web::post().to(write::create)).default_service(web::to(
-                    || async {
-                        method_not_allowed("POST", "search is not available yet; this endpoint accepts POST (create)")
-                    },
-                ))),
+                .service(
+                    web::resource("/{type}")
+                        .route(web::get().to(search::search_get))
+                        .route(web::post().to(write::create))
+                        .default_service(not_allowed("GET, POST")),
+                ),
         )
         .default_service(web::to(|| async {
             Err::<HttpResponse, _>(ApiError::not_found("there is no such endpoint; FHIR bases are at /fhir/{tenant}"))

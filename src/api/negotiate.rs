@@ -108,7 +108,7 @@ pub fn negotiate(req: &HttpRequest, format_param: Option<&str>) -> Result<Format
 }
 
 /// Check `Content-Type`, then read the body up to `limit` bytes (413 beyond).
-pub async fn read_body(headers: &HeaderMap, mut payload: web::Payload, limit: usize) -> Result<Bytes, ApiError> {
+pub async fn read_body(headers: &HeaderMap, payload: web::Payload, limit: usize) -> Result<Bytes, ApiError> {
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let (essence, params) = content_type.split_once(';').unwrap_or((content_type, ""));
     match classify(essence) {
@@ -124,6 +124,36 @@ pub async fn read_body(headers: &HeaderMap, mut payload: web::Payload, limit: us
             )));
         }
     }
+    let body = read_limited(headers, payload, limit).await?;
+    if body.is_empty() {
+        return Err(ApiError::bad_request("the request body is empty; a FHIR resource is expected"));
+    }
+    Ok(body)
+}
+
+/// The parameters of a form body (`POST [type]/_search`), which must be
+/// `application/x-www-form-urlencoded`; an empty body has none.
+pub async fn read_form(
+    headers: &HeaderMap,
+    payload: web::Payload,
+    limit: usize,
+) -> Result<Vec<(String, String)>, ApiError> {
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let essence = content_type.split_once(';').map_or(content_type, |(essence, _)| essence).trim();
+    let body = read_limited(headers, payload, limit).await?;
+    if body.is_empty() && essence.is_empty() {
+        return Ok(Vec::new());
+    }
+    if !essence.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
+        return Err(ApiError::unsupported_media_type(format!(
+            "`Content-Type: {essence}` is not accepted; a search is posted as `application/x-www-form-urlencoded`"
+        )));
+    }
+    Ok(url::form_urlencoded::parse(&body).into_owned().collect())
+}
+
+/// The body, up to `limit` bytes (413 beyond).
+async fn read_limited(headers: &HeaderMap, mut payload: web::Payload, limit: usize) -> Result<Bytes, ApiError> {
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -143,9 +173,6 @@ pub async fn read_body(headers: &HeaderMap, mut payload: web::Payload, limit: us
             return Err(too_large());
         }
         body.extend_from_slice(&chunk);
-    }
-    if body.is_empty() {
-        return Err(ApiError::bad_request("the request body is empty; a FHIR resource is expected"));
     }
     Ok(body.freeze())
 }

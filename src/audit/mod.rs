@@ -22,6 +22,8 @@ pub enum AuditAction {
     Delete,
     HistoryInstance,
     HistoryType,
+    /// A search of one resource type.
+    SearchType,
     /// A request refused before it reached an interaction (no or bad token).
     Authenticate,
 }
@@ -36,6 +38,7 @@ impl AuditAction {
             Self::Delete => "delete",
             Self::HistoryInstance => "history-instance",
             Self::HistoryType => "history-type",
+            Self::SearchType => "search-type",
             Self::Authenticate => "authenticate",
         }
     }

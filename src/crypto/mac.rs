@@ -24,6 +24,33 @@ impl MacKey {
     }
 }
 
+/// Blind-index tokens: HMAC-SHA256 under a tenant's search key, truncated to 128 bits.
+///
+/// The HMAC key schedule is computed once (`MacKey::blind_index`), then every token of a
+/// resource or a query costs two SHA-256 compressions.
+pub struct BlindIndex(hmac::Key);
+
+/// Bytes of a blind-index token: collisions among 2^40 distinct values stay below 2^-48.
+pub const TOKEN_LEN: usize = 16;
+
+const BLIND_INDEX_LABEL: &str = "fhirvault/v1/search";
+
+impl MacKey {
+    pub fn blind_index(&self) -> BlindIndex {
+        BlindIndex(hmac::Key::new(hmac::HMAC_SHA256, self.key().expose()))
+    }
+}
+
+impl BlindIndex {
+    /// The token of the length-prefixed `fields` (resource type, parameter, kind of value, value).
+    pub fn token(&self, fields: &[&[u8]]) -> [u8; TOKEN_LEN] {
+        let tag = hmac::sign(&self.0, &encode_fields(BLIND_INDEX_LABEL, fields));
+        let mut out = [0u8; TOKEN_LEN];
+        out.copy_from_slice(tag.as_ref().get(..TOKEN_LEN).unwrap_or(&[0; TOKEN_LEN]));
+        out
+    }
+}
+
 /// Plain HMAC-SHA256, exposed for the key commitment and checked against Wycheproof.
 pub fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; TAG_LEN] {
     let key = hmac::Key::new(hmac::HMAC_SHA256, key);
@@ -60,6 +87,17 @@ mod tests {
             }
         }
         assert!(checked > 50);
+    }
+
+    #[test]
+    fn blind_index_tokens_are_truncated_hmacs_under_their_own_label() {
+        let key = MacKey::new(SecretKey::generate().unwrap());
+        let token = key.blind_index().token(&[b"Patient", b"family"]);
+        let full = hmac_sha256(key.key().expose(), &encode_fields(BLIND_INDEX_LABEL, &[b"Patient", b"family"]));
+        assert_eq!(token.as_slice(), &full[..TOKEN_LEN]);
+        assert_ne!(token.as_slice(), &key.sign("fhirvault/v1/paging", &[b"Patient", b"family"])[..TOKEN_LEN]);
+        let other = MacKey::new(SecretKey::generate().unwrap());
+        assert_ne!(token, other.blind_index().token(&[b"Patient", b"family"]));
     }
 
     #[test]

@@ -1,45 +1,20 @@
-//! Instance and type history, with `_count`, `_since` and opaque, MAC-bound paging links.
-//!
-//! A `next` link carries a cursor: the commit sequence to continue below, an expiry, and an
-//! HMAC over both plus the tenant, the principal and the query. A link replayed by another
-//! principal, on another tenant, with another query, or after expiry is refused.
+//! Instance and type history, with `_count`, `_since` and opaque, MAC-bound paging links
+//! (`paging`): a `next` link continues below the commit sequence of the last entry.
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use futures::{StreamExt as _, TryStreamExt as _};
 
 use crate::audit::{Agent, AuditAction, AuditRecord, Target};
 use crate::auth::{Principal, Role};
-use crate::crypto::MacKey;
 use crate::fhir::{Compartment, bundle};
 use crate::ids::{ResourceId, ResourceType};
 use crate::policy::{self, Action};
 use crate::storage::{HistoryQuery, Method, StorageError, VersionRow};
 use crate::time::Timestamp;
 
-use super::{Engine, EngineError, RequestContext};
+use super::{Engine, EngineError, RequestContext, paging};
 
-const CURSOR_LABEL: &str = "fhirvault/v1/paging";
-const CURSOR_LEN: usize = 8 + 8 + 32;
 /// How many objects a history page fetches and opens at once.
-const FETCH_CONCURRENCY: usize = 16;
-
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum PagingError {
-    #[error("the paging link is invalid or was issued for another user or query")]
-    Invalid,
-    #[error("the paging link has expired; start again from the first page")]
-    Expired,
-}
-
-impl PagingError {
-    pub fn status(&self) -> u16 {
-        match self {
-            Self::Invalid => 400,
-            Self::Expired => 410,
-        }
-    }
-}
+pub(super) const FETCH_CONCURRENCY: usize = 16;
 
 /// A history request, with its parameters already parsed.
 #[derive(Debug, Clone)]
@@ -115,7 +90,7 @@ impl Engine {
         let mac = self.keys.mac_key(&ctx.tenant, "paging").await?;
         let binding = format!("{}?{}", req.path(), req.query(count));
         let before_seq = match &req.cursor {
-            Some(cursor) => Some(verify_cursor(&mac, ctx, principal, &binding, cursor)?),
+            Some(cursor) => Some(paging::verify_seq(&mac, ctx, principal, &binding, cursor)?),
             None => None,
         };
         let query = HistoryQuery {
@@ -158,7 +133,7 @@ impl Engine {
             url: format!("{}/{}?{}", ctx.base_url, req.path(), req.query(count)),
         }];
         if let Some(seq) = next_seq {
-            let cursor = sign_cursor(&mac, ctx, principal, &binding, seq, self.limits.paging_link_ttl)?;
+            let cursor = paging::sign(&mac, ctx, principal, &binding, &seq.to_be_bytes(), self.limits.paging_link_ttl);
             links.push(bundle::Link {
                 relation: "next",
                 url: format!("{}/{}?{}&_cursor={cursor}", ctx.base_url, req.path(), req.query(count)),
@@ -191,59 +166,4 @@ fn history_entry<'a>(ctx: &RequestContext, row: &VersionRow, body: Option<&'a [u
         etag: format!("W/\"{}\"", row.version),
         last_modified: row.last_updated.to_fhir(),
     }
-}
-
-fn cursor_fields<'a>(
-    ctx: &'a RequestContext,
-    principal: &'a Principal,
-    binding: &'a str,
-    seq: &'a [u8; 8],
-    expires: &'a [u8; 8],
-) -> [&'a [u8]; 6] {
-    [
-        ctx.tenant.as_str().as_bytes(),
-        principal.issuer().as_bytes(),
-        principal.subject().as_bytes(),
-        binding.as_bytes(),
-        seq,
-        expires,
-    ]
-}
-
-fn sign_cursor(
-    mac: &MacKey,
-    ctx: &RequestContext,
-    principal: &Principal,
-    binding: &str,
-    seq: i64,
-    ttl: std::time::Duration,
-) -> Result<String, EngineError> {
-    let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
-    let expires = Timestamp::now().millis().saturating_add(ttl_ms).to_be_bytes();
-    let seq = seq.to_be_bytes();
-    let tag = mac.sign(CURSOR_LABEL, &cursor_fields(ctx, principal, binding, &seq, &expires));
-    let mut raw = Vec::with_capacity(CURSOR_LEN);
-    raw.extend_from_slice(&seq);
-    raw.extend_from_slice(&expires);
-    raw.extend_from_slice(&tag);
-    Ok(URL_SAFE_NO_PAD.encode(raw))
-}
-
-fn verify_cursor(
-    mac: &MacKey,
-    ctx: &RequestContext,
-    principal: &Principal,
-    binding: &str,
-    cursor: &str,
-) -> Result<i64, PagingError> {
-    let raw = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| PagingError::Invalid)?;
-    let (seq, rest) = raw.split_first_chunk::<8>().ok_or(PagingError::Invalid)?;
-    let (expires, tag) = rest.split_first_chunk::<8>().ok_or(PagingError::Invalid)?;
-    if !mac.verify(CURSOR_LABEL, &cursor_fields(ctx, principal, binding, seq, expires), tag) {
-        return Err(PagingError::Invalid);
-    }
-    if i64::from_be_bytes(*expires) < Timestamp::now().millis() {
-        return Err(PagingError::Expired);
-    }
-    Ok(i64::from_be_bytes(*seq))
 }

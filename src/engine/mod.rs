@@ -6,7 +6,9 @@
 //! every refusal. If the audit record cannot be written, the interaction fails.
 
 mod history;
+mod paging;
 mod read;
+mod search;
 mod write;
 
 use std::sync::Arc;
@@ -17,13 +19,16 @@ use crate::auth::Principal;
 use crate::crypto::{CryptoError, ObjectIdentity, Sealed, envelope};
 use crate::fhir::ResourceError;
 use crate::fhir::model::Model;
+use crate::fhir::search_params::SearchParams;
 use crate::ids::{ResourceId, ResourceType, TenantId, VersionId};
 use crate::keys::{KeyError, KeyService};
 use crate::policy::{Deny, Permit};
 use crate::storage::{Committer, Index, Locations, ObjectStorage, StorageError, VersionRow};
 use crate::time::Timestamp;
 
-pub use history::{HistoryRequest, PagingError};
+pub use history::HistoryRequest;
+pub use paging::PagingError;
+pub use search::SearchRequest;
 pub use write::Written;
 
 #[derive(Debug, thiserror::Error)]
@@ -92,12 +97,17 @@ impl EngineError {
     }
 }
 
+/// The purpose of the tenant MAC key that makes blind-index tokens.
+const SEARCH_KEY: &str = "search";
+
 /// Paging and size settings the engine needs.
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub paging_link_ttl: Duration,
     pub default_page_size: u32,
     pub max_page_size: u32,
+    /// How string values are indexed and searched.
+    pub string_indexing: crate::search::StringIndexing,
 }
 
 /// Per-request facts: who is asking is the `Principal`; this is the rest.
@@ -116,6 +126,7 @@ pub struct Engine {
     locations: Locations,
     keys: KeyService,
     model: &'static Model,
+    search_params: &'static SearchParams,
     limits: Limits,
 }
 
@@ -125,11 +136,16 @@ impl Engine {
         index: Arc<dyn Index>,
         locations: Locations,
         keys: KeyService,
-        model: &'static Model,
+        (model, search_params): (&'static Model, &'static SearchParams),
         limits: Limits,
     ) -> Self {
         let commits = Committer::start(&index, index.commit_workers());
-        Self { index, commits, locations, keys, model, limits }
+        Self { index, commits, locations, keys, model, search_params, limits }
+    }
+
+    /// The search parameters this server supports (for the CapabilityStatement).
+    pub fn search_params(&self) -> &'static SearchParams {
+        self.search_params
     }
 
     /// Readiness: index, object store and key provider all answer.

@@ -11,10 +11,11 @@ use crate::crypto::{ObjectIdentity, envelope};
 use crate::fhir::{self, Compartment, Resource};
 use crate::ids::{ResourceId, ResourceType, VersionId};
 use crate::policy::{self, Action, Permit};
-use crate::storage::{Method, NewVersion, ObjectKey, StorageError, VersionCommit, VersionRow};
+use crate::search;
+use crate::storage::{Method, NewVersion, ObjectKey, SearchRows, StorageError, VersionCommit, VersionRow};
 use crate::time::Timestamp;
 
-use super::{Engine, EngineError, RequestContext};
+use super::{Engine, EngineError, RequestContext, SEARCH_KEY};
 
 /// How many times an update without `If-Match` retries after losing a race.
 const MAX_ATTEMPTS: usize = 3;
@@ -290,8 +291,13 @@ impl Engine {
             last_updated: spec.last_updated,
             expected_current: spec.expected_current,
         };
+        let search = match resource {
+            Some(resource) => self.search_rows(ctx, spec.rt, resource).await?,
+            // A deletion leaves nothing to find.
+            None => SearchRows::default(),
+        };
         let (key, wrapped) = new_key.unzip();
-        let commit = VersionCommit { version, audit, new_key: wrapped };
+        let commit = VersionCommit { version, audit, new_key: wrapped, search: Some(search) };
         match self.commits.commit_version(commit).await {
             Ok(_) => {
                 if let Some(key) = key {
@@ -303,6 +309,19 @@ impl Engine {
             Err(e) => return Err(e.into()),
         }
         Ok(Written { id: spec.id.clone(), version: spec.version, last_updated: spec.last_updated, created, body })
+    }
+
+    /// What the search index keeps of `resource` (blind tokens under the tenant's search key).
+    async fn search_rows(
+        &self,
+        ctx: &RequestContext,
+        rt: ResourceType,
+        resource: &Resource,
+    ) -> Result<SearchRows, EngineError> {
+        let key = self.keys.mac_key(&ctx.tenant, SEARCH_KEY).await?;
+        let blind_index = key.blind_index();
+        let blind = search::Blind::new(&blind_index, rt.as_str());
+        Ok(search::index_rows(self.search_params, &blind, resource.body(), &ctx.base_url, self.limits.string_indexing))
     }
 
     #[expect(clippy::too_many_arguments, reason = "one audit record's fields, named at the call site")]

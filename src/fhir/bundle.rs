@@ -42,15 +42,7 @@ struct Response<'a> {
 /// A `history` Bundle. `entries` hold JSON that the server itself produced (and authenticated).
 pub fn history(total: Option<u64>, links: &[Link], entries: &[HistoryEntry<'_>]) -> Vec<u8> {
     let size: usize = entries.iter().map(|e| e.resource.map_or(0, <[u8]>::len) + 256).sum();
-    let mut out = Vec::with_capacity(size + 256);
-    out.extend_from_slice(br#"{"resourceType":"Bundle","type":"history""#);
-    if let Some(total) = total {
-        out.extend_from_slice(format!(r#","total":{total}"#).as_bytes());
-    }
-    if !links.is_empty() {
-        out.extend_from_slice(br#","link":"#);
-        write_json(&mut out, &links);
-    }
+    let mut out = start("history", total, links, size);
     if !entries.is_empty() {
         out.extend_from_slice(br#","entry":["#);
         for (i, entry) in entries.iter().enumerate() {
@@ -73,6 +65,55 @@ pub fn history(total: Option<u64>, links: &[Link], entries: &[HistoryEntry<'_>])
         out.push(b']');
     }
     out.push(b'}');
+    out
+}
+
+/// One entry of a `searchset` bundle.
+#[derive(Debug)]
+pub struct SearchEntry<'a> {
+    pub full_url: String,
+    /// The stored JSON of the current version.
+    pub resource: &'a [u8],
+    /// `match` for what the query matched, `include` for what `_include` added.
+    pub mode: &'static str,
+}
+
+/// A `searchset` Bundle. `entries` hold JSON that the server itself produced (and authenticated).
+pub fn searchset(total: Option<u64>, links: &[Link], entries: &[SearchEntry<'_>]) -> Vec<u8> {
+    let size: usize = entries.iter().map(|e| e.resource.len() + 128).sum();
+    let mut out = start("searchset", total, links, size);
+    if !entries.is_empty() {
+        out.extend_from_slice(br#","entry":["#);
+        for (i, entry) in entries.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(br#"{"fullUrl":"#);
+            write_json(&mut out, &entry.full_url);
+            out.extend_from_slice(br#","resource":"#);
+            out.extend_from_slice(entry.resource);
+            out.extend_from_slice(br#","search":{"mode":"#);
+            write_json(&mut out, entry.mode);
+            out.extend_from_slice(b"}}");
+        }
+        out.push(b']');
+    }
+    out.push(b'}');
+    out
+}
+
+/// A bundle's opening: type, total and links (the caller adds entries and the closing brace).
+fn start(kind: &str, total: Option<u64>, links: &[Link], entries_size: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(entries_size + 256);
+    out.extend_from_slice(br#"{"resourceType":"Bundle","type":"#);
+    write_json(&mut out, kind);
+    if let Some(total) = total {
+        out.extend_from_slice(format!(r#","total":{total}"#).as_bytes());
+    }
+    if !links.is_empty() {
+        out.extend_from_slice(br#","link":"#);
+        write_json(&mut out, &links);
+    }
     out
 }
 
@@ -114,5 +155,22 @@ mod tests {
         let map = json::parse_object(&bytes).unwrap();
         assert_eq!(validate::validate(model::r4().unwrap(), "Bundle", &map), vec![]);
         assert_eq!(map["entry"][1]["resource"]["id"], "a");
+    }
+
+    #[test]
+    fn a_searchset_bundle_is_valid_fhir() {
+        let resource = br#"{"resourceType":"Patient","id":"a","meta":{"versionId":"1"}}"#;
+        let entries = [SearchEntry { full_url: "http://h/fhir/demo/Patient/a".into(), resource, mode: "match" }];
+        let links = [
+            Link { relation: "self", url: "http://h/fhir/demo/Patient?family=x".into() },
+            Link { relation: "next", url: "http://h/fhir/demo/Patient?family=x&_cursor=abc".into() },
+        ];
+        let bytes = searchset(Some(7), &links, &entries);
+        let map = json::parse_object(&bytes).unwrap();
+        assert_eq!(validate::validate(model::r4().unwrap(), "Bundle", &map), vec![]);
+        assert_eq!((map["type"].as_str(), map["total"].as_u64()), (Some("searchset"), Some(7)));
+        assert_eq!(map["entry"][0]["search"]["mode"], "match");
+        let empty = json::parse_object(&searchset(Some(0), &links[..1], &[])).unwrap();
+        assert_eq!(validate::validate(model::r4().unwrap(), "Bundle", &empty), vec![]);
     }
 }

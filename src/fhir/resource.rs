@@ -82,6 +82,11 @@ pub fn parse(model: &Model, bytes: &[u8], expected: ResourceType) -> Result<Reso
 }
 
 impl Resource {
+    /// The client's JSON, as validated (before the server stamps `id` and `meta`).
+    pub fn body(&self) -> &Map<String, Value> {
+        &self.body
+    }
+
     pub fn resource_type(&self) -> ResourceType {
         self.resource_type
     }

@@ -21,6 +21,8 @@ pub enum Action {
     Delete,
     /// Type-level history: a listing, like a search.
     HistoryType,
+    /// A search: a listing whose entries are each decided as reads.
+    Search,
 }
 
 impl Action {
@@ -30,7 +32,7 @@ impl Action {
             Self::Read => Permission::Read,
             Self::Update => Permission::Update,
             Self::Delete => Permission::Delete,
-            Self::HistoryType => Permission::Search,
+            Self::HistoryType | Self::Search => Permission::Search,
         }
     }
 }
@@ -109,7 +111,7 @@ pub fn authorize(principal: &Principal, action: Action, resource: &Resource<'_>)
         let own = principal.patient().map(|p| Compartment::Patient(p.clone()));
         match (resource.compartment, own) {
             // Type-level listings are filtered entry by entry.
-            (None, Some(_)) if action == Action::HistoryType => {}
+            (None, Some(_)) if matches!(action, Action::HistoryType | Action::Search) => {}
             (Some(c), Some(own)) if *c == own => {}
             _ => {
                 return Err(Deny {

@@ -13,6 +13,7 @@ mod lease;
 pub mod objects;
 mod page_cache;
 pub mod postgres;
+pub mod search;
 mod sql;
 pub mod sqlite;
 
@@ -29,6 +30,7 @@ use crate::time::Timestamp;
 
 pub use commit::Committer;
 pub use objects::{Locations, ObjectKey, ObjectStorage};
+pub use search::{SearchQuery, SearchRows};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -138,6 +140,9 @@ pub struct VersionCommit {
     /// Stored under `(version.tenant, version.compartment)` in the same transaction; the commit
     /// fails (`KeyExists`) if a key is already stored under that name.
     pub new_key: Option<WrappedKey>,
+    /// The version's search rows, in place of its resource's old ones (`Some` and empty for a
+    /// deletion). `None` leaves the search index as it is.
+    pub search: Option<SearchRows>,
 }
 
 /// Which versions a history request wants, newest first.
@@ -197,7 +202,7 @@ pub trait Index: Send + Sync {
     /// In ONE transaction: check that `v.expected_current` is current (else `Conflict`, nothing
     /// written), insert the version row, move the current pointer, append `audit`.
     async fn commit_version(&self, v: &NewVersion, audit: &AuditRecord) -> Result<i64, StorageError> {
-        let commit = VersionCommit { version: v.clone(), audit: audit.clone(), new_key: None };
+        let commit = VersionCommit { version: v.clone(), audit: audit.clone(), new_key: None, search: None };
         let mut results = self.commit_batch(std::slice::from_ref(&commit), &[]).await?;
         results.pop().unwrap_or_else(|| Err(StorageError::Corrupt("a batch of one returned no result".into())))
     }
@@ -207,6 +212,12 @@ pub trait Index: Send + Sync {
 
     /// How many versions match `q` (ignoring `before_seq` and `limit`).
     async fn history_total(&self, q: &HistoryQuery) -> Result<u64, StorageError>;
+
+    /// The current versions matching `q`, by resource id, at most `q.limit`.
+    async fn search(&self, q: &SearchQuery) -> Result<Vec<VersionRow>, StorageError>;
+
+    /// How many current versions match `q` (ignoring `after_id` and `limit`).
+    async fn search_count(&self, q: &SearchQuery) -> Result<u64, StorageError>;
 
     /// Append audit records (reads, refusals) in one transaction. Returns when durable.
     async fn append_audit(&self, records: &[AuditRecord]) -> Result<(), StorageError> {

@@ -18,6 +18,7 @@ use sqlx::postgres::{PgArguments, PgConnectOptions, PgConnection};
 use sqlx::{Postgres, Transaction};
 
 use super::lease::Leases;
+use super::search::{DateRow, NumberRow, RefRow, SearchRows, Token};
 use super::sql::{self, InsertedVersion};
 use super::{IndexOptions, NewVersion, ObjectKey, StorageError, VersionCommit};
 use crate::audit::AuditRecord;
@@ -95,14 +96,17 @@ impl Statistics {
 }
 
 const NEVER_ANALYZED: &str = "SELECT EXISTS (SELECT 1 FROM pg_stat_user_tables \
-     WHERE schemaname = current_schema() AND relname IN ('resources', 'resource_versions') \
+     WHERE schemaname = current_schema() AND relname IN ('resources', 'resource_versions', 'search_tokens', \
+     'search_dates', 'search_numbers', 'search_refs') \
      AND last_analyze IS NULL AND last_autoanalyze IS NULL)";
 
 async fn analyze_if_never_analyzed(leases: &Leases<Postgres>) -> Result<bool, StorageError> {
     let mut conn = leases.get().await?;
     let never: bool = sqlx::query_scalar(NEVER_ANALYZED).fetch_one(&mut *conn).await?;
     if never {
-        sqlx::raw_sql("ANALYZE resources, resource_versions").execute(&mut *conn).await?;
+        sqlx::raw_sql("ANALYZE resources, resource_versions, search_tokens, search_dates, search_numbers, search_refs")
+            .execute(&mut *conn)
+            .await?;
     }
     conn.done();
     Ok(never)
@@ -142,20 +146,65 @@ fn unnest_audits(first: usize) -> String {
     format!("UNNEST({})", columns.join(", "))
 }
 
+/// The search rows' inserts, as data-modifying `WITH` items (`tokens AS (...), ...`), their
+/// arrays numbered from `$first`: tokens (4 arrays), dates (6), numbers (8), references (6).
+fn insert_search(first: usize) -> String {
+    let tables = [
+        ("search_tokens", sql::TOKEN_COLUMNS, &["text", "text", "text", "bytea"][..]),
+        ("search_dates", sql::DATE_COLUMNS, &["text", "text", "text", "text", "bigint", "bigint"][..]),
+        (
+            "search_numbers",
+            sql::NUMBER_COLUMNS,
+            &["text", "text", "text", "text", "float8", "text", "text", "text"][..],
+        ),
+        ("search_refs", sql::REF_COLUMNS, &["text", "text", "text", "text", "text", "text"][..]),
+    ];
+    let mut n = first;
+    let mut items = Vec::new();
+    for (table, columns, types) in tables {
+        let arrays: Vec<String> = types
+            .iter()
+            .map(|t| {
+                n += 1;
+                format!("${}::{t}[]", n - 1)
+            })
+            .collect();
+        items.push(format!("{table} AS (INSERT INTO {table} ({columns}) SELECT * FROM UNNEST({}))", arrays.join(", ")));
+    }
+    items.join(", ")
+}
+
+/// Replace the search rows of updated resources: delete the old rows of the resources $1-$3
+/// (tenant, type, id arrays), insert the new ones from $4. One statement, whatever the batch.
+static REPLACE_SEARCH: LazyLock<String> = LazyLock::new(|| {
+    let deletes: Vec<String> = sql::SEARCH_TABLES
+        .iter()
+        .map(|table| {
+            format!(
+                "deleted_{table} AS (DELETE FROM {table} x USING UNNEST($1::text[], $2::text[], $3::text[]) \
+                 AS u(tenant, resource_type, resource_id) WHERE x.tenant = u.tenant \
+                 AND x.resource_type = u.resource_type AND x.resource_id = u.resource_id)"
+            )
+        })
+        .collect();
+    format!("WITH {}, {} SELECT 1", deletes.join(", "), insert_search(4))
+});
+
 /// A batch of new resources in one autocommitted statement: their compartment keys, pointers,
-/// versions and audit records (and the batch's standalone audit records). Plain inserts, no
-/// `ON CONFLICT`: any clash (an id or key already taken) fails the whole statement, and nothing
-/// of it is written. Parameters: keys $1-$5, version rows $6-$14 (the pointer takes $6-$9),
-/// audit records from $15.
+/// versions, search rows and audit records (and the batch's standalone audit records). Plain
+/// inserts, no `ON CONFLICT`: any clash (an id or key already taken) fails the whole statement,
+/// and nothing of it is written. Parameters: keys $1-$5, version rows $6-$14 (the pointer takes
+/// $6-$9), audit records $15-$32, search rows from $33.
 static COMMIT_CREATES: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "WITH keys AS (INSERT INTO tenant_keys (tenant, key_ref, kek_version, wrapped, created_at) \
+        "WITH {search}, keys AS (INSERT INTO tenant_keys (tenant, key_ref, kek_version, wrapped, created_at) \
          SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::bytea[], $5::bigint[])), \
          pointers AS (INSERT INTO resources ({pointers}) \
          SELECT * FROM UNNEST($6::text[], $7::text[], $8::text[], $9::bigint[])), \
          audits AS (INSERT INTO audit_records ({audits}) SELECT * FROM {unnest_audits}) \
          INSERT INTO resource_versions ({versions}) SELECT * FROM UNNEST($6::text[], $7::text[], $8::text[], \
          $9::bigint[], $10::text[], $11::text[], $12::text[], $13::text[], $14::bigint[]){returning}",
+        search = insert_search(33),
         pointers = sql::POINTER_COLUMNS,
         audits = sql::AUDIT_COLUMNS,
         unnest_audits = unnest_audits(15),
@@ -216,6 +265,39 @@ fn add_keys(args: &mut PgArguments, versions: &[VersionCommit]) -> Encoded {
     args.add(keys.iter().map(|(c, _)| c.audit.recorded.millis()).collect::<Vec<_>>())
 }
 
+/// The search rows of `rows` as 24 arrays (see `insert_search`).
+fn add_search(args: &mut PgArguments, rows: &[(&NewVersion, &SearchRows)]) -> Encoded {
+    fn ids<'a, T>(rows: &[(&'a NewVersion, &'a T)], args: &mut PgArguments) -> Encoded {
+        args.add(rows.iter().map(|(v, _)| v.tenant.as_str()).collect::<Vec<_>>())?;
+        args.add(rows.iter().map(|(v, _)| v.resource_type.as_str()).collect::<Vec<_>>())?;
+        args.add(rows.iter().map(|(v, _)| v.id.as_str()).collect::<Vec<_>>())
+    }
+    let tokens: Vec<(&NewVersion, &Token)> =
+        rows.iter().flat_map(|(v, r)| r.tokens.iter().map(move |t| (*v, t))).collect();
+    ids(&tokens, args)?;
+    args.add(tokens.iter().map(|(_, t)| t.as_slice()).collect::<Vec<_>>())?;
+    let dates: Vec<(&NewVersion, &DateRow)> =
+        rows.iter().flat_map(|(v, r)| r.dates.iter().map(move |d| (*v, d))).collect();
+    ids(&dates, args)?;
+    args.add(dates.iter().map(|(_, d)| d.param.as_ref()).collect::<Vec<_>>())?;
+    args.add(dates.iter().map(|(_, d)| d.lo).collect::<Vec<_>>())?;
+    args.add(dates.iter().map(|(_, d)| d.hi).collect::<Vec<_>>())?;
+    let numbers: Vec<(&NewVersion, &NumberRow)> =
+        rows.iter().flat_map(|(v, r)| r.numbers.iter().map(move |n| (*v, n))).collect();
+    ids(&numbers, args)?;
+    args.add(numbers.iter().map(|(_, n)| n.param.as_ref()).collect::<Vec<_>>())?;
+    args.add(numbers.iter().map(|(_, n)| n.value).collect::<Vec<_>>())?;
+    args.add(numbers.iter().map(|(_, n)| n.system.as_deref()).collect::<Vec<_>>())?;
+    args.add(numbers.iter().map(|(_, n)| n.code.as_deref()).collect::<Vec<_>>())?;
+    args.add(numbers.iter().map(|(_, n)| n.unit.as_deref()).collect::<Vec<_>>())?;
+    let refs: Vec<(&NewVersion, &RefRow)> =
+        rows.iter().flat_map(|(v, r)| r.refs.iter().map(move |x| (*v, x))).collect();
+    ids(&refs, args)?;
+    args.add(refs.iter().map(|(_, x)| x.param.as_ref()).collect::<Vec<_>>())?;
+    args.add(refs.iter().map(|(_, x)| x.target_type.as_ref()).collect::<Vec<_>>())?;
+    args.add(refs.iter().map(|(_, x)| x.target_id.as_ref()).collect::<Vec<_>>())
+}
+
 /// Encode a statement's arguments; a value that does not encode is `sqlx::Error::Encode`.
 fn arguments(add: impl FnOnce(&mut PgArguments) -> Encoded) -> Result<PgArguments, sqlx::Error> {
     let mut args = PgArguments::default();
@@ -257,6 +339,23 @@ async fn insert_audit_rows(conn: &mut PgConnection, records: &[&AuditRecord]) ->
     Ok(())
 }
 
+/// Each version's search rows in place of its resource's old ones, in one statement.
+async fn replace_search_rows(conn: &mut PgConnection, rows: &[(&NewVersion, &SearchRows)]) -> Result<(), StorageError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let replaced: Vec<(&NewVersion, &SearchRows)> =
+        rows.iter().filter(|(v, _)| v.expected_current.is_some()).copied().collect();
+    let args = arguments(|a| {
+        a.add(replaced.iter().map(|(v, _)| v.tenant.as_str()).collect::<Vec<_>>())?;
+        a.add(replaced.iter().map(|(v, _)| v.resource_type.as_str()).collect::<Vec<_>>())?;
+        a.add(replaced.iter().map(|(v, _)| v.id.as_str()).collect::<Vec<_>>())?;
+        add_search(a, rows)
+    })?;
+    sqlx::query_with(REPLACE_SEARCH.as_str(), args).execute(conn).await?;
+    Ok(())
+}
+
 impl PostgresIndex {
     /// A batch that only creates resources, in one round trip instead of six (`BEGIN`, keys,
     /// pointers, versions, audit records, `COMMIT`). `Ok(None)` when the batch does not qualify
@@ -273,11 +372,14 @@ impl PostgresIndex {
         }
         let rows: Vec<&NewVersion> = versions.iter().map(|c| &c.version).collect();
         let records: Vec<&AuditRecord> = versions.iter().map(|c| &c.audit).chain(audits).collect();
+        let search: Vec<(&NewVersion, &SearchRows)> =
+            versions.iter().filter_map(|c| c.search.as_ref().map(|s| (&c.version, s))).collect();
         let args = arguments(|a| {
             add_keys(a, versions)?;
             add_ids(a, &rows)?;
             add_version_tail(a, &rows)?;
-            add_audits(a, &records)
+            add_audits(a, &records)?;
+            add_search(a, &search)
         })?;
         let mut conn = self.leases.get().await?;
         let inserted: Vec<InsertedVersion> =

@@ -43,11 +43,22 @@ impl TryFrom<DbVersion> for VersionRow {
     }
 }
 
-pub(super) const SELECT_CURRENT: &str = "SELECT v.seq, v.tenant, v.resource_type, v.resource_id, v.version, \
-     v.method, v.object_key, v.location, v.compartment, v.last_updated \
-     FROM resources r JOIN resource_versions v ON v.tenant = r.tenant AND v.resource_type = r.resource_type \
+/// A version row's columns, read from the `resource_versions` table named `v`.
+macro_rules! version_fields_of_v {
+    () => {
+        "v.seq, v.tenant, v.resource_type, v.resource_id, v.version, v.method, v.object_key, v.location, \
+         v.compartment, v.last_updated"
+    };
+}
+pub(super) const VERSION_FIELDS_OF_V: &str = version_fields_of_v!();
+
+pub(super) const SELECT_CURRENT: &str = concat!(
+    "SELECT ",
+    version_fields_of_v!(),
+    " FROM resources r JOIN resource_versions v ON v.tenant = r.tenant AND v.resource_type = r.resource_type \
      AND v.resource_id = r.resource_id AND v.version = r.current_version \
-     WHERE r.tenant = $1 AND r.resource_type = $2 AND r.resource_id = $3";
+     WHERE r.tenant = $1 AND r.resource_type = $2 AND r.resource_id = $3"
+);
 
 pub(super) const SELECT_VERSION: &str = "SELECT seq, tenant, resource_type, resource_id, version, method, \
      object_key, location, compartment, last_updated FROM resource_versions \
@@ -67,6 +78,13 @@ pub(super) const VERSION_COLUMNS: &str =
 pub(super) const AUDIT_COLUMNS: &str = "recorded_at, request_id, tenant, agent_subject, agent_issuer, agent_role, \
      agent_jurisdiction, purpose, token_id, source_ip, action, resource_type, resource_id, version, compartment, \
      outcome, detail, policy";
+
+/// The search index tables (migration 0002), and the columns their bulk inserts write.
+pub(super) const SEARCH_TABLES: [&str; 4] = ["search_tokens", "search_dates", "search_numbers", "search_refs"];
+pub(super) const TOKEN_COLUMNS: &str = "tenant, resource_type, resource_id, token";
+pub(super) const DATE_COLUMNS: &str = "tenant, resource_type, resource_id, param, lo, hi";
+pub(super) const NUMBER_COLUMNS: &str = "tenant, resource_type, resource_id, param, value, system, code, unit";
+pub(super) const REF_COLUMNS: &str = "tenant, resource_type, resource_id, param, target_type, target_id";
 
 /// What a new pointer row's insert returns (the rows it did insert) and when it conflicts.
 pub(super) const POINTER_RETURNING: &str =
@@ -132,7 +150,8 @@ pub(super) fn version_from_db(raw: i64) -> Result<crate::ids::VersionId, Storage
 /// `async fn commit_creates(&self, &[VersionCommit], &[AuditRecord]) -> Result<Option<Vec<i64>>, _>`
 /// (a shortcut for batches of new resources; `None`: take the general path), and the invoking
 /// module has the bulk inserts `insert_pointer_rows`, `insert_version_rows` and
-/// `insert_audit_rows` (multi-row `VALUES` on SQLite, `UNNEST` of arrays on PostgreSQL).
+/// `insert_audit_rows` (multi-row `VALUES` on SQLite, `UNNEST` of arrays on PostgreSQL) and
+/// `replace_search_rows` (a version's search rows in place of its resource's old ones).
 macro_rules! impl_index {
     ($index:ty, $db:ty, commit_workers = $workers:expr) => {
         /// Store the new compartment keys; a name already taken fails that version.
@@ -338,6 +357,13 @@ macro_rules! impl_index {
                 insert_new_keys(&mut tx, versions, &mut results).await?;
                 advance_pointers(&mut tx, versions, &mut results).await?;
                 insert_versions(&mut tx, versions, &mut results).await?;
+                let searchable: Vec<(&$crate::storage::NewVersion, &$crate::storage::SearchRows)> = versions
+                    .iter()
+                    .zip(&results)
+                    .filter(|(_, r)| matches!(r, Some(Ok(_))))
+                    .filter_map(|(c, _)| c.search.as_ref().map(|rows| (&c.version, rows)))
+                    .collect();
+                replace_search_rows(&mut *tx, &searchable).await?;
                 // The audit records of the versions that committed, and the standalone ones.
                 let mut records: Vec<&$crate::audit::AuditRecord> = versions
                     .iter()
@@ -418,6 +444,37 @@ macro_rules! impl_index {
                             .await?
                     }
                 };
+                conn.done();
+                u64::try_from(count).map_err(|_| $crate::storage::StorageError::Corrupt("count".into()))
+            }
+
+            async fn search(
+                &self,
+                q: &$crate::storage::SearchQuery,
+            ) -> Result<Vec<$crate::storage::VersionRow>, $crate::storage::StorageError> {
+                // Every value is a bound parameter; the SQL text comes only from `search::build`.
+                let built = $crate::storage::search::build(q, false);
+                let query = $crate::storage::search::bind_args!(
+                    sqlx::query_as::<_, $crate::storage::sql::DbVersion>(sqlx::AssertSqlSafe(built.sql)),
+                    built.args
+                );
+                let mut conn = self.leases.get().await?;
+                let rows = query.fetch_all(&mut *conn).await?;
+                conn.done();
+                rows.into_iter().map($crate::storage::VersionRow::try_from).collect()
+            }
+
+            async fn search_count(
+                &self,
+                q: &$crate::storage::SearchQuery,
+            ) -> Result<u64, $crate::storage::StorageError> {
+                let built = $crate::storage::search::build(q, true);
+                let query = $crate::storage::search::bind_args!(
+                    sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(built.sql)),
+                    built.args
+                );
+                let mut conn = self.leases.get().await?;
+                let count = query.fetch_one(&mut *conn).await?;
                 conn.done();
                 u64::try_from(count).map_err(|_| $crate::storage::StorageError::Corrupt("count".into()))
             }

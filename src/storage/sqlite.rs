@@ -9,6 +9,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode, Sq
 use sqlx::{Sqlite, Transaction};
 
 use super::lease::Leases;
+use super::search::{self, SearchRows};
 use super::sql::{self, InsertedVersion};
 use super::{IndexOptions, NewVersion, StorageError};
 use crate::audit::AuditRecord;
@@ -179,6 +180,92 @@ async fn insert_audit_rows(conn: &mut SqliteConnection, records: &[&AuditRecord]
                 .bind(i64::from(r.outcome))
                 .bind(&r.detail)
                 .bind(&r.policy);
+        }
+        query.execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+static INSERT_TOKENS: LazyLock<MultiRow> = LazyLock::new(|| MultiRow::new("search_tokens", sql::TOKEN_COLUMNS, ""));
+static INSERT_DATES: LazyLock<MultiRow> = LazyLock::new(|| MultiRow::new("search_dates", sql::DATE_COLUMNS, ""));
+static INSERT_NUMBERS: LazyLock<MultiRow> = LazyLock::new(|| MultiRow::new("search_numbers", sql::NUMBER_COLUMNS, ""));
+static INSERT_REFS: LazyLock<MultiRow> = LazyLock::new(|| MultiRow::new("search_refs", sql::REF_COLUMNS, ""));
+static DELETE_SEARCH: LazyLock<Vec<String>> = LazyLock::new(|| {
+    sql::SEARCH_TABLES
+        .iter()
+        .map(|table| format!("DELETE FROM {table} WHERE tenant = $1 AND resource_type = $2 AND resource_id = $3"))
+        .collect()
+});
+
+/// Each version's search rows in place of its resource's old ones.
+async fn replace_search_rows(
+    conn: &mut SqliteConnection,
+    rows: &[(&NewVersion, &SearchRows)],
+) -> Result<(), StorageError> {
+    for (v, _) in rows.iter().filter(|(v, _)| v.expected_current.is_some()) {
+        for delete in DELETE_SEARCH.iter() {
+            sqlx::query(delete.as_str())
+                .bind(v.tenant.as_str())
+                .bind(v.resource_type.as_str())
+                .bind(v.id.as_str())
+                .execute(&mut *conn)
+                .await?;
+        }
+    }
+    let tokens: Vec<(&NewVersion, &search::Token)> =
+        rows.iter().flat_map(|(v, r)| r.tokens.iter().map(move |t| (*v, t))).collect();
+    for chunk in chunks(&tokens) {
+        let mut query = sqlx::query(INSERT_TOKENS.sql(chunk.len()));
+        for (v, token) in chunk {
+            query =
+                query.bind(v.tenant.as_str()).bind(v.resource_type.as_str()).bind(v.id.as_str()).bind(token.as_slice());
+        }
+        query.execute(&mut *conn).await?;
+    }
+    let dates: Vec<(&NewVersion, &search::DateRow)> =
+        rows.iter().flat_map(|(v, r)| r.dates.iter().map(move |d| (*v, d))).collect();
+    for chunk in chunks(&dates) {
+        let mut query = sqlx::query(INSERT_DATES.sql(chunk.len()));
+        for (v, d) in chunk {
+            query = query
+                .bind(v.tenant.as_str())
+                .bind(v.resource_type.as_str())
+                .bind(v.id.as_str())
+                .bind(d.param.as_ref())
+                .bind(d.lo)
+                .bind(d.hi);
+        }
+        query.execute(&mut *conn).await?;
+    }
+    let numbers: Vec<(&NewVersion, &search::NumberRow)> =
+        rows.iter().flat_map(|(v, r)| r.numbers.iter().map(move |n| (*v, n))).collect();
+    for chunk in chunks(&numbers) {
+        let mut query = sqlx::query(INSERT_NUMBERS.sql(chunk.len()));
+        for (v, n) in chunk {
+            query = query
+                .bind(v.tenant.as_str())
+                .bind(v.resource_type.as_str())
+                .bind(v.id.as_str())
+                .bind(n.param.as_ref())
+                .bind(n.value)
+                .bind(n.system.as_deref())
+                .bind(n.code.as_deref())
+                .bind(n.unit.as_deref());
+        }
+        query.execute(&mut *conn).await?;
+    }
+    let refs: Vec<(&NewVersion, &search::RefRow)> =
+        rows.iter().flat_map(|(v, r)| r.refs.iter().map(move |x| (*v, x))).collect();
+    for chunk in chunks(&refs) {
+        let mut query = sqlx::query(INSERT_REFS.sql(chunk.len()));
+        for (v, x) in chunk {
+            query = query
+                .bind(v.tenant.as_str())
+                .bind(v.resource_type.as_str())
+                .bind(v.id.as_str())
+                .bind(x.param.as_ref())
+                .bind(x.target_type.as_ref())
+                .bind(x.target_id.as_ref());
         }
         query.execute(&mut *conn).await?;
     }

@@ -136,7 +136,8 @@ async fn client_errors_are_operation_outcomes_with_the_right_status() {
             StatusCode::METHOD_NOT_ALLOWED,
             "allowed",
         ),
-        case("search", Method::GET, p("Patient"), StatusCode::METHOD_NOT_ALLOWED, "search is not available"),
+        case("PATCH a type", Method::PATCH, p("Patient"), StatusCode::METHOD_NOT_ALLOWED, "allowed: GET, POST"),
+        case("bad search", Method::GET, p("Patient?family:contains=x"), StatusCode::BAD_REQUEST, "not available"),
         case("DELETE metadata", Method::DELETE, p("metadata"), StatusCode::METHOD_NOT_ALLOWED, "allowed: GET"),
         case("stale If-Match", Method::PUT, p(&format!("Patient/{id}")), StatusCode::PRECONDITION_FAILED, "`If-Match`")
             .body(existing.to_string())

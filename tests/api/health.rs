@@ -29,6 +29,17 @@ async fn the_capability_statement_lists_what_is_implemented_and_needs_no_token()
     let patient = resources.iter().find(|r| r["type"] == "Patient").unwrap();
     let codes: Vec<&str> =
         patient["interaction"].as_array().unwrap().iter().map(|i| i["code"].as_str().unwrap()).collect();
-    assert_eq!(codes, ["read", "vread", "update", "delete", "history-instance", "history-type", "create"]);
-    assert!(patient.get("searchParam").is_none(), "search is not implemented yet");
+    assert_eq!(
+        codes,
+        ["read", "vread", "update", "delete", "history-instance", "history-type", "create", "search-type"]
+    );
+    let params: Vec<(&str, &str)> = patient["searchParam"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["name"].as_str().unwrap(), p["type"].as_str().unwrap()))
+        .collect();
+    for expected in [("family", "string"), ("birthdate", "date"), ("identifier", "token"), ("_id", "token")] {
+        assert!(params.contains(&expected), "{expected:?} in {params:?}");
+    }
 }

@@ -188,7 +188,16 @@ impl TestApp {
         }
         let pool = self.index().await;
         let mut out = Vec::new();
-        for table in ["resource_versions", "resources", "tenant_keys", "audit_records"] {
+        for table in [
+            "resource_versions",
+            "resources",
+            "tenant_keys",
+            "audit_records",
+            "search_tokens",
+            "search_dates",
+            "search_numbers",
+            "search_refs",
+        ] {
             let sql = format!("SELECT COALESCE(string_agg(t::text, E'\\n'), '') FROM {table} t");
             let text: String = sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).fetch_one(&pool).await.unwrap();
             assert!(table != "resource_versions" || !text.is_empty(), "the index holds versions");

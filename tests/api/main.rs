@@ -25,4 +25,5 @@ mod residency;
 mod roundtrip;
 mod s3;
 mod sdk_client;
+mod search;
 mod tamper;

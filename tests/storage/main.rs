@@ -15,9 +15,10 @@ use std::time::Duration;
 use fhirvault::audit::{Agent, AuditAction, AuditRecord, RequestMeta};
 use fhirvault::crypto::WrappedKey;
 use fhirvault::ids::{ResourceId, ResourceType, TenantId, VersionId};
+use fhirvault::storage::search::{Bound, Cmp, DateRow, Filter, NumberRow, RefRow, Unit};
 use fhirvault::storage::{
-    Committer, HistoryQuery, Index, IndexOptions, Method, NewVersion, ObjectKey, ObjectStorage, StorageError,
-    VersionCommit, open_index,
+    Committer, HistoryQuery, Index, IndexOptions, Method, NewVersion, ObjectKey, ObjectStorage, SearchQuery,
+    SearchRows, StorageError, VersionCommit, open_index,
 };
 use fhirvault::time::Timestamp;
 use secrecy::SecretString;
@@ -232,7 +233,7 @@ async fn the_database_keeps_audit_records_append_only() {
 }
 
 fn commit(version: NewVersion, request: &str) -> VersionCommit {
-    VersionCommit { version, audit: audit(request), new_key: None }
+    VersionCommit { version, audit: audit(request), new_key: None, search: None }
 }
 
 async fn audit_request_ids(url: &str) -> Vec<String> {
@@ -318,7 +319,7 @@ async fn a_batch_of_new_resources_commits_whole_or_settles_each_clash() {
     let key = WrappedKey { kek_version: 1, bytes: vec![9; 40] };
     let with_key = |id: &str, request: &str| {
         let version = NewVersion { compartment: format!("Patient/{id}"), ..new_version(id, 1, None, 1) };
-        VersionCommit { version, audit: audit(request), new_key: Some(key.clone()) }
+        VersionCommit { version, audit: audit(request), new_key: Some(key.clone()), search: None }
     };
     let fresh = [with_key("a1", "create-a1"), commit(new_version("a2", 1, None, 1), "create-a2")];
     let outcomes = t.index.commit_batch(&fresh, &[audit("read-1")]).await.unwrap();
@@ -355,7 +356,7 @@ async fn a_new_compartment_key_commits_with_its_version_or_not_at_all() {
     // another key), the stored key stays.
     let other = WrappedKey { kek_version: 1, bytes: vec![8; 40] };
     let version = NewVersion { compartment: "Patient/p1".into(), ..new_version("p2", 1, None, 1) };
-    let clash = VersionCommit { version, audit: audit("clash"), new_key: Some(other) };
+    let clash = VersionCommit { version, audit: audit("clash"), new_key: Some(other), search: None };
     let outcome = t.index.commit_batch(&[clash], &[]).await.unwrap().pop().unwrap();
     assert!(matches!(&outcome, Err(StorageError::KeyExists(name)) if name == "Patient/p1"), "{outcome:?}");
     assert!(t.index.current(&tenant(), patient(), &ResourceId::parse("p2").unwrap()).await.unwrap().is_none());
@@ -402,6 +403,125 @@ async fn the_first_stored_tenant_key_wins() {
 }
 
 /// The object store contract, for one store.
+fn rows(tokens: &[u8], date: Option<(i64, i64)>, number: Option<(f64, &str)>, refers_to: Option<&str>) -> SearchRows {
+    SearchRows {
+        tokens: tokens.iter().map(|&t| [t; 16]).collect(),
+        dates: date.map(|(lo, hi)| DateRow { param: "date".into(), lo, hi }).into_iter().collect(),
+        numbers: number
+            .map(|(value, code)| NumberRow {
+                param: "value".into(),
+                value,
+                system: Some("http://unitsofmeasure.org".into()),
+                code: Some(code.into()),
+                unit: Some(code.into()),
+            })
+            .into_iter()
+            .collect(),
+        refs: refers_to
+            .map(|id| RefRow { param: "subject".into(), target_type: "Patient".into(), target_id: id.into() })
+            .into_iter()
+            .collect(),
+    }
+}
+
+fn searchable(version: NewVersion, rows: SearchRows) -> VersionCommit {
+    VersionCommit { search: Some(rows), ..commit(version, "search") }
+}
+
+async fn found(index: &dyn Index, filters: Vec<Filter>) -> Vec<String> {
+    let q = SearchQuery { tenant: tenant(), resource_type: patient(), filters, after_id: None, limit: 100 };
+    let ids: Vec<String> = index.search(&q).await.unwrap().into_iter().map(|r| r.id.to_string()).collect();
+    assert_eq!(index.search_count(&q).await.unwrap(), ids.len() as u64);
+    ids
+}
+
+#[tokio::test]
+async fn search_rows_follow_the_current_version_and_every_filter_kind_answers() {
+    let t = fresh_index().await;
+    let index = t.index.as_ref();
+    // New resources: on PostgreSQL through the one-statement path for creates.
+    let outcomes = index
+        .commit_batch(
+            &[
+                searchable(
+                    new_version("a", 1, None, 1_000),
+                    rows(&[1, 2], Some((100, 200)), Some((5.0, "mg")), Some("p1")),
+                ),
+                searchable(
+                    new_version("b", 1, None, 2_000),
+                    rows(&[2], Some((150, 400)), Some((7.5, "g")), Some("p2")),
+                ),
+                searchable(new_version("c", 1, None, 3_000), rows(&[3], None, None, None)),
+            ],
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
+
+    assert_eq!(found(index, vec![Filter::AnyToken(vec![[2; 16]])]).await, ["a", "b"]);
+    assert_eq!(found(index, vec![Filter::AnyToken(vec![[1; 16], [3; 16]])]).await, ["a", "c"]);
+    assert_eq!(found(index, vec![Filter::NoToken(vec![[1; 16]])]).await, ["b", "c"]);
+    let both = vec![Filter::AnyToken(vec![[2; 16]]), Filter::NoToken(vec![[1; 16]])];
+    assert_eq!(found(index, both).await, ["b"]);
+    // Dates: stored range within [100, 300); or ending after 300.
+    let within = vec![(Bound::Lo, Cmp::Ge, 100), (Bound::Hi, Cmp::Le, 300)];
+    assert_eq!(found(index, vec![Filter::Date { param: "date".into(), any: vec![within.clone()] }]).await, ["a"]);
+    let after = vec![(Bound::Hi, Cmp::Gt, 300)];
+    assert_eq!(found(index, vec![Filter::Date { param: "date".into(), any: vec![within, after] }]).await, ["a", "b"]);
+    assert!(found(index, vec![Filter::Date { param: "other".into(), any: vec![vec![]] }]).await.is_empty());
+    // Numbers, with and without a unit.
+    let above = |v: f64| vec![(Cmp::Gt, v)];
+    assert_eq!(
+        found(index, vec![Filter::Number { param: "value".into(), any: vec![(above(4.0), None)] }]).await,
+        ["a", "b"]
+    );
+    let in_mg = Some(Unit::Coded { system: "http://unitsofmeasure.org".into(), code: "mg".into() });
+    assert_eq!(
+        found(index, vec![Filter::Number { param: "value".into(), any: vec![(above(4.0), in_mg)] }]).await,
+        ["a"]
+    );
+    let in_g = Some(Unit::Code("g".into()));
+    assert_eq!(
+        found(index, vec![Filter::Number { param: "value".into(), any: vec![(above(4.0), in_g)] }]).await,
+        ["b"]
+    );
+    // References, typed or not; ids; lastUpdated.
+    let p2 = vec![(Some("Patient".to_owned()), "p2".to_owned()), (None, "p9".to_owned())];
+    assert_eq!(found(index, vec![Filter::Ref { param: "subject".into(), any: p2 }]).await, ["b"]);
+    assert_eq!(found(index, vec![Filter::Id(vec!["c".into(), "a".into()])]).await, ["a", "c"]);
+    let since = vec![vec![(Bound::Lo, Cmp::Ge, 2_000)]];
+    assert_eq!(found(index, vec![Filter::LastUpdated(since)]).await, ["b", "c"]);
+
+    // Keyset paging by id.
+    let page = |after: Option<&str>| SearchQuery {
+        tenant: tenant(),
+        resource_type: patient(),
+        filters: Vec::new(),
+        after_id: after.map(str::to_owned),
+        limit: 2,
+    };
+    let first: Vec<String> = index.search(&page(None)).await.unwrap().into_iter().map(|r| r.id.to_string()).collect();
+    assert_eq!(first, ["a", "b"]);
+    let second = index.search(&page(Some("b"))).await.unwrap();
+    assert_eq!(second.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["c"]);
+
+    // An update replaces the resource's rows (general path); a deletion removes them.
+    let update = searchable(new_version("a", 2, Some(1), 4_000), rows(&[9], None, None, None));
+    index.commit_batch(&[update], &[]).await.unwrap().pop().unwrap().unwrap();
+    assert_eq!(found(index, vec![Filter::AnyToken(vec![[2; 16]])]).await, ["b"]);
+    assert_eq!(found(index, vec![Filter::AnyToken(vec![[9; 16]])]).await, ["a"]);
+    assert!(
+        found(index, vec![Filter::Ref { param: "subject".into(), any: vec![(None, "p1".into())] }]).await.is_empty()
+    );
+    let mut delete = new_version("b", 2, Some(1), 5_000);
+    delete.method = Method::Delete;
+    delete.object_key = None;
+    index.commit_batch(&[searchable(delete, SearchRows::default())], &[]).await.unwrap().pop().unwrap().unwrap();
+    assert!(found(index, vec![Filter::AnyToken(vec![[2; 16]])]).await.is_empty());
+    assert_eq!(found(index, Vec::new()).await, ["a", "c"], "a deleted resource is not found");
+}
+
 async fn object_store_conformance(store: &ObjectStorage, enforces_create_only: bool) {
     store.ping().await.unwrap();
     let key = ObjectKey::new_for(&tenant(), patient(), &ResourceId::parse("p1").unwrap(), v(1));

@@ -1,0 +1,318 @@
+//! The search index, as storage sees it: rows to keep beside each current version, and filters
+//! to find resources by. What the rows mean (which parameter, which blind token) is decided by
+//! `crate::search`; here they are opaque tokens, ranges and ids.
+//!
+//! **Architecture Invariant:** a resource's search rows are those of its current version. They
+//! are replaced in the transaction that moves its current pointer, and removed by its deletion.
+
+use crate::ids::{ResourceType, TenantId};
+
+/// A blind-index token (see `crypto::mac::BlindIndex`).
+pub type Token = [u8; crate::crypto::mac::TOKEN_LEN];
+
+/// Everything the index keeps to find one version by.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SearchRows {
+    pub tokens: Vec<Token>,
+    pub dates: Vec<DateRow>,
+    pub numbers: Vec<NumberRow>,
+    pub refs: Vec<RefRow>,
+}
+
+impl SearchRows {
+    pub fn is_empty(&self) -> bool {
+        self.tokens.is_empty() && self.dates.is_empty() && self.numbers.is_empty() && self.refs.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DateRow {
+    pub param: Box<str>,
+    /// `[lo, hi)`, milliseconds since the epoch.
+    pub lo: i64,
+    pub hi: i64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct NumberRow {
+    pub param: Box<str>,
+    pub value: f64,
+    /// Quantities: the unit's system, code and human-readable unit.
+    pub system: Option<Box<str>>,
+    pub code: Option<Box<str>>,
+    pub unit: Option<Box<str>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefRow {
+    pub param: Box<str>,
+    pub target_type: Box<str>,
+    pub target_id: Box<str>,
+}
+
+/// A comparison of one bound of a stored value with a query value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cmp {
+    Lt,
+    Le,
+    Gt,
+    Ge,
+}
+
+impl Cmp {
+    fn sql(self) -> &'static str {
+        match self {
+            Self::Lt => "<",
+            Self::Le => "<=",
+            Self::Gt => ">",
+            Self::Ge => ">=",
+        }
+    }
+}
+
+/// Which bound of a stored date range a term compares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bound {
+    Lo,
+    Hi,
+}
+
+/// A conjunction of comparisons on one stored date range.
+pub type DateCond = Vec<(Bound, Cmp, i64)>;
+/// A conjunction of comparisons on one stored number.
+pub type NumberCond = Vec<(Cmp, f64)>;
+
+/// A quantity's unit as the query names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unit {
+    /// `system|code`: both must match.
+    Coded { system: String, code: String },
+    /// `|code` or a bare code: the code or the written unit matches.
+    Code(String),
+}
+
+/// One query parameter: a resource matches if ANY of its alternatives holds.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Filter {
+    /// The resource has one of these tokens.
+    AnyToken(Vec<Token>),
+    /// The resource has none of these tokens.
+    NoToken(Vec<Token>),
+    /// A date value of `param` meets one of the conditions.
+    Date { param: String, any: Vec<DateCond> },
+    /// A number (or quantity) value of `param` meets one of the conditions, in `unit` if given.
+    Number { param: String, any: Vec<(NumberCond, Option<Unit>)> },
+    /// `param` refers to one of these (`type` `None`: any type with that id).
+    Ref { param: String, any: Vec<(Option<String>, String)> },
+    /// The resource id is one of these.
+    Id(Vec<String>),
+    /// The current version's `lastUpdated` meets one of the conditions.
+    LastUpdated(Vec<DateCond>),
+}
+
+/// A search over one resource type of one tenant: filters ANDed, results by id.
+#[derive(Debug, Clone)]
+pub struct SearchQuery {
+    pub tenant: TenantId,
+    pub resource_type: ResourceType,
+    pub filters: Vec<Filter>,
+    /// Keyset paging: only ids after this one.
+    pub after_id: Option<String>,
+    pub limit: u32,
+}
+
+/// A value bound to a `$n` parameter of a built statement.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Arg {
+    Text(String),
+    Int(i64),
+    Real(f64),
+    Blob(Vec<u8>),
+}
+
+/// Bind `args` (`Vec<Arg>`) to `query` (any sqlx query type), in order.
+macro_rules! bind_args {
+    ($query:expr, $args:expr) => {{
+        let mut query = $query;
+        for arg in $args {
+            query = match arg {
+                $crate::storage::search::Arg::Text(v) => query.bind(v),
+                $crate::storage::search::Arg::Int(v) => query.bind(v),
+                $crate::storage::search::Arg::Real(v) => query.bind(v),
+                $crate::storage::search::Arg::Blob(v) => query.bind(v),
+            };
+        }
+        query
+    }};
+}
+pub(super) use bind_args;
+
+/// SQL that both databases run (numbered `$n` parameters), with its arguments in order.
+#[derive(Debug, Default)]
+pub(super) struct Built {
+    pub sql: String,
+    pub args: Vec<Arg>,
+}
+
+impl Built {
+    fn arg(&mut self, arg: Arg) -> String {
+        self.args.push(arg);
+        format!("${}", self.args.len())
+    }
+}
+
+const MATCHES_RESOURCE: &str = "x.tenant = r.tenant AND x.resource_type = r.resource_type \
+     AND x.resource_id = r.resource_id";
+
+/// The page of current versions matching `q` (`count: false`), or their number (`count: true`).
+pub(super) fn build(q: &SearchQuery, count: bool) -> Built {
+    let mut b = Built::default();
+    let tenant = b.arg(Arg::Text(q.tenant.to_string()));
+    let rt = b.arg(Arg::Text(q.resource_type.to_string()));
+    let mut sql = if count {
+        String::from("SELECT COUNT(*) FROM resources r JOIN resource_versions v")
+    } else {
+        format!("SELECT {} FROM resources r JOIN resource_versions v", super::sql::VERSION_FIELDS_OF_V)
+    };
+    sql.push_str(&format!(
+        " ON v.tenant = r.tenant AND v.resource_type = r.resource_type AND v.resource_id = r.resource_id \
+         AND v.version = r.current_version WHERE r.tenant = {tenant} AND r.resource_type = {rt} \
+         AND v.method <> 'delete'"
+    ));
+    for filter in &q.filters {
+        sql.push_str(" AND ");
+        sql.push_str(&filter_sql(&mut b, filter));
+    }
+    if !count {
+        if let Some(after) = &q.after_id {
+            let after = b.arg(Arg::Text(after.clone()));
+            sql.push_str(&format!(" AND r.resource_id > {after}"));
+        }
+        let limit = b.arg(Arg::Int(i64::from(q.limit)));
+        sql.push_str(&format!(" ORDER BY r.resource_id LIMIT {limit}"));
+    }
+    b.sql = sql;
+    b
+}
+
+fn filter_sql(b: &mut Built, filter: &Filter) -> String {
+    match filter {
+        Filter::AnyToken(tokens) | Filter::NoToken(tokens) => {
+            let list = list(b, tokens.iter().map(|t| Arg::Blob(t.to_vec())));
+            let exists =
+                format!("EXISTS (SELECT 1 FROM search_tokens x WHERE {MATCHES_RESOURCE} AND x.token IN ({list}))");
+            if matches!(filter, Filter::NoToken(_)) { format!("NOT {exists}") } else { exists }
+        }
+        Filter::Date { param, any } => {
+            let param = b.arg(Arg::Text(param.clone()));
+            let any = alternatives(any.iter().map(|cond| date_cond(b, "x.lo", "x.hi", cond)));
+            format!("EXISTS (SELECT 1 FROM search_dates x WHERE {MATCHES_RESOURCE} AND x.param = {param} AND ({any}))")
+        }
+        Filter::Number { param, any } => {
+            let param = b.arg(Arg::Text(param.clone()));
+            let any = alternatives(any.iter().map(|(cond, unit)| {
+                let mut terms: Vec<String> =
+                    cond.iter().map(|(cmp, v)| format!("x.value {} {}", cmp.sql(), b.arg(Arg::Real(*v)))).collect();
+                match unit {
+                    Some(Unit::Coded { system, code }) => {
+                        let (s, c) = (b.arg(Arg::Text(system.clone())), b.arg(Arg::Text(code.clone())));
+                        terms.push(format!("x.system = {s} AND x.code = {c}"));
+                    }
+                    Some(Unit::Code(code)) => {
+                        let c = b.arg(Arg::Text(code.clone()));
+                        terms.push(format!("(x.code = {c} OR x.unit = {c})"));
+                    }
+                    None => {}
+                }
+                conjunction(&terms)
+            }));
+            format!(
+                "EXISTS (SELECT 1 FROM search_numbers x WHERE {MATCHES_RESOURCE} AND x.param = {param} AND ({any}))"
+            )
+        }
+        Filter::Ref { param, any } => {
+            let param = b.arg(Arg::Text(param.clone()));
+            let any = alternatives(any.iter().map(|(target_type, id)| {
+                let id = b.arg(Arg::Text(id.clone()));
+                match target_type {
+                    Some(t) => format!("x.target_id = {id} AND x.target_type = {}", b.arg(Arg::Text(t.clone()))),
+                    None => format!("x.target_id = {id}"),
+                }
+            }));
+            format!("EXISTS (SELECT 1 FROM search_refs x WHERE {MATCHES_RESOURCE} AND x.param = {param} AND ({any}))")
+        }
+        Filter::Id(ids) => {
+            let list = list(b, ids.iter().map(|id| Arg::Text(id.clone())));
+            format!("r.resource_id IN ({list})")
+        }
+        Filter::LastUpdated(any) => {
+            // A version's lastUpdated is an instant: the millisecond [t, t + 1).
+            format!(
+                "({})",
+                alternatives(any.iter().map(|cond| date_cond(b, "v.last_updated", "(v.last_updated + 1)", cond)))
+            )
+        }
+    }
+}
+
+fn date_cond(b: &mut Built, lo: &str, hi: &str, cond: &DateCond) -> String {
+    conjunction(
+        &cond
+            .iter()
+            .map(|(bound, cmp, v)| {
+                let column = match bound {
+                    Bound::Lo => lo,
+                    Bound::Hi => hi,
+                };
+                format!("{column} {} {}", cmp.sql(), b.arg(Arg::Int(*v)))
+            })
+            .collect::<Vec<_>>(),
+    )
+}
+
+fn list(b: &mut Built, args: impl Iterator<Item = Arg>) -> String {
+    args.map(|a| b.arg(a)).collect::<Vec<_>>().join(", ")
+}
+
+fn conjunction(terms: &[String]) -> String {
+    if terms.is_empty() { "1 = 1".to_owned() } else { terms.join(" AND ") }
+}
+
+fn alternatives(terms: impl Iterator<Item = String>) -> String {
+    let terms: Vec<String> = terms.map(|t| format!("({t})")).collect();
+    if terms.is_empty() { "1 = 0".to_owned() } else { terms.join(" OR ") }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statements_number_their_arguments_in_order() {
+        let q = SearchQuery {
+            tenant: TenantId::parse("demo").unwrap(),
+            resource_type: ResourceType::parse("Observation").unwrap(),
+            filters: vec![
+                Filter::AnyToken(vec![[1; 16], [2; 16]]),
+                Filter::Date {
+                    param: "date".into(),
+                    any: vec![vec![(Bound::Lo, Cmp::Ge, 5), (Bound::Hi, Cmp::Le, 9)]],
+                },
+                Filter::Ref {
+                    param: "subject".into(),
+                    any: vec![(Some("Patient".into()), "p1".into()), (None, "p2".into())],
+                },
+            ],
+            after_id: Some("a".into()),
+            limit: 11,
+        };
+        let built = build(&q, false);
+        let n = built.sql.matches('$').count();
+        assert_eq!(n, built.args.len());
+        assert!(built.sql.ends_with(&format!("ORDER BY r.resource_id LIMIT ${n}")), "{}", built.sql);
+        assert_eq!(built.args.last(), Some(&Arg::Int(11)));
+        let count = build(&q, true);
+        assert!(count.sql.starts_with("SELECT COUNT(*)") && !count.sql.contains("LIMIT"));
+        assert_eq!(count.args.len(), n - 2);
+    }
+}
