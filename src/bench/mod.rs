@@ -9,6 +9,8 @@ pub mod procfs;
 mod synthea;
 mod workload;
 
+pub use workload::family;
+
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::IpAddr;
@@ -47,6 +49,9 @@ pub enum Phase {
     CreateObservation,
     /// N reads by id of the Patients created before.
     Read,
+    /// N `Patient?family=` searches, each finding the N / 100 Patients of one family name
+    /// (20 after a `create` phase of 2,000).
+    Search,
     /// The Synthea archive: hospital and practitioner bundles first (reported as
     /// `ingest-shared`), then one bundle per patient (`ingest-patients`).
     Ingest,
@@ -61,6 +66,7 @@ impl Phase {
             "create" => Self::Create,
             "create-observation" => Self::CreateObservation,
             "read" => Self::Read,
+            "search" => Self::Search,
             "ingest" => Self::Ingest,
             _ => return None,
         })
@@ -72,6 +78,7 @@ impl Phase {
             Self::Create => "create",
             Self::CreateObservation => "create-observation",
             Self::Read => "read",
+            Self::Search => "search",
             Self::Ingest => "ingest",
             Self::IngestShared => "ingest-shared",
             Self::IngestPatients => "ingest-patients",
@@ -163,6 +170,7 @@ pub async fn run(options: &Options) -> Result<Report, BenchError> {
                 }
                 vec![(asked, workload::reads(options.n, &created))]
             }
+            Phase::Search => vec![(asked, workload::searches(options.n))],
             Phase::Ingest | Phase::IngestShared | Phase::IngestPatients => {
                 let path = options.synthea.as_ref().ok_or(BenchError::NoSynthea("ingest"))?;
                 let ingest = synthea::ingest_jobs(path).map_err(BenchError::Synthea)?;

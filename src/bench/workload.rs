@@ -35,10 +35,16 @@ fn post(rt: &str, body: &Value, want_id: bool) -> Request {
     Request { method: Method::POST, path: rt.to_owned(), body: Some(Bytes::from(body.to_string())), want_id }
 }
 
-const FAMILIES: [&str; 12] = [
-    "Martin", "Bernard", "Dubois", "Thomas", "Robert", "Richard", "Petit", "Durand", "Leroy", "Moreau", "Simon",
-    "Laurent",
-];
+/// Family names are built from two syllables: 100 names, none a prefix of another, so a
+/// `Patient?family=` search of one finds exactly the Patients given it (N / 100 of them: 20 in
+/// the standard run of 2,000).
+const FAMILY_STARTS: [&str; 10] = ["Bel", "Cor", "Dan", "Fer", "Gal", "Mor", "Pel", "Rou", "Sau", "Vil"];
+const FAMILY_ENDS: [&str; 10] = ["lard", "vet", "ier", "ot", "bert", "mont", "quin", "zac", "ris", "tel"];
+
+/// The family name of the `i`-th Patient.
+pub fn family(i: usize) -> String {
+    format!("{}{}", pick(&FAMILY_STARTS, i / 10), pick(&FAMILY_ENDS, i))
+}
 const GIVEN: [&str; 12] =
     ["Camille", "Louise", "Léa", "Gabriel", "Raphaël", "Jules", "Chloé", "Arthur", "Emma", "Hugo", "Inès", "Lucas"];
 const CITIES: [(&str, &str); 6] = [
@@ -57,7 +63,7 @@ fn pick<T: Copy + Default>(items: &[T], i: usize) -> T {
 /// A Patient of about 1.5 KB, as a hospital system sends it.
 pub fn patient(i: usize) -> Value {
     let (city, postcode) = pick(&CITIES, i / 7);
-    let family = pick(&FAMILIES, i);
+    let family = family(i);
     json!({
         "resourceType": "Patient",
         "meta": {"profile": ["http://interopsante.org/fhir/StructureDefinition/FrPatient"]},
@@ -104,8 +110,16 @@ pub fn observation(i: usize, subject: Option<&str>) -> Value {
 pub fn warmup(n: usize) -> Vec<Job> {
     (0..n)
         .map(|i| {
-            let resource =
-                if i.is_multiple_of(2) { ("Patient", patient(i)) } else { ("Observation", observation(i, None)) };
+            let resource = if i.is_multiple_of(2) {
+                // Not one of the 100 family names: the search phase's hit counts stay exact.
+                let mut p = patient(i);
+                if let Some(family) = p.pointer_mut("/name/0/family") {
+                    *family = json!("Warmup");
+                }
+                ("Patient", p)
+            } else {
+                ("Observation", observation(i, None))
+            };
             Job::one(post(resource.0, &resource.1, false))
         })
         .collect()
@@ -121,6 +135,20 @@ pub fn observations(n: usize, subjects: &[Option<String>]) -> Vec<Job> {
         .map(|i| {
             let subject = subjects.get(i % subjects.len().max(1)).cloned().flatten();
             Job::one(post("Observation", &observation(i, subject.as_deref()), false))
+        })
+        .collect()
+}
+
+/// `Patient?family=` searches, cycling through the 100 family names.
+pub fn searches(n: usize) -> Vec<Job> {
+    (0..n)
+        .map(|i| {
+            Job::one(Request {
+                method: Method::GET,
+                path: format!("Patient?family={}", family(i)),
+                body: None,
+                want_id: false,
+            })
         })
         .collect()
 }

@@ -23,10 +23,10 @@ fn options(app: &crate::helpers::TestApp, phases: Vec<Phase>) -> Options {
 #[tokio::test]
 async fn every_phase_runs_and_is_measured() {
     let app = spawn_app().await;
-    let phases = vec![Phase::Warmup, Phase::Create, Phase::CreateObservation, Phase::Read];
+    let phases = vec![Phase::Warmup, Phase::Create, Phase::CreateObservation, Phase::Read, Phase::Search];
     let report = bench::run(&options(&app, phases)).await.unwrap();
     let names: Vec<&str> = report.phases.iter().map(|p| p.phase.name()).collect();
-    assert_eq!(names, ["create", "create-observation", "read"], "the warm-up is not reported");
+    assert_eq!(names, ["create", "create-observation", "read", "search"], "the warm-up is not reported");
     for phase in &report.phases {
         assert_eq!((phase.requests, phase.ok), (24, 24), "{phase:?}");
         assert!(phase.errors.is_empty(), "{phase:?}");
@@ -36,6 +36,9 @@ async fn every_phase_runs_and_is_measured() {
     // 6 warm-up creates + 24 Patients + 24 Observations.
     let history: serde_json::Value = app.get("Observation/_history?_count=1").await.json().await.unwrap();
     assert_eq!(history["total"], 3 + 24);
+    // Each of the first 100 Patients has a family name of its own (the warm-up's are apart).
+    let found: serde_json::Value = app.get(&format!("Patient?family={}", bench::family(3))).await.json().await.unwrap();
+    assert_eq!(found["total"], 1);
     let table = report.table();
     assert!(table.contains("create-observation") && table.contains("p99 ms"), "{table}");
 }
