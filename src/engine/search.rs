@@ -77,7 +77,7 @@ impl Engine {
             }
             None => None,
         };
-        let mut query = SearchQuery {
+        let query = SearchQuery {
             tenant: ctx.tenant.clone(),
             resource_type: rt,
             filters: parsed.filters,
@@ -86,18 +86,16 @@ impl Engine {
         };
         // A patient sees a filtered listing: an unfiltered total would leak counts.
         let counted = principal.role() != Role::Patient && (req.total == Total::Accurate || req.summary_count);
-        let (mut rows, total) = if req.summary_count || count == 0 {
-            query.limit = 0;
-            let total = if counted { Some(self.index.search_count(&query).await?) } else { None };
-            (Vec::new(), total)
-        } else if counted {
-            let (rows, total) = tokio::try_join!(self.index.search(&query), self.index.search_count(&query))?;
-            (rows, Some(total))
-        } else {
-            (self.index.search(&query).await?, None)
-        };
+        let listed = !req.summary_count && count > 0;
+        let mut rows = if listed { self.index.search(&query).await? } else { Vec::new() };
         let has_next = rows.len() > count as usize;
         rows.truncate(count as usize);
+        // A first page that holds every match is its own count; otherwise the index counts.
+        let total = match counted {
+            false => None,
+            true if listed && !has_next && query.after_id.is_none() => Some(rows.len() as u64),
+            true => Some(self.index.search_count(&query).await?),
+        };
         // The next page continues after the last row of this one, permitted or not.
         let last_id = rows.last().map(|row| row.id.clone()).filter(|_| has_next);
 

@@ -398,4 +398,4 @@ impl PostgresIndex {
 }
 
 // Two committers: one flushes its batch while the other fills the next.
-super::sql::impl_index!(PostgresIndex, Postgres, commit_workers = 2);
+super::sql::impl_index!(PostgresIndex, Postgres, commit_workers = 2, dialect = super::search::Dialect::Postgres);

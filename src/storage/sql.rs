@@ -153,7 +153,7 @@ pub(super) fn version_from_db(raw: i64) -> Result<crate::ids::VersionId, Storage
 /// `insert_audit_rows` (multi-row `VALUES` on SQLite, `UNNEST` of arrays on PostgreSQL) and
 /// `replace_search_rows` (a version's search rows in place of its resource's old ones).
 macro_rules! impl_index {
-    ($index:ty, $db:ty, commit_workers = $workers:expr) => {
+    ($index:ty, $db:ty, commit_workers = $workers:expr, dialect = $dialect:expr) => {
         /// Store the new compartment keys; a name already taken fails that version.
         async fn insert_new_keys(
             tx: &mut sqlx::Transaction<'_, $db>,
@@ -453,7 +453,7 @@ macro_rules! impl_index {
                 q: &$crate::storage::SearchQuery,
             ) -> Result<Vec<$crate::storage::VersionRow>, $crate::storage::StorageError> {
                 // Every value is a bound parameter; the SQL text comes only from `search::build`.
-                let built = $crate::storage::search::build(q, false);
+                let built = $crate::storage::search::build(q, false, $dialect);
                 let query = $crate::storage::search::bind_args!(
                     sqlx::query_as::<_, $crate::storage::sql::DbVersion>(sqlx::AssertSqlSafe(built.sql)),
                     built.args
@@ -468,7 +468,7 @@ macro_rules! impl_index {
                 &self,
                 q: &$crate::storage::SearchQuery,
             ) -> Result<u64, $crate::storage::StorageError> {
-                let built = $crate::storage::search::build(q, true);
+                let built = $crate::storage::search::build(q, true, $dialect);
                 let query = $crate::storage::search::bind_args!(
                     sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(built.sql)),
                     built.args

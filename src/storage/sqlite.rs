@@ -273,4 +273,4 @@ async fn replace_search_rows(
 }
 
 // One writer at a time: a second committer would only wait for the lock.
-super::sql::impl_index!(SqliteIndex, Sqlite, commit_workers = 1);
+super::sql::impl_index!(SqliteIndex, Sqlite, commit_workers = 1, dialect = search::Dialect::Sqlite);
