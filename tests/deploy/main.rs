@@ -24,15 +24,21 @@ fn repo(path: &str) -> PathBuf {
 
 #[test]
 fn the_example_configuration_loads_and_passes_the_residency_rules() {
-    let settings = Settings::load(&Sources { file: Some(repo("deploy/fhirvault.example.toml")), ..Sources::default() })
-        .expect("deploy/fhirvault.example.toml is valid");
-    assert!(settings.database_url().expose_secret().starts_with("postgres://"));
-    assert!(matches!(settings.locations["paris"].backend, BackendSettings::S3(_)));
-    assert_eq!(settings.tenants["chu-exemple"].sovereignty, Sovereignty::Strict);
-    let report = fhirvault::residency::report(&settings);
-    let reachable: BTreeMap<&str, bool> =
-        report.tenants.iter().map(|t| (t.tenant.as_str(), t.reachable_from_outside_eea)).collect();
-    assert_eq!(reachable, BTreeMap::from([("chu-exemple", false), ("research-network", true)]));
+    // Inside a Jail: the other test sets FHIRVAULT__ variables in a Jail, and Jails take turns;
+    // outside one, this load could read them mid-test (and see their `demo` tenant).
+    Jail::expect_with(|_| {
+        let settings =
+            Settings::load(&Sources { file: Some(repo("deploy/fhirvault.example.toml")), ..Sources::default() })
+                .expect("deploy/fhirvault.example.toml is valid");
+        assert!(settings.database_url().expose_secret().starts_with("postgres://"));
+        assert!(matches!(settings.locations["paris"].backend, BackendSettings::S3(_)));
+        assert_eq!(settings.tenants["chu-exemple"].sovereignty, Sovereignty::Strict);
+        let report = fhirvault::residency::report(&settings);
+        let reachable: BTreeMap<&str, bool> =
+            report.tenants.iter().map(|t| (t.tenant.as_str(), t.reachable_from_outside_eea)).collect();
+        assert_eq!(reachable, BTreeMap::from([("chu-exemple", false), ("research-network", true)]));
+        Ok(())
+    });
 }
 
 fn compose() -> Yaml {
