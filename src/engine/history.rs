@@ -106,15 +106,7 @@ impl Engine {
         rows.truncate(count as usize);
         let next_seq = if has_next { rows.last().map(|r| r.seq) } else { None };
 
-        // Every entry is decided on its own compartment; what is refused is left out.
-        let mut permitted = Vec::with_capacity(rows.len());
-        for row in rows {
-            let c = Compartment::parse_key_ref(&row.compartment)
-                .ok_or_else(|| StorageError::Corrupt("compartment".into()))?;
-            if let Ok(permit) = policy::authorize(principal, Action::Read, &self.policy_target(ctx, rt, Some(&c))) {
-                permitted.push((permit, row));
-            }
-        }
+        let permitted = self.readable(ctx, principal, rows)?;
         let bodies: Vec<Option<Vec<u8>>> = futures::stream::iter(permitted.iter())
             .map(|(permit, row)| async move {
                 if row.is_deletion() { Ok(None) } else { self.open_row(permit, row).await.map(Some) }

@@ -215,6 +215,26 @@ impl Engine {
         Err(error)
     }
 
+    /// The rows of a listing (history, search) that `principal` may read, each decided on its
+    /// own compartment, with their permits; what is refused is left out.
+    fn readable(
+        &self,
+        ctx: &RequestContext,
+        principal: &Principal,
+        rows: Vec<VersionRow>,
+    ) -> Result<Vec<(Permit, VersionRow)>, EngineError> {
+        let mut permitted = Vec::with_capacity(rows.len());
+        for row in rows {
+            let c = crate::fhir::Compartment::parse_key_ref(&row.compartment)
+                .ok_or_else(|| StorageError::Corrupt("compartment".into()))?;
+            let target = self.policy_target(ctx, row.resource_type, Some(&c));
+            if let Ok(permit) = crate::policy::authorize(principal, crate::policy::Action::Read, &target) {
+                permitted.push((permit, row));
+            }
+        }
+        Ok(permitted)
+    }
+
     /// Fetch and open the object of a version row. Needs a `Permit` for that row.
     async fn open_row(&self, _permit: &Permit, row: &VersionRow) -> Result<Vec<u8>, EngineError> {
         let Some(object_key) = &row.object_key else {

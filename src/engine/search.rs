@@ -7,11 +7,11 @@ use futures::{StreamExt as _, TryStreamExt as _};
 
 use crate::audit::{Agent, AuditAction, AuditRecord, Target};
 use crate::auth::{Principal, Role};
-use crate::fhir::{Compartment, bundle};
+use crate::fhir::bundle;
 use crate::ids::ResourceType;
 use crate::policy::{self, Action};
 use crate::search::{self, Blind, Total};
-use crate::storage::{SearchQuery, StorageError};
+use crate::storage::SearchQuery;
 
 use super::history::FETCH_CONCURRENCY;
 use super::{Engine, EngineError, RequestContext, SEARCH_KEY, paging};
@@ -99,15 +99,7 @@ impl Engine {
         // The next page continues after the last row of this one, permitted or not.
         let last_id = rows.last().map(|row| row.id.clone()).filter(|_| has_next);
 
-        // Every entry is decided on its own compartment, as a read; what is refused is left out.
-        let mut permitted = Vec::with_capacity(rows.len());
-        for row in rows {
-            let c = Compartment::parse_key_ref(&row.compartment)
-                .ok_or_else(|| StorageError::Corrupt("compartment".into()))?;
-            if let Ok(permit) = policy::authorize(principal, Action::Read, &self.policy_target(ctx, rt, Some(&c))) {
-                permitted.push((permit, row));
-            }
-        }
+        let permitted = self.readable(ctx, principal, rows)?;
         let bodies: Vec<Vec<u8>> = futures::stream::iter(permitted.iter())
             .map(|(permit, row)| self.open_row(permit, row))
             .buffered(FETCH_CONCURRENCY)
