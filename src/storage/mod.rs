@@ -199,6 +199,16 @@ pub trait Index: Send + Sync {
         audits: &[AuditRecord],
     ) -> Result<Vec<Result<i64, StorageError>>, StorageError>;
 
+    /// In ONE transaction, all or nothing: every version of `versions` (as `commit_batch`) and
+    /// every record of `audits`. If a version's expectation fails (or its new key's name is
+    /// taken), nothing is written and the answer is `Ok(Err((its index, why)))`: a FHIR
+    /// transaction Bundle commits through here.
+    async fn commit_atomic(
+        &self,
+        versions: &[VersionCommit],
+        audits: &[AuditRecord],
+    ) -> Result<Result<Vec<i64>, (usize, StorageError)>, StorageError>;
+
     /// In ONE transaction: check that `v.expected_current` is current (else `Conflict`, nothing
     /// written), insert the version row, move the current pointer, append `audit`.
     async fn commit_version(&self, v: &NewVersion, audit: &AuditRecord) -> Result<i64, StorageError> {

@@ -287,6 +287,29 @@ macro_rules! impl_index {
             Ok(())
         }
 
+        /// After the pointers moved: the version rows, search rows and audit records of the
+        /// versions that won, and the standalone audit records.
+        async fn write_winners(
+            tx: &mut sqlx::Transaction<'_, $db>,
+            versions: &[$crate::storage::VersionCommit],
+            results: &mut [Option<Result<i64, $crate::storage::StorageError>>],
+            audits: &[$crate::audit::AuditRecord],
+        ) -> Result<(), $crate::storage::StorageError> {
+            insert_versions(tx, versions, results).await?;
+            let won = |r: &Option<Result<i64, $crate::storage::StorageError>>| matches!(r, Some(Ok(_)));
+            let searchable: Vec<(&$crate::storage::NewVersion, &$crate::storage::SearchRows)> = versions
+                .iter()
+                .zip(results.iter())
+                .filter(|(_, r)| won(r))
+                .filter_map(|(c, _)| c.search.as_ref().map(|rows| (&c.version, rows)))
+                .collect();
+            replace_search_rows(&mut **tx, &searchable).await?;
+            let mut records: Vec<&$crate::audit::AuditRecord> =
+                versions.iter().zip(results.iter()).filter(|(_, r)| won(r)).map(|(c, _)| &c.audit).collect();
+            records.extend(audits);
+            insert_audit_rows(&mut **tx, &records).await
+        }
+
         #[async_trait::async_trait]
         impl $crate::storage::Index for $index {
             fn commit_workers(&self) -> usize {
@@ -356,23 +379,7 @@ macro_rules! impl_index {
                 let mut tx = Self::begin_write(&mut conn).await?;
                 insert_new_keys(&mut tx, versions, &mut results).await?;
                 advance_pointers(&mut tx, versions, &mut results).await?;
-                insert_versions(&mut tx, versions, &mut results).await?;
-                let searchable: Vec<(&$crate::storage::NewVersion, &$crate::storage::SearchRows)> = versions
-                    .iter()
-                    .zip(&results)
-                    .filter(|(_, r)| matches!(r, Some(Ok(_))))
-                    .filter_map(|(c, _)| c.search.as_ref().map(|rows| (&c.version, rows)))
-                    .collect();
-                replace_search_rows(&mut *tx, &searchable).await?;
-                // The audit records of the versions that committed, and the standalone ones.
-                let mut records: Vec<&$crate::audit::AuditRecord> = versions
-                    .iter()
-                    .zip(&results)
-                    .filter(|(_, r)| matches!(r, Some(Ok(_))))
-                    .map(|(c, _)| &c.audit)
-                    .collect();
-                records.extend(audits);
-                insert_audit_rows(&mut *tx, &records).await?;
+                write_winners(&mut tx, versions, &mut results, audits).await?;
                 tx.commit().await?;
                 conn.done();
                 Ok(results
@@ -381,6 +388,49 @@ macro_rules! impl_index {
                         r.unwrap_or_else(|| Err(StorageError::Corrupt("a version the batch left undecided".into())))
                     })
                     .collect())
+            }
+
+            async fn commit_atomic(
+                &self,
+                versions: &[$crate::storage::VersionCommit],
+                audits: &[$crate::audit::AuditRecord],
+            ) -> Result<Result<Vec<i64>, (usize, $crate::storage::StorageError)>, $crate::storage::StorageError> {
+                use $crate::storage::StorageError;
+                if versions.is_empty() {
+                    return self.commit_batch(&[], audits).await.map(|_| Ok(Vec::new()));
+                }
+                self.note_versions(versions.len()).await;
+                if let Some(seqs) = self.commit_creates(versions, audits).await? {
+                    return Ok(Ok(seqs));
+                }
+                let mut results: Vec<Option<Result<i64, StorageError>>> = versions.iter().map(|_| None).collect();
+                let mut conn = self.leases.get().await?;
+                let mut tx = Self::begin_write(&mut conn).await?;
+                insert_new_keys(&mut tx, versions, &mut results).await?;
+                advance_pointers(&mut tx, versions, &mut results).await?;
+                let failed = results.iter_mut().enumerate().find_map(|(i, r)| match r.take() {
+                    Some(Err(e)) => Some((i, e)),
+                    other => {
+                        *r = other;
+                        None
+                    }
+                });
+                if let Some(failed) = failed {
+                    tx.rollback().await?;
+                    conn.done();
+                    return Ok(Err(failed));
+                }
+                write_winners(&mut tx, versions, &mut results, audits).await?;
+                tx.commit().await?;
+                conn.done();
+                results
+                    .into_iter()
+                    .map(|r| match r {
+                        Some(Ok(seq)) => Ok(seq),
+                        _ => Err(StorageError::Corrupt("a version the transaction left undecided".into())),
+                    })
+                    .collect::<Result<Vec<i64>, StorageError>>()
+                    .map(Ok)
             }
 
             async fn history(

@@ -344,6 +344,49 @@ async fn a_batch_of_new_resources_commits_whole_or_settles_each_clash() {
     );
 }
 
+/// A transaction Bundle commits through `commit_atomic`: one failing version (a stale
+/// expectation, an id taken, a key name taken) leaves nothing of the others behind, not even
+/// their audit records or search rows; without one, everything commits.
+#[tokio::test]
+async fn an_atomic_commit_writes_everything_or_nothing() {
+    let t = fresh_index().await;
+    t.index.commit_version(&new_version("old", 1, None, 1), &audit("setup")).await.unwrap();
+    let token = || rows(&[1], None, None, None);
+    let key = WrappedKey { kek_version: 1, bytes: vec![5; 40] };
+    let with_key = |id: &str| {
+        let version = NewVersion { compartment: format!("Patient/{id}"), ..new_version(id, 1, None, 2) };
+        VersionCommit { new_key: Some(key.clone()), ..searchable(version, token()) }
+    };
+    let failing = [
+        with_key("t1"),
+        searchable(new_version("t2", 1, None, 2), token()),
+        searchable(new_version("old", 2, Some(5), 2), token()),
+    ];
+    let outcome = t.index.commit_atomic(&failing, &[audit("transaction-1")]).await.unwrap();
+    assert!(matches!(outcome, Err((2, StorageError::Conflict { current: Some(_) }))), "{outcome:?}");
+    // Only new resources: PostgreSQL's one-statement path, failing on the taken id.
+    let creates_only = [with_key("t1"), searchable(new_version("old", 1, None, 2), token())];
+    let outcome = t.index.commit_atomic(&creates_only, &[audit("transaction-2")]).await.unwrap();
+    assert!(matches!(outcome, Err((1, StorageError::Conflict { .. }))), "{outcome:?}");
+    for id in ["t1", "t2"] {
+        assert!(t.index.current(&tenant(), patient(), &ResourceId::parse(id).unwrap()).await.unwrap().is_none());
+    }
+    assert_eq!(t.index.tenant_key(&tenant(), "Patient/t1").await.unwrap(), None);
+    assert!(found(t.index.as_ref(), vec![Filter::AnyToken(vec![[1; 16]])]).await.is_empty());
+    assert_eq!(audit_request_ids(&t.url).await, ["setup"]);
+
+    let passing = [
+        with_key("t1"),
+        searchable(new_version("t2", 1, None, 2), token()),
+        searchable(new_version("old", 2, Some(1), 2), token()),
+    ];
+    let seqs = t.index.commit_atomic(&passing, &[audit("transaction-3")]).await.unwrap().unwrap();
+    assert_eq!(seqs.len(), 3);
+    assert_eq!(found(t.index.as_ref(), vec![Filter::AnyToken(vec![[1; 16]])]).await, ["old", "t1", "t2"]);
+    assert_eq!(t.index.tenant_key(&tenant(), "Patient/t1").await.unwrap(), Some(key));
+    assert_eq!(audit_request_ids(&t.url).await, ["search", "search", "search", "setup", "transaction-3"]);
+}
+
 #[tokio::test]
 async fn a_new_compartment_key_commits_with_its_version_or_not_at_all() {
     let t = fresh_index().await;
