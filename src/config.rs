@@ -60,6 +60,7 @@ pub struct Settings {
     pub log: LogSettings,
     pub gc: GcSettings,
     pub search: SearchSettings,
+    pub writes: WriteSettings,
     /// Where this server runs. It handles plaintext while serving, so its site falls under the
     /// same residency rules as the storage locations. Required in the production profile; the
     /// embedded profile assumes a development machine in France.
@@ -287,6 +288,33 @@ impl SearchSettings {
     }
 }
 
+/// Transaction and batch Bundles, and conditional writes.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct WriteSettings {
+    /// Entries a transaction or batch Bundle may hold (413 above).
+    pub bundle_max_entries: usize,
+    /// Largest transaction or batch Bundle accepted, in bytes (413 above). Other requests are
+    /// bounded by `http.max_body_bytes`.
+    pub bundle_max_bytes: usize,
+    /// Whether a conditional delete that matches several resources deletes them all (when
+    /// false, it is refused with 412).
+    pub conditional_delete_multiple: bool,
+    /// The most resources one conditional delete removes.
+    pub conditional_delete_max: u32,
+}
+
+impl Default for WriteSettings {
+    fn default() -> Self {
+        Self {
+            bundle_max_entries: 10_000,
+            bundle_max_bytes: 64 * 1024 * 1024,
+            conditional_delete_multiple: false,
+            conditional_delete_max: 100,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum LogFormat {
@@ -366,6 +394,7 @@ impl Default for Settings {
             log: LogSettings::default(),
             gc: GcSettings::default(),
             search: SearchSettings::default(),
+            writes: WriteSettings::default(),
             hosting: None,
             locations: default_locations(),
             tenants: BTreeMap::from([("demo".to_owned(), TenantSettings::default())]),
@@ -477,6 +506,9 @@ impl Settings {
         }
         if self.http.max_body_bytes == 0 {
             return Err(invalid("http.max_body_bytes", "must be positive".into()));
+        }
+        if self.writes.bundle_max_bytes == 0 {
+            return Err(invalid("writes.bundle_max_bytes", "must be positive".into()));
         }
         if self.http.default_page_size == 0 || self.http.default_page_size > self.http.max_page_size {
             return Err(invalid("http.default_page_size", "must be between 1 and http.max_page_size".into()));

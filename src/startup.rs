@@ -12,7 +12,7 @@ use actix_web::dev::{Server, ServerHandle};
 use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
 
-use crate::api::{self, AppState};
+use crate::api::{self, AppState, BodyLimit};
 use crate::auth::Authenticator;
 use crate::auth::dev_issuer::{DevIssuer, DevIssuerError};
 use crate::config::{BackendSettings, KeyProviderSettings, Settings};
@@ -124,13 +124,17 @@ pub async fn build_state(settings: &Settings) -> Result<(web::Data<AppState>, Ar
         default_page_size: settings.http.default_page_size,
         max_page_size: settings.http.max_page_size,
         string_indexing: settings.search.string_indexing(),
+        max_bundle_entries: settings.writes.bundle_max_entries,
+        conditional_delete_multiple: settings.writes.conditional_delete_multiple,
+        conditional_delete_max: settings.writes.conditional_delete_max,
     };
     let state = web::Data::new(AppState {
         engine: Engine::new(index.clone(), locations, keys, (model, search_params), limits),
         auth: Authenticator::new(dev),
         tenants: settings.tenant_ids().into_iter().collect::<BTreeSet<_>>(),
         public_base_url: settings.http.public_base_url.clone(),
-        max_body_bytes: settings.http.max_body_bytes,
+        body_limit: BodyLimit { bytes: settings.http.max_body_bytes, setting: "http.max_body_bytes" },
+        bundle_limit: BodyLimit { bytes: settings.writes.bundle_max_bytes, setting: "writes.bundle_max_bytes" },
     });
     Ok((state, index))
 }

@@ -11,9 +11,7 @@ use actix_web::{HttpResponse, ResponseError};
 
 use crate::auth::AuthError;
 use crate::engine::EngineError;
-use crate::fhir::ResourceError;
 use crate::fhir::outcome::{self, IssueType, OutcomeIssue};
-use crate::fhir::validate::IssueKind;
 
 pub const FHIR_JSON: &str = "application/fhir+json; charset=utf-8";
 
@@ -109,43 +107,10 @@ impl From<AuthError> for ApiError {
 
 impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> Self {
-        let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        match e {
-            EngineError::Resource(ResourceError::Invalid(issues)) => {
-                let issues = issues
-                    .into_iter()
-                    .map(|i| {
-                        let code = match i.kind {
-                            IssueKind::Structure => IssueType::Structure,
-                            IssueKind::Required => IssueType::Required,
-                            IssueKind::Value => IssueType::Value,
-                        };
-                        OutcomeIssue::error(code, i.message).at(i.expression)
-                    })
-                    .collect();
-                Self { status, issues, source: None, www_authenticate: None }
-            }
-            EngineError::Resource(ResourceError::Json(json)) => {
-                Self::new(status, IssueType::Structure, json.to_string())
-            }
-            EngineError::Resource(other) => Self::new(status, IssueType::Invalid, other.to_string()),
-            EngineError::BadRequest(message) => Self::new(status, IssueType::Invalid, message),
-            EngineError::Paging(p) => {
-                let code = if status == StatusCode::GONE { IssueType::Expired } else { IssueType::Invalid };
-                Self::new(status, code, p.to_string())
-            }
-            e @ (EngineError::NotFound { .. } | EngineError::VersionNotFound { .. }) => {
-                Self::new(status, IssueType::NotFound, e.to_string())
-            }
-            EngineError::Forbidden(deny) if deny.hide_existence => {
-                Self::new(status, IssueType::NotFound, "the resource is not known")
-            }
-            EngineError::Forbidden(deny) => Self::new(status, IssueType::Forbidden, deny.reason),
-            e @ EngineError::Gone { .. } => Self::new(status, IssueType::Deleted, e.to_string()),
-            e @ (EngineError::PreconditionFailed { .. } | EngineError::Conflict) => {
-                Self::new(status, IssueType::Conflict, e.to_string())
-            }
-            e @ (EngineError::Integrity(_) | EngineError::Storage(_) | EngineError::Keys(_)) => Self::internal(e),
+        if e.is_internal() {
+            return Self::internal(e);
         }
+        let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        Self { status, issues: e.issues(), source: None, www_authenticate: None }
     }
 }

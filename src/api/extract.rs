@@ -168,6 +168,8 @@ pub enum Return {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Prefer {
     pub return_: Return,
+    /// The client named a `return` preference (bundles answer minimally unless asked).
+    pub return_given: bool,
     pub handling_lenient: bool,
 }
 
@@ -177,9 +179,9 @@ impl Prefer {
         for value in req.headers().get_all("prefer").filter_map(|v| v.to_str().ok()) {
             for token in value.split([',', ';']) {
                 match token.trim().split_once('=').map(|(k, v)| (k.trim(), v.trim().trim_matches('"'))) {
-                    Some(("return", "minimal")) => prefer.return_ = Return::Minimal,
-                    Some(("return", "representation")) => prefer.return_ = Return::Representation,
-                    Some(("return", "OperationOutcome")) => prefer.return_ = Return::OperationOutcome,
+                    Some(("return", "minimal")) => prefer.set_return(Return::Minimal),
+                    Some(("return", "representation")) => prefer.set_return(Return::Representation),
+                    Some(("return", "OperationOutcome")) => prefer.set_return(Return::OperationOutcome),
                     Some(("handling", "lenient")) => prefer.handling_lenient = true,
                     Some(("handling", "strict")) => prefer.handling_lenient = false,
                     _ => {}
@@ -187,6 +189,11 @@ impl Prefer {
             }
         }
         prefer
+    }
+
+    fn set_return(&mut self, value: Return) {
+        self.return_ = value;
+        self.return_given = true;
     }
 }
 
@@ -196,6 +203,31 @@ pub fn if_match(req: &HttpRequest) -> Result<Option<VersionId>, ApiError> {
     let raw = value.to_str().unwrap_or("").trim();
     let tag = raw.strip_prefix("W/").unwrap_or(raw).trim_matches('"');
     VersionId::parse(tag).map(Some).map_err(|_| ApiError::bad_request("`If-Match` must be an ETag such as `W/\"3\"`"))
+}
+
+/// `If-Match` and `If-None-Match: *` (`If-None-Match` with a version is for reads, which
+/// do not take it yet: refused rather than ignored).
+pub fn precondition(req: &HttpRequest) -> Result<crate::engine::Precondition, ApiError> {
+    let if_none_match_any = match req.headers().get(header::IF_NONE_MATCH).map(|v| v.to_str().unwrap_or("").trim()) {
+        None => false,
+        Some("*") => true,
+        Some(_) => return Err(ApiError::bad_request("`If-None-Match` on a write supports only `*`")),
+    };
+    Ok(crate::engine::Precondition { if_match: if_match(req)?, if_none_match_any })
+}
+
+/// The condition of a conditional interaction: the query string, without `_format` and
+/// `_pretty` (taken out by `Params`).
+pub fn condition(params: &mut Params) -> Option<String> {
+    let pairs = params.take_rest();
+    if pairs.is_empty() {
+        return None;
+    }
+    let mut query = url::form_urlencoded::Serializer::new(String::new());
+    for (name, value) in &pairs {
+        query.append_pair(name, value);
+    }
+    Some(query.finish())
 }
 
 /// Audit a request refused by the API layer after authentication, then return its error.

@@ -18,7 +18,13 @@ pub async fn capabilities(
     // `mode=full|normal|terminology` is accepted; only `full` exists here.
     let _ = params.take("mode");
     params.finish()?;
-    let statement = capability::statement(&ctx.tenant, &ctx.base_url, state.engine.search_params(), Timestamp::now());
+    let statement = capability::statement(
+        &ctx.tenant,
+        &ctx.base_url,
+        state.engine.search_params(),
+        state.engine.limits().conditional_delete_multiple,
+        Timestamp::now(),
+    );
     let body = serde_json::to_vec(&statement).map_err(ApiError::internal)?;
     Ok(response::json(StatusCode::OK, &params, body))
 }

@@ -30,6 +30,7 @@ use crate::ids::TenantId;
 
 pub use error::ApiError;
 pub use middleware::request_context;
+pub use negotiate::BodyLimit;
 
 /// What every handler shares.
 pub struct AppState {
@@ -37,7 +38,9 @@ pub struct AppState {
     pub auth: Authenticator,
     pub tenants: BTreeSet<TenantId>,
     pub public_base_url: Option<String>,
-    pub max_body_bytes: usize,
+    /// Request bodies, and transaction or batch Bundles (larger).
+    pub body_limit: BodyLimit,
+    pub bundle_limit: BodyLimit,
 }
 
 /// All routes. Each resource path answers 405 (with `Allow`) to methods it does not serve.
@@ -76,13 +79,19 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                         .route(web::get().to(read::read))
                         .route(web::put().to(write::update))
                         .route(web::delete().to(write::delete))
-                        .default_service(not_allowed("GET, PUT, DELETE")),
+                        .route(web::patch().to(write::patch))
+                        .default_service(not_allowed("GET, PUT, PATCH, DELETE")),
                 )
                 .service(
                     web::resource("/{type}")
                         .route(web::get().to(search::search_get))
                         .route(web::post().to(write::create))
-                        .default_service(not_allowed("GET, POST")),
+                        .route(web::put().to(write::update_where))
+                        .route(web::delete().to(write::delete_where))
+                        .default_service(not_allowed("GET, POST, PUT, DELETE")),
+                )
+                .service(
+                    web::resource(["", "/"]).route(web::post().to(write::bundle)).default_service(not_allowed("POST")),
                 ),
         )
         .default_service(web::to(|| async {

@@ -107,8 +107,15 @@ pub fn negotiate(req: &HttpRequest, format_param: Option<&str>) -> Result<Format
     }
 }
 
+/// The most bytes a request body may have, and the setting that says so (named in the 413).
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimit {
+    pub bytes: usize,
+    pub setting: &'static str,
+}
+
 /// Check `Content-Type`, then read the body up to `limit` bytes (413 beyond).
-pub async fn read_body(headers: &HeaderMap, payload: web::Payload, limit: usize) -> Result<Bytes, ApiError> {
+pub async fn read_body(headers: &HeaderMap, payload: web::Payload, limit: BodyLimit) -> Result<Bytes, ApiError> {
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let (essence, params) = content_type.split_once(';').unwrap_or((content_type, ""));
     match classify(essence) {
@@ -131,12 +138,29 @@ pub async fn read_body(headers: &HeaderMap, payload: web::Payload, limit: usize)
     Ok(body)
 }
 
+/// A JSON Patch body (`PATCH`), which must be `application/json-patch+json`.
+pub async fn read_patch(headers: &HeaderMap, payload: web::Payload, limit: BodyLimit) -> Result<Bytes, ApiError> {
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let essence = content_type.split_once(';').map_or(content_type, |(essence, _)| essence).trim();
+    if !essence.eq_ignore_ascii_case("application/json-patch+json") {
+        return Err(ApiError::unsupported_media_type(format!(
+            "`Content-Type: {}` is not accepted; PATCH takes a JSON Patch as `application/json-patch+json`",
+            essence.chars().take(64).collect::<String>()
+        )));
+    }
+    let body = read_limited(headers, payload, limit).await?;
+    if body.is_empty() {
+        return Err(ApiError::bad_request("the request body is empty; a JSON Patch document is expected"));
+    }
+    Ok(body)
+}
+
 /// The parameters of a form body (`POST [type]/_search`), which must be
 /// `application/x-www-form-urlencoded`; an empty body has none.
 pub async fn read_form(
     headers: &HeaderMap,
     payload: web::Payload,
-    limit: usize,
+    limit: BodyLimit,
 ) -> Result<Vec<(String, String)>, ApiError> {
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let essence = content_type.split_once(';').map_or(content_type, |(essence, _)| essence).trim();
@@ -153,14 +177,15 @@ pub async fn read_form(
 }
 
 /// The body, up to `limit` bytes (413 beyond).
-async fn read_limited(headers: &HeaderMap, mut payload: web::Payload, limit: usize) -> Result<Bytes, ApiError> {
+async fn read_limited(headers: &HeaderMap, mut payload: web::Payload, limit: BodyLimit) -> Result<Bytes, ApiError> {
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             IssueType::TooLong,
-            format!("the request body is larger than the {limit}-byte limit"),
+            format!("the request body is larger than the {}-byte limit (`{}`)", limit.bytes, limit.setting),
         )
     };
+    let limit = limit.bytes;
     let declared =
         headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|n| n > limit) {

@@ -10,7 +10,6 @@ use super::negotiate::read_form;
 use super::response::{self, parse_type};
 use crate::audit::{AuditAction, Target};
 use crate::engine::SearchRequest;
-use crate::search::Total;
 
 pub async fn search_get(
     state: web::Data<AppState>,
@@ -32,7 +31,7 @@ pub async fn search_post(
     path: web::Path<(String, String)>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let form = match read_form(req.headers(), payload, state.max_body_bytes).await {
+    let form = match read_form(req.headers(), payload, state.body_limit).await {
         Ok(form) => form,
         Err(e) => {
             return Err(rejected(&state, &ctx, &principal, AuditAction::SearchType, &Target::default(), e).await);
@@ -53,7 +52,7 @@ async fn search(
         let resource_type = parse_type(resource_type)?;
         let mut pairs = params.take_rest();
         pairs.extend(form);
-        read_request(resource_type, pairs, params.lenient)
+        SearchRequest::from_pairs(resource_type, pairs, params.lenient).map_err(ApiError::from)
     })();
     let request = match prepared {
         Ok(request) => request,
@@ -64,54 +63,4 @@ async fn search(
     };
     let bundle = state.engine.search(&ctx, &principal, &request).await?;
     Ok(response::json(StatusCode::OK, &params, bundle))
-}
-
-/// Take the control parameters out of `pairs`; the rest are the search's own.
-fn read_request(
-    resource_type: crate::ids::ResourceType,
-    pairs: Vec<(String, String)>,
-    lenient: bool,
-) -> Result<SearchRequest, ApiError> {
-    let mut request = SearchRequest {
-        resource_type,
-        params: Vec::new(),
-        count: None,
-        total: Total::default(),
-        summary_count: false,
-        cursor: None,
-        lenient,
-    };
-    for (name, value) in pairs {
-        match name.as_str() {
-            "_count" => {
-                let count = value.parse::<u32>().map_err(|_| {
-                    ApiError::bad_request(format!("`_count` must be a non-negative integer, not `{value}`"))
-                })?;
-                request.count = Some(count);
-            }
-            "_total" => {
-                request.total = match value.as_str() {
-                    "none" => Total::None,
-                    // An estimate costs the same as the exact count here.
-                    "accurate" | "estimate" => Total::Accurate,
-                    other => {
-                        return Err(ApiError::bad_request(format!(
-                            "`_total` takes `none`, `estimate` or `accurate`, not `{other}`"
-                        )));
-                    }
-                };
-            }
-            "_summary" if value == "count" => request.summary_count = true,
-            "_summary" if value == "false" => {}
-            "_cursor" => request.cursor = Some(value),
-            "_sort" | "_include" | "_revinclude" | "_elements" | "_summary" | "_has" | "_contained"
-            | "_containedType" | "_text" | "_content" | "_list" | "_query" | "_filter" | "_type" => {
-                if !lenient {
-                    return Err(ApiError::bad_request(format!("the search parameter `{name}` is not supported yet")));
-                }
-            }
-            _ => request.params.push((name, value)),
-        }
-    }
-    Ok(request)
 }

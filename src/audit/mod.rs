@@ -24,6 +24,10 @@ pub enum AuditAction {
     HistoryType,
     /// A search of one resource type.
     SearchType,
+    /// A transaction Bundle (its entries have their own records).
+    Transaction,
+    /// A batch Bundle (its entries have their own records).
+    Batch,
     /// A request refused before it reached an interaction (no or bad token).
     Authenticate,
 }
@@ -39,6 +43,8 @@ impl AuditAction {
             Self::HistoryInstance => "history-instance",
             Self::HistoryType => "history-type",
             Self::SearchType => "search-type",
+            Self::Transaction => "transaction",
+            Self::Batch => "batch",
             Self::Authenticate => "authenticate",
         }
     }

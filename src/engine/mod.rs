@@ -5,6 +5,8 @@
 //! outcome: in the same transaction as a change, appended before a read answers, appended for
 //! every refusal. If the audit record cannot be written, the interaction fails.
 
+mod bundle;
+mod conditional;
 mod history;
 mod paging;
 mod read;
@@ -19,13 +21,16 @@ use crate::auth::Principal;
 use crate::crypto::{CryptoError, ObjectIdentity, Sealed, envelope};
 use crate::fhir::ResourceError;
 use crate::fhir::model::Model;
+use crate::fhir::outcome::{IssueType, OutcomeIssue};
 use crate::fhir::search_params::SearchParams;
+use crate::fhir::validate::IssueKind;
 use crate::ids::{ResourceId, ResourceType, TenantId, VersionId};
 use crate::keys::{KeyError, KeyService};
 use crate::policy::{Deny, Permit};
 use crate::storage::{Committer, Index, Locations, ObjectStorage, StorageError, VersionRow};
 use crate::time::Timestamp;
 
+pub use conditional::Precondition;
 pub use history::HistoryRequest;
 pub use paging::PagingError;
 pub use search::SearchRequest;
@@ -49,6 +54,22 @@ pub enum EngineError {
     PreconditionFailed { expected: VersionId, current: String },
     #[error("a concurrent change won; retry with the current version")]
     Conflict,
+    /// A condition (`If-None-Exist`, a conditional update, delete or reference) did not single
+    /// out the one resource it must.
+    #[error("{0}")]
+    Condition(String),
+    /// `If-None-Match: *` on an update of a resource that exists.
+    #[error("`If-None-Match: *` but {rt}/{id} exists")]
+    Exists { rt: ResourceType, id: ResourceId },
+    /// A PATCH that does not apply (a failed `test`, a path that is not there).
+    #[error("the patch does not apply: {0}")]
+    Unprocessable(String),
+    /// A request beyond a configured limit; the message names the setting.
+    #[error("{0}")]
+    TooLarge(String),
+    /// One entry of a transaction failed, so the transaction did.
+    #[error("entry {index}: {source}")]
+    Entry { index: usize, source: Box<EngineError> },
     #[error(transparent)]
     Paging(#[from] PagingError),
     #[error("the stored object failed its integrity check")]
@@ -70,9 +91,66 @@ impl EngineError {
             Self::Forbidden(deny) if deny.hide_existence => 404,
             Self::Forbidden(_) => 403,
             Self::Gone { .. } => 410,
-            Self::PreconditionFailed { .. } => 412,
+            Self::PreconditionFailed { .. } | Self::Condition(_) | Self::Exists { .. } => 412,
             Self::Conflict => 409,
+            Self::Unprocessable(_) => 422,
+            Self::TooLarge(_) => 413,
+            Self::Entry { source, .. } => source.status(),
             Self::Integrity(_) | Self::Storage(_) | Self::Keys(_) => 500,
+        }
+    }
+
+    /// The OperationOutcome issues that say what went wrong. A server-side failure says no
+    /// more than that (its cause goes to the log, not to the client).
+    pub fn issues(&self) -> Vec<OutcomeIssue> {
+        let error = |code, message: String| vec![OutcomeIssue::error(code, message)];
+        match self {
+            Self::Resource(ResourceError::Invalid(issues)) => issues
+                .iter()
+                .map(|i| {
+                    let code = match i.kind {
+                        IssueKind::Structure => IssueType::Structure,
+                        IssueKind::Required => IssueType::Required,
+                        IssueKind::Value => IssueType::Value,
+                    };
+                    OutcomeIssue::error(code, i.message.clone()).at(i.expression.clone())
+                })
+                .collect(),
+            Self::Resource(ResourceError::Json(json)) => error(IssueType::Structure, json.to_string()),
+            Self::Resource(other) => error(IssueType::Invalid, other.to_string()),
+            Self::BadRequest(message) => error(IssueType::Invalid, message.clone()),
+            Self::Paging(p) if self.status() == 410 => error(IssueType::Expired, p.to_string()),
+            Self::Paging(p) => error(IssueType::Invalid, p.to_string()),
+            Self::NotFound { .. } | Self::VersionNotFound { .. } => error(IssueType::NotFound, self.to_string()),
+            Self::Forbidden(deny) if deny.hide_existence => {
+                error(IssueType::NotFound, "the resource is not known".into())
+            }
+            Self::Forbidden(deny) => error(IssueType::Forbidden, deny.reason.clone()),
+            Self::Gone { .. } => error(IssueType::Deleted, self.to_string()),
+            Self::PreconditionFailed { .. } | Self::Conflict | Self::Condition(_) | Self::Exists { .. } => {
+                error(IssueType::Conflict, self.to_string())
+            }
+            Self::Unprocessable(_) => error(IssueType::Processing, self.to_string()),
+            Self::TooLarge(_) => error(IssueType::TooLong, self.to_string()),
+            Self::Entry { index, source } => source
+                .issues()
+                .into_iter()
+                .map(|mut issue| {
+                    issue.diagnostics = format!("entry {index}: {}", issue.diagnostics);
+                    issue.at(format!("Bundle.entry[{index}]"))
+                })
+                .collect(),
+            Self::Integrity(_) | Self::Storage(_) | Self::Keys(_) => {
+                error(IssueType::Exception, "internal error".into())
+            }
+        }
+    }
+
+    /// Whether the server, not the request, is at fault (the cause belongs in the log).
+    pub fn is_internal(&self) -> bool {
+        match self {
+            Self::Entry { source, .. } => source.is_internal(),
+            other => other.status() >= 500,
         }
     }
 
@@ -89,6 +167,11 @@ impl EngineError {
             Self::Forbidden(deny) => format!("denied by `{}`", deny.rule),
             Self::PreconditionFailed { .. } => "version precondition failed".into(),
             Self::Conflict => "version conflict".into(),
+            Self::Condition(_) => "condition not met".into(),
+            Self::Exists { .. } => "resource exists".into(),
+            Self::Unprocessable(_) => "patch does not apply".into(),
+            Self::TooLarge(_) => "over a configured limit".into(),
+            Self::Entry { index, source } => format!("entry {index}: {}", source.audit_detail()),
             Self::Integrity(CryptoError::Integrity { stage }) => format!("integrity failure ({stage})"),
             Self::Integrity(_) => "crypto failure".into(),
             Self::Storage(_) => "storage failure".into(),
@@ -108,6 +191,12 @@ pub struct Limits {
     pub max_page_size: u32,
     /// How string values are indexed and searched.
     pub string_indexing: crate::search::StringIndexing,
+    /// Entries a transaction or batch Bundle may hold.
+    pub max_bundle_entries: usize,
+    /// Whether a conditional delete may remove several resources.
+    pub conditional_delete_multiple: bool,
+    /// How many resources one conditional delete may remove.
+    pub conditional_delete_max: u32,
 }
 
 /// Per-request facts: who is asking is the `Principal`; this is the rest.
@@ -146,6 +235,11 @@ impl Engine {
     /// The search parameters this server supports (for the CapabilityStatement).
     pub fn search_params(&self) -> &'static SearchParams {
         self.search_params
+    }
+
+    /// The limits and settings this engine runs with.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
     }
 
     /// Readiness: index, object store and key provider all answer.

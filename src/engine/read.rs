@@ -66,7 +66,7 @@ impl Engine {
     }
 
     /// Decide on the row's compartment, refuse deletions (410), open, audit, answer.
-    async fn read_row(
+    pub(super) async fn read_row(
         &self,
         ctx: &RequestContext,
         principal: &Principal,

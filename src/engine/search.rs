@@ -31,6 +31,60 @@ pub struct SearchRequest {
     pub lenient: bool,
 }
 
+impl SearchRequest {
+    /// Read a search's query: its control parameters, and the rest (the search's own).
+    pub fn from_pairs(
+        resource_type: ResourceType,
+        pairs: Vec<(String, String)>,
+        lenient: bool,
+    ) -> Result<Self, EngineError> {
+        let mut request = SearchRequest {
+            resource_type,
+            params: Vec::new(),
+            count: None,
+            total: Total::default(),
+            summary_count: false,
+            cursor: None,
+            lenient,
+        };
+        for (name, value) in pairs {
+            match name.as_str() {
+                "_count" => {
+                    let count = value.parse::<u32>().map_err(|_| {
+                        EngineError::BadRequest(format!("`_count` must be a non-negative integer, not `{value}`"))
+                    })?;
+                    request.count = Some(count);
+                }
+                "_total" => {
+                    request.total = match value.as_str() {
+                        "none" => Total::None,
+                        // An estimate costs the same as the exact count here.
+                        "accurate" | "estimate" => Total::Accurate,
+                        other => {
+                            return Err(EngineError::BadRequest(format!(
+                                "`_total` takes `none`, `estimate` or `accurate`, not `{other}`"
+                            )));
+                        }
+                    };
+                }
+                "_summary" if value == "count" => request.summary_count = true,
+                "_summary" if value == "false" => {}
+                "_cursor" => request.cursor = Some(value),
+                "_sort" | "_include" | "_revinclude" | "_elements" | "_summary" | "_has" | "_contained"
+                | "_containedType" | "_text" | "_content" | "_list" | "_query" | "_filter" | "_type" => {
+                    if !lenient {
+                        return Err(EngineError::BadRequest(format!(
+                            "the search parameter `{name}` is not supported yet"
+                        )));
+                    }
+                }
+                _ => request.params.push((name, value)),
+            }
+        }
+        Ok(request)
+    }
+}
+
 impl Engine {
     /// A `searchset` Bundle of the current versions of `req.resource_type` that match.
     pub async fn search(

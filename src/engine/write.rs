@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::audit::{Agent, AuditAction, AuditRecord, Target};
 use crate::auth::Principal;
-use crate::crypto::{ObjectIdentity, envelope};
+use crate::crypto::{CompartmentKey, ObjectIdentity, envelope};
 use crate::fhir::{self, Compartment, Resource};
 use crate::ids::{ResourceId, ResourceType, VersionId};
 use crate::policy::{self, Action, Permit};
@@ -15,6 +15,7 @@ use crate::search;
 use crate::storage::{Method, NewVersion, ObjectKey, SearchRows, StorageError, VersionCommit, VersionRow};
 use crate::time::Timestamp;
 
+use super::conditional::Precondition;
 use super::{Engine, EngineError, RequestContext, SEARCH_KEY};
 
 /// How many times an update without `If-Match` retries after losing a race.
@@ -33,17 +34,36 @@ pub struct Written {
 }
 
 /// What `write_version` commits.
-struct VersionSpec<'a> {
-    rt: ResourceType,
-    id: &'a ResourceId,
-    version: VersionId,
-    method: Method,
-    compartment: &'a Compartment,
-    expected_current: Option<VersionId>,
-    last_updated: Timestamp,
+pub(super) struct VersionSpec {
+    pub(super) rt: ResourceType,
+    pub(super) id: ResourceId,
+    pub(super) version: VersionId,
+    pub(super) method: Method,
+    pub(super) compartment: Compartment,
+    pub(super) expected_current: Option<VersionId>,
+    pub(super) last_updated: Timestamp,
+    pub(super) key: KeySource,
+}
+
+/// Which key seals a version.
+pub(super) enum KeySource {
+    /// The compartment's stored key, created and stored first if the compartment has none (a
+    /// client-chosen id may already have a compartment: resources that referred to it before
+    /// it existed).
+    Stored,
     /// The compartment is this resource's own and new (a Patient under an id the server just
     /// chose): its key is created here and committed with this version.
-    new_compartment: bool,
+    New,
+    /// A key made by another entry of the same transaction, for the compartment it creates.
+    Given(Arc<CompartmentKey>),
+}
+
+/// A version sealed and its object written, ready to commit.
+pub(super) struct Prepared {
+    pub(super) commit: VersionCommit,
+    pub(super) written: Written,
+    /// The key of the compartment this version creates: cached once the commit is durable.
+    pub(super) fresh_key: Option<(String, Arc<CompartmentKey>)>,
 }
 
 impl Engine {
@@ -60,7 +80,7 @@ impl Engine {
         self.audited(ctx, principal, AuditAction::Create, target, result).await
     }
 
-    async fn create_inner(
+    pub(super) async fn create_inner(
         &self,
         ctx: &RequestContext,
         principal: &Principal,
@@ -68,20 +88,31 @@ impl Engine {
         body: &[u8],
     ) -> Result<Written, EngineError> {
         let resource = fhir::resource::parse(self.model, body, rt)?;
+        self.create_resource(ctx, principal, rt, &resource).await
+    }
+
+    /// Create `resource` under a new server-assigned id (any id in its body is ignored).
+    pub(super) async fn create_resource(
+        &self,
+        ctx: &RequestContext,
+        principal: &Principal,
+        rt: ResourceType,
+        resource: &Resource,
+    ) -> Result<Written, EngineError> {
         let id = ResourceId::generate();
         let compartment = resource.compartment(&id);
         let permit = policy::authorize(principal, Action::Create, &self.policy_target(ctx, rt, Some(&compartment)))?;
         let spec = VersionSpec {
             rt,
-            id: &id,
+            id: id.clone(),
             version: VersionId::FIRST,
             method: Method::Create,
-            compartment: &compartment,
+            compartment: compartment.clone(),
             expected_current: None,
             last_updated: Timestamp::now(),
-            new_compartment: compartment.is_patient(&id),
+            key: if compartment.is_patient(&id) { KeySource::New } else { KeySource::Stored },
         };
-        self.write_version(ctx, principal, &permit, &spec, Some(&resource)).await
+        self.write_version(ctx, principal, &permit, &spec, Some(resource)).await
     }
 
     /// `PUT /{type}/{id}`: update, or create with the client's id.
@@ -92,58 +123,35 @@ impl Engine {
         rt: ResourceType,
         id: &ResourceId,
         body: &[u8],
-        if_match: Option<VersionId>,
+        precondition: Precondition,
     ) -> Result<Written, EngineError> {
         let target = Target { resource_type: Some(rt), resource_id: Some(id.clone()), ..Target::default() };
-        let result = self.update_inner(ctx, principal, rt, id, body, if_match).await;
+        let result = async {
+            let resource = fhir::resource::parse(self.model, body, rt)?;
+            resource.check_id(id)?;
+            self.update_resource(ctx, principal, rt, id, &resource, precondition).await
+        }
+        .await;
         self.audited(ctx, principal, AuditAction::Update, target, result).await
     }
 
-    async fn update_inner(
+    /// Write `resource` (its id already checked) as the next version of `rt/id`.
+    pub(super) async fn update_resource(
         &self,
         ctx: &RequestContext,
         principal: &Principal,
         rt: ResourceType,
         id: &ResourceId,
-        body: &[u8],
-        if_match: Option<VersionId>,
+        resource: &Resource,
+        precondition: Precondition,
     ) -> Result<Written, EngineError> {
-        let resource = fhir::resource::parse(self.model, body, rt)?;
-        resource.check_id(id)?;
-        let compartment = resource.compartment(id);
+        let if_match = precondition.if_match;
         let mut attempt = 0;
         loop {
             attempt += 1;
             let current = self.index.current(&ctx.tenant, rt, id).await?;
-            check_if_match(if_match, current.as_ref())?;
-            // Moving a resource between compartments needs permission on both sides.
-            if let Some(row) = current.as_ref().filter(|r| !r.is_deletion())
-                && let Some(old) = Compartment::parse_key_ref(&row.compartment)
-                && old != compartment
-            {
-                policy::authorize(principal, Action::Update, &self.policy_target(ctx, rt, Some(&old)))?;
-            }
-            let live = current.as_ref().is_some_and(|r| !r.is_deletion());
-            let action = if live { Action::Update } else { Action::Create };
-            let permit = policy::authorize(principal, action, &self.policy_target(ctx, rt, Some(&compartment)))?;
-            let version = match &current {
-                Some(row) => row.version.next().ok_or(EngineError::Conflict)?,
-                None => VersionId::FIRST,
-            };
-            let now = Timestamp::now();
-            let spec = VersionSpec {
-                rt,
-                id,
-                version,
-                method: if live { Method::Update } else { Method::Create },
-                compartment: &compartment,
-                expected_current: current.as_ref().map(|r| r.version),
-                last_updated: current.as_ref().map_or(now, |r| now.at_least(r.last_updated)),
-                // A client-chosen id may already have a compartment (resources that referred
-                // to it before it existed): use or create the stored key.
-                new_compartment: false,
-            };
-            match self.write_version(ctx, principal, &permit, &spec, Some(&resource)).await {
+            let (permit, spec) = self.plan_update(ctx, principal, rt, id, resource, precondition, current.as_ref())?;
+            match self.write_version(ctx, principal, &permit, &spec, Some(resource)).await {
                 Err(EngineError::Conflict) if if_match.is_none() && attempt < MAX_ATTEMPTS => continue,
                 Err(EngineError::Conflict) if if_match.is_some() => {
                     return Err(EngineError::PreconditionFailed {
@@ -154,6 +162,51 @@ impl Engine {
                 other => return other,
             }
         }
+    }
+
+    /// Decide an update of `rt/id` whose current version is `current`, and what it writes.
+    #[expect(clippy::too_many_arguments, reason = "the update's parts, named at the call site")]
+    pub(super) fn plan_update(
+        &self,
+        ctx: &RequestContext,
+        principal: &Principal,
+        rt: ResourceType,
+        id: &ResourceId,
+        resource: &Resource,
+        precondition: Precondition,
+        current: Option<&VersionRow>,
+    ) -> Result<(Permit, VersionSpec), EngineError> {
+        check_if_match(precondition.if_match, current)?;
+        let live = current.is_some_and(|r| !r.is_deletion());
+        if precondition.if_none_match_any && live {
+            return Err(EngineError::Exists { rt, id: id.clone() });
+        }
+        let compartment = resource.compartment(id);
+        // Moving a resource between compartments needs permission on both sides.
+        if let Some(row) = current.filter(|r| !r.is_deletion())
+            && let Some(old) = Compartment::parse_key_ref(&row.compartment)
+            && old != compartment
+        {
+            policy::authorize(principal, Action::Update, &self.policy_target(ctx, rt, Some(&old)))?;
+        }
+        let action = if live { Action::Update } else { Action::Create };
+        let permit = policy::authorize(principal, action, &self.policy_target(ctx, rt, Some(&compartment)))?;
+        let version = match current {
+            Some(row) => row.version.next().ok_or(EngineError::Conflict)?,
+            None => VersionId::FIRST,
+        };
+        let now = Timestamp::now();
+        let spec = VersionSpec {
+            rt,
+            id: id.clone(),
+            version,
+            method: if live { Method::Update } else { Method::Create },
+            compartment,
+            expected_current: current.map(|r| r.version),
+            last_updated: current.map_or(now, |r| now.at_least(r.last_updated)),
+            key: KeySource::Stored,
+        };
+        Ok((permit, spec))
     }
 
     /// `DELETE /{type}/{id}`: a logical delete (a new version with no content).
@@ -170,7 +223,7 @@ impl Engine {
         self.audited(ctx, principal, AuditAction::Delete, target, result).await
     }
 
-    async fn delete_inner(
+    pub(super) async fn delete_inner(
         &self,
         ctx: &RequestContext,
         principal: &Principal,
@@ -203,13 +256,13 @@ impl Engine {
         }
         let spec = VersionSpec {
             rt,
-            id,
+            id: id.clone(),
             version: current.version.next().ok_or(EngineError::Conflict)?,
             method: Method::Delete,
-            compartment: &compartment,
+            compartment: compartment.clone(),
             expected_current: Some(current.version),
             last_updated: Timestamp::now().at_least(current.last_updated),
-            new_compartment: false,
+            key: KeySource::Stored,
         };
         match self.write_version(ctx, principal, &permit, &spec, None).await {
             Err(EngineError::Conflict) if if_match.is_some() => Err(EngineError::PreconditionFailed {
@@ -226,33 +279,59 @@ impl Engine {
         ctx: &RequestContext,
         principal: &Principal,
         permit: &Permit,
-        spec: &VersionSpec<'_>,
+        spec: &VersionSpec,
         resource: Option<&Resource>,
     ) -> Result<Written, EngineError> {
+        let prepared = self.prepare_version(ctx, principal, permit, spec, resource).await?;
+        match self.commits.commit_version(prepared.commit).await {
+            Ok(_) => {
+                if let Some((key_ref, key)) = prepared.fresh_key {
+                    self.keys.remember_compartment_key(&ctx.tenant, &key_ref, key).await;
+                }
+                Ok(prepared.written)
+            }
+            // The object just written is now an orphan; the sweeper removes it.
+            Err(StorageError::Conflict { .. }) => Err(EngineError::Conflict),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Seal and PUT the object (if any); what commits the version (row, pointer, search rows,
+    /// audit record, a new compartment's key) is the caller's to send.
+    pub(super) async fn prepare_version(
+        &self,
+        ctx: &RequestContext,
+        principal: &Principal,
+        permit: &Permit,
+        spec: &VersionSpec,
+        resource: Option<&Resource>,
+    ) -> Result<Prepared, EngineError> {
         let key_ref = spec.compartment.key_ref();
         let storage = self.location_of(&ctx.tenant)?;
         let mut body = Vec::new();
         let mut new_key = None;
         let object_key = match resource {
             Some(resource) => {
-                body = resource.stored_json(spec.id, spec.version, spec.last_updated);
-                let key = if spec.new_compartment {
-                    let (key, wrapped) = self.keys.new_compartment_key(&ctx.tenant, &key_ref).await?;
-                    new_key = Some((Arc::clone(&key), wrapped));
-                    key
-                } else {
-                    self.keys.compartment_key_for_write(&ctx.tenant, &key_ref).await?
+                body = resource.stored_json(&spec.id, spec.version, spec.last_updated);
+                let key = match &spec.key {
+                    KeySource::New => {
+                        let (key, wrapped) = self.keys.new_compartment_key(&ctx.tenant, &key_ref).await?;
+                        new_key = Some((Arc::clone(&key), wrapped));
+                        key
+                    }
+                    KeySource::Given(key) => Arc::clone(key),
+                    KeySource::Stored => self.keys.compartment_key_for_write(&ctx.tenant, &key_ref).await?,
                 };
                 let identity = ObjectIdentity {
                     tenant: &ctx.tenant,
                     location: storage.name(),
                     resource_type: spec.rt,
-                    id: spec.id,
+                    id: &spec.id,
                     version: spec.version,
                     compartment: &key_ref,
                 };
                 let sealed = envelope::seal(&key, &identity, &body).map_err(EngineError::Integrity)?;
-                let object_key = ObjectKey::new_for(&ctx.tenant, spec.rt, spec.id, spec.version);
+                let object_key = ObjectKey::new_for(&ctx.tenant, spec.rt, &spec.id, spec.version);
                 storage.put_new(&object_key, sealed.into_bytes()).await?;
                 Some(object_key)
             }
@@ -297,18 +376,17 @@ impl Engine {
             None => SearchRows::default(),
         };
         let (key, wrapped) = new_key.unzip();
-        let commit = VersionCommit { version, audit, new_key: wrapped, search: Some(search) };
-        match self.commits.commit_version(commit).await {
-            Ok(_) => {
-                if let Some(key) = key {
-                    self.keys.remember_compartment_key(&ctx.tenant, &key_ref, key).await;
-                }
-            }
-            // The object just written is now an orphan; the sweeper removes it.
-            Err(StorageError::Conflict { .. }) => return Err(EngineError::Conflict),
-            Err(e) => return Err(e.into()),
-        }
-        Ok(Written { id: spec.id.clone(), version: spec.version, last_updated: spec.last_updated, created, body })
+        Ok(Prepared {
+            commit: VersionCommit { version, audit, new_key: wrapped, search: Some(search) },
+            written: Written {
+                id: spec.id.clone(),
+                version: spec.version,
+                last_updated: spec.last_updated,
+                created,
+                body,
+            },
+            fresh_key: key.map(|key| (key_ref, key)),
+        })
     }
 
     /// What the search index keeps of `resource` (blind tokens under the tenant's search key).
@@ -372,7 +450,7 @@ impl TenantCompartment for policy::Resource<'_> {
     }
 }
 
-fn check_if_match(if_match: Option<VersionId>, current: Option<&VersionRow>) -> Result<(), EngineError> {
+pub(super) fn check_if_match(if_match: Option<VersionId>, current: Option<&VersionRow>) -> Result<(), EngineError> {
     let Some(expected) = if_match else { return Ok(()) };
     match current {
         Some(row) if row.version == expected && !row.is_deletion() => Ok(()),

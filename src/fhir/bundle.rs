@@ -102,6 +102,73 @@ pub fn searchset(total: Option<u64>, links: &[Link], entries: &[SearchEntry<'_>]
     out
 }
 
+/// One entry of a `transaction-response` or `batch-response` bundle.
+#[derive(Debug, Default)]
+pub struct ResponseEntry {
+    pub full_url: Option<String>,
+    /// JSON the server itself produced: a stored resource, or a searchset Bundle.
+    pub resource: Option<Vec<u8>>,
+    /// `201 Created`, `404 Not Found`...
+    pub status: String,
+    pub location: Option<String>,
+    pub etag: Option<String>,
+    pub last_modified: Option<String>,
+    /// An OperationOutcome the server produced.
+    pub outcome: Option<Vec<u8>>,
+}
+
+#[derive(Serialize)]
+struct EntryResponse<'a> {
+    status: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    location: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    etag: Option<&'a str>,
+    #[serde(rename = "lastModified", skip_serializing_if = "Option::is_none")]
+    last_modified: Option<&'a str>,
+}
+
+/// A `transaction-response` or `batch-response` Bundle, its entries in the request's order.
+pub fn response(kind: &str, entries: &[ResponseEntry]) -> Vec<u8> {
+    let size: usize = entries.iter().map(|e| e.resource.as_ref().map_or(0, Vec::len) + 256).sum();
+    let mut out = start(kind, None, &[], size);
+    out.extend_from_slice(br#","entry":["#);
+    for (i, entry) in entries.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.push(b'{');
+        if let Some(full_url) = &entry.full_url {
+            out.extend_from_slice(br#""fullUrl":"#);
+            write_json(&mut out, full_url);
+            out.push(b',');
+        }
+        if let Some(resource) = &entry.resource {
+            out.extend_from_slice(br#""resource":"#);
+            out.extend_from_slice(resource);
+            out.push(b',');
+        }
+        out.extend_from_slice(br#""response":"#);
+        let response = EntryResponse {
+            status: &entry.status,
+            location: entry.location.as_deref(),
+            etag: entry.etag.as_deref(),
+            last_modified: entry.last_modified.as_deref(),
+        };
+        let mut response = serde_json::to_vec(&response).unwrap_or_else(|_| b"{}".to_vec());
+        if let Some(outcome) = &entry.outcome {
+            response.pop();
+            response.extend_from_slice(br#","outcome":"#);
+            response.extend_from_slice(outcome);
+            response.push(b'}');
+        }
+        out.extend_from_slice(&response);
+        out.push(b'}');
+    }
+    out.extend_from_slice(b"]}");
+    out
+}
+
 /// A bundle's opening: type, total and links (the caller adds entries and the closing brace).
 fn start(kind: &str, total: Option<u64>, links: &[Link], entries_size: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(entries_size + 256);

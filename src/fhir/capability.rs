@@ -7,8 +7,8 @@ use crate::ids::{ResourceType, TenantId};
 use crate::time::Timestamp;
 
 /// The interactions every resource type supports, in the order the spec lists them.
-pub const TYPE_INTERACTIONS: [&str; 8] =
-    ["read", "vread", "update", "delete", "history-instance", "history-type", "create", "search-type"];
+pub const TYPE_INTERACTIONS: [&str; 9] =
+    ["read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create", "search-type"];
 
 /// How each search parameter type is matched, for `searchParam.documentation`.
 fn search_documentation(kind: ParamType) -> &'static str {
@@ -39,7 +39,14 @@ fn type_name(kind: ParamType) -> &'static str {
 }
 
 /// The CapabilityStatement of one tenant's FHIR base.
-pub fn statement(tenant: &TenantId, base_url: &str, params: &SearchParams, now: Timestamp) -> Value {
+/// `conditional_delete_multiple`: whether a conditional delete may remove several resources.
+pub fn statement(
+    tenant: &TenantId,
+    base_url: &str,
+    params: &SearchParams,
+    conditional_delete_multiple: bool,
+    now: Timestamp,
+) -> Value {
     let interactions: Vec<Value> = TYPE_INTERACTIONS.iter().map(|code| json!({ "code": code })).collect();
     let resources: Vec<Value> = ResourceType::all()
         .map(|rt| {
@@ -61,10 +68,10 @@ pub fn statement(tenant: &TenantId, base_url: &str, params: &SearchParams, now: 
                 "versioning": "versioned-update",
                 "readHistory": true,
                 "updateCreate": true,
-                "conditionalCreate": false,
+                "conditionalCreate": true,
                 "conditionalRead": "not-supported",
-                "conditionalUpdate": false,
-                "conditionalDelete": "not-supported",
+                "conditionalUpdate": true,
+                "conditionalDelete": if conditional_delete_multiple { "multiple" } else { "single" },
             })
         })
         .collect();
@@ -88,8 +95,10 @@ pub fn statement(tenant: &TenantId, base_url: &str, params: &SearchParams, now: 
                 interaction is audited. Only JSON is served. Search answers from a blind index: \
                 strings, codes and identifiers are matched on keyed tokens, never stored in clear. \
                 Search control parameters: `_count`, `_total` (`none`, `accurate`), `_summary=count`; \
-                `Prefer: handling=lenient` ignores unknown parameters. Transactions and batches are \
-                not available yet.",
+                `Prefer: handling=lenient` ignores unknown parameters. Transactions are atomic; \
+                `urn:uuid:` references and conditional references in them are resolved. PATCH takes \
+                JSON Patch (`application/json-patch+json`; in a Bundle, a Binary of that type).",
+            "interaction": [{ "code": "transaction" }, { "code": "batch" }],
             "security": {
                 "cors": false,
                 "service": [{
@@ -115,7 +124,7 @@ mod tests {
     fn the_statement_is_valid_and_lists_every_type() {
         let tenant = TenantId::parse("demo").unwrap();
         let params = crate::fhir::search_params::r4().unwrap();
-        let cs = statement(&tenant, "http://localhost/fhir/demo", params, Timestamp::now());
+        let cs = statement(&tenant, "http://localhost/fhir/demo", params, false, Timestamp::now());
         let issues = validate::validate(model::r4().unwrap(), "CapabilityStatement", cs.as_object().unwrap());
         assert_eq!(issues, vec![]);
         let resources = cs["rest"][0]["resource"].as_array().unwrap();

@@ -10,6 +10,7 @@ pub mod outcome;
 pub mod resource;
 pub mod resource_types;
 pub mod search_params;
+pub mod transaction;
 pub mod validate;
 
 pub use resource::{Compartment, Resource, ResourceError};

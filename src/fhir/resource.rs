@@ -65,7 +65,11 @@ impl Compartment {
 
 /// Parse and validate a request body meant for `expected` (the type in the URL).
 pub fn parse(model: &Model, bytes: &[u8], expected: ResourceType) -> Result<Resource, ResourceError> {
-    let body = json::parse_object(bytes)?;
+    from_object(model, json::parse_object(bytes)?, expected)
+}
+
+/// Validate a JSON object already parsed (a Bundle entry's resource) meant for `expected`.
+pub fn from_object(model: &Model, body: Map<String, Value>, expected: ResourceType) -> Result<Resource, ResourceError> {
     match body.get("resourceType") {
         None => return Err(ResourceError::MissingResourceType),
         Some(Value::String(s)) if s == expected.as_str() => {}
@@ -94,6 +98,12 @@ impl Resource {
     /// The `id` the client put in the body, if any.
     pub fn body_id(&self) -> Option<&str> {
         self.body.get("id").and_then(Value::as_str)
+    }
+
+    /// Give the resource `id` (a conditional update that matched a resource whose id the
+    /// client did not know).
+    pub fn set_id(&mut self, id: &ResourceId) {
+        self.body.insert("id".to_owned(), Value::String(id.as_str().to_owned()));
     }
 
     /// An update must carry the URL's id in its body (FHIR RESTful API, update).

@@ -123,11 +123,18 @@ async fn client_errors_are_operation_outcomes_with_the_right_status() {
         case("unknown endpoint", Method::GET, "/admin", StatusCode::NOT_FOUND, "no such endpoint"),
         case("history of nothing", Method::GET, p("Patient/nobody/_history"), StatusCode::NOT_FOUND, "not known"),
         case(
-            "PATCH",
+            "PATCH without JSON Patch",
             Method::PATCH,
             p(&format!("Patient/{id}")),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "application/json-patch+json",
+        ),
+        case(
+            "OPTIONS on an instance",
+            Method::OPTIONS,
+            p(&format!("Patient/{id}")),
             StatusCode::METHOD_NOT_ALLOWED,
-            "allowed: GET, PUT, DELETE",
+            "allowed: GET, PUT, PATCH, DELETE",
         ),
         case(
             "POST on an instance",
@@ -136,7 +143,7 @@ async fn client_errors_are_operation_outcomes_with_the_right_status() {
             StatusCode::METHOD_NOT_ALLOWED,
             "allowed",
         ),
-        case("PATCH a type", Method::PATCH, p("Patient"), StatusCode::METHOD_NOT_ALLOWED, "allowed: GET, POST"),
+        case("PATCH a type", Method::PATCH, p("Patient"), StatusCode::METHOD_NOT_ALLOWED, "allowed: GET, POST, PUT"),
         case("bad search", Method::GET, p("Patient?family:contains=x"), StatusCode::BAD_REQUEST, "not available"),
         case("DELETE metadata", Method::DELETE, p("metadata"), StatusCode::METHOD_NOT_ALLOWED, "allowed: GET"),
         case("stale If-Match", Method::PUT, p(&format!("Patient/{id}")), StatusCode::PRECONDITION_FAILED, "`If-Match`")

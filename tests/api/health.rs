@@ -31,7 +31,12 @@ async fn the_capability_statement_lists_what_is_implemented_and_needs_no_token()
         patient["interaction"].as_array().unwrap().iter().map(|i| i["code"].as_str().unwrap()).collect();
     assert_eq!(
         codes,
-        ["read", "vread", "update", "delete", "history-instance", "history-type", "create", "search-type"]
+        ["read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create", "search-type"]
+    );
+    assert_eq!(cs["rest"][0]["interaction"], serde_json::json!([{"code": "transaction"}, {"code": "batch"}]));
+    assert_eq!(
+        (patient["conditionalCreate"].as_bool(), patient["conditionalDelete"].as_str()),
+        (Some(true), Some("single"))
     );
     let params: Vec<(&str, &str)> = patient["searchParam"]
         .as_array()
