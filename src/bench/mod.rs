@@ -6,7 +6,7 @@
 //! PostgreSQL backends under the postmaster) spent per request, and their memory.
 
 pub mod procfs;
-mod synthea;
+pub mod synthea;
 mod workload;
 
 pub use workload::family;
@@ -52,6 +52,8 @@ pub enum Phase {
     /// N `Patient?family=` searches, each finding the N / 100 Patients of one family name
     /// (20 after a `create` phase of 2,000).
     Search,
+    /// N / 10 transaction Bundles of 50 entries: a new Patient and 49 Observations about it.
+    Transaction,
     /// The Synthea archive: hospital and practitioner bundles first (reported as
     /// `ingest-shared`), then one bundle per patient (`ingest-patients`).
     Ingest,
@@ -67,6 +69,7 @@ impl Phase {
             "create-observation" => Self::CreateObservation,
             "read" => Self::Read,
             "search" => Self::Search,
+            "transaction" => Self::Transaction,
             "ingest" => Self::Ingest,
             _ => return None,
         })
@@ -79,6 +82,7 @@ impl Phase {
             Self::CreateObservation => "create-observation",
             Self::Read => "read",
             Self::Search => "search",
+            Self::Transaction => "transaction",
             Self::Ingest => "ingest",
             Self::IngestShared => "ingest-shared",
             Self::IngestPatients => "ingest-patients",
@@ -109,6 +113,9 @@ pub struct PhaseReport {
     pub errors: BTreeMap<String, u64>,
     pub seconds: f64,
     pub per_second: f64,
+    /// Resources carried by the requests that succeeded (a Bundle counts its entries).
+    pub resources: u64,
+    pub resources_per_second: f64,
     pub p50_ms: f64,
     pub p90_ms: f64,
     pub p99_ms: f64,
@@ -171,6 +178,7 @@ pub async fn run(options: &Options) -> Result<Report, BenchError> {
                 vec![(asked, workload::reads(options.n, &created))]
             }
             Phase::Search => vec![(asked, workload::searches(options.n))],
+            Phase::Transaction => vec![(asked, workload::transactions((options.n / 10).max(1)))],
             Phase::Ingest | Phase::IngestShared | Phase::IngestPatients => {
                 let path = options.synthea.as_ref().ok_or(BenchError::NoSynthea("ingest"))?;
                 let ingest = synthea::ingest_jobs(path).map_err(BenchError::Synthea)?;
@@ -199,6 +207,7 @@ pub async fn run(options: &Options) -> Result<Report, BenchError> {
 struct WorkerResult {
     histogram: Histogram<u64>,
     ok: u64,
+    resources: u64,
     errors: BTreeMap<String, u64>,
     ids: Vec<String>,
 }
@@ -217,8 +226,13 @@ async fn run_phase(
         .map(|_| {
             let (client, jobs, next) = (client.clone(), jobs.clone(), next.clone());
             tokio::spawn(async move {
-                let mut result =
-                    WorkerResult { histogram: histogram(), ok: 0, errors: BTreeMap::new(), ids: Vec::new() };
+                let mut result = WorkerResult {
+                    histogram: histogram(),
+                    ok: 0,
+                    resources: 0,
+                    errors: BTreeMap::new(),
+                    ids: Vec::new(),
+                };
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(job) = jobs.get(i) else { break };
@@ -230,6 +244,7 @@ async fn run_phase(
                         match outcome {
                             Ok(id) => {
                                 result.ok += 1;
+                                result.resources += request.resources as u64;
                                 if let Some(id) = id {
                                     result.ids.push(id);
                                 }
@@ -243,7 +258,7 @@ async fn run_phase(
         })
         .collect();
     let mut histogram = histogram();
-    let (mut ok, mut errors, mut ids) = (0, BTreeMap::new(), Vec::new());
+    let (mut ok, mut resources, mut errors, mut ids) = (0, 0, BTreeMap::new(), Vec::new());
     for worker in workers {
         let Ok(result) = worker.await else {
             *errors.entry("worker panicked".to_owned()).or_default() += 1;
@@ -251,6 +266,7 @@ async fn run_phase(
         };
         let _ = histogram.add(&result.histogram);
         ok += result.ok;
+        resources += result.resources;
         for (status, count) in result.errors {
             *errors.entry(status).or_default() += count;
         }
@@ -268,6 +284,8 @@ async fn run_phase(
         errors,
         seconds,
         per_second: if seconds > 0.0 { requests as f64 / seconds } else { 0.0 },
+        resources,
+        resources_per_second: if seconds > 0.0 { resources as f64 / seconds } else { 0.0 },
         p50_ms: ms(0.50),
         p90_ms: ms(0.90),
         p99_ms: ms(0.99),
@@ -295,19 +313,30 @@ impl Report {
         }
         let _ = writeln!(
             out,
-            "{:<20} {:>8} {:>7} {:>10} {:>8} {:>8} {:>8} {:>9} {:>10} {:>9}",
-            "phase", "requests", "errors", "req/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "cpu ms/req", "peak MiB"
+            "{:<20} {:>8} {:>7} {:>10} {:>10} {:>8} {:>8} {:>8} {:>9} {:>10} {:>9}",
+            "phase",
+            "requests",
+            "errors",
+            "req/s",
+            "res/s",
+            "p50 ms",
+            "p90 ms",
+            "p99 ms",
+            "max ms",
+            "cpu ms/req",
+            "peak MiB"
         );
         for p in &self.phases {
             let errors: u64 = p.errors.values().sum();
             let opt = |v: Option<f64>, digits: usize| v.map_or("-".to_owned(), |v| format!("{v:.digits$}"));
             let _ = writeln!(
                 out,
-                "{:<20} {:>8} {:>7} {:>10.1} {:>8.2} {:>8.2} {:>8.2} {:>9.2} {:>10} {:>9}",
+                "{:<20} {:>8} {:>7} {:>10.1} {:>10.1} {:>8.2} {:>8.2} {:>8.2} {:>9.2} {:>10} {:>9}",
                 p.phase.name(),
                 p.requests,
                 errors,
                 p.per_second,
+                p.resources_per_second,
                 p.p50_ms,
                 p.p90_ms,
                 p.p99_ms,

@@ -15,6 +15,8 @@ pub struct Request {
     pub body: Option<Bytes>,
     /// Read the `id` of the answer (creates whose ids later phases use).
     pub want_id: bool,
+    /// How many resources the request carries or asks for (a Bundle's entries; else 1).
+    pub resources: usize,
 }
 
 /// Requests that must run in this order, on one worker (one bundle's resources, for ingest).
@@ -32,7 +34,13 @@ impl Job {
 }
 
 fn post(rt: &str, body: &Value, want_id: bool) -> Request {
-    Request { method: Method::POST, path: rt.to_owned(), body: Some(Bytes::from(body.to_string())), want_id }
+    Request {
+        method: Method::POST,
+        path: rt.to_owned(),
+        body: Some(Bytes::from(body.to_string())),
+        want_id,
+        resources: 1,
+    }
 }
 
 /// Family names are built from two syllables: 100 names, none a prefix of another, so a
@@ -148,16 +156,51 @@ pub fn searches(n: usize) -> Vec<Job> {
                 path: format!("Patient?family={}", family(i)),
                 body: None,
                 want_id: false,
+                resources: 1,
             })
         })
         .collect()
 }
 
+/// Transaction Bundles of `TRANSACTION_ENTRIES` entries: a new Patient and Observations about
+/// it, referring to it by its `urn:uuid:` full URL (what an EHR connector sends per encounter).
+pub fn transactions(n: usize) -> Vec<Job> {
+    (0..n)
+        .map(|i| {
+            let patient_url = format!("urn:uuid:{}", uuid::Uuid::new_v4());
+            let mut entries = vec![json!({
+                "fullUrl": patient_url,
+                "resource": patient(i),
+                "request": {"method": "POST", "url": "Patient"},
+            })];
+            entries.extend((1..TRANSACTION_ENTRIES).map(|k| {
+                json!({
+                    "resource": observation(i * TRANSACTION_ENTRIES + k, Some(&patient_url)),
+                    "request": {"method": "POST", "url": "Observation"},
+                })
+            }));
+            let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": entries});
+            Job::one(Request {
+                method: Method::POST,
+                path: String::new(),
+                body: Some(Bytes::from(bundle.to_string())),
+                want_id: false,
+                resources: TRANSACTION_ENTRIES,
+            })
+        })
+        .collect()
+}
+
+/// Entries of each Bundle of the `transaction` phase.
+pub const TRANSACTION_ENTRIES: usize = 50;
+
 /// `created` are `Patient/{id}` paths.
 pub fn reads(n: usize, created: &[String]) -> Vec<Job> {
     (0..n)
         .filter_map(|i| created.get(i % created.len().max(1)))
-        .map(|path| Job::one(Request { method: Method::GET, path: path.clone(), body: None, want_id: false }))
+        .map(|path| {
+            Job::one(Request { method: Method::GET, path: path.clone(), body: None, want_id: false, resources: 1 })
+        })
         .collect()
 }
 

@@ -34,8 +34,8 @@ struct Args {
     /// Unmeasured requests of the warm-up phase.
     #[arg(long, default_value_t = 200)]
     warmup: usize,
-    /// Comma-separated: warmup, create, create-observation, read, search, ingest.
-    #[arg(long, default_value = "warmup,create,create-observation,read,search", value_delimiter = ',')]
+    /// Comma-separated: warmup, create, create-observation, read, search, transaction, ingest.
+    #[arg(long, default_value = "warmup,create,create-observation,read,search,transaction", value_delimiter = ',')]
     phases: Vec<String>,
     /// The Synthea archive (synthea-r4-100.tar.zst) for the ingest phase.
     #[arg(long)]

@@ -53,16 +53,21 @@ async fn failures_are_counted_by_status() {
     assert_eq!(report.phases[0].errors.get("401"), Some(&24));
 }
 
-/// A two-bundle Synthea-shaped archive: a hospital bundle and one patient bundle.
+/// A two-bundle Synthea-shaped archive: a hospital bundle and one patient bundle (which, like
+/// Synthea's, holds its own copy of its organization).
 fn tiny_synthea(dir: &std::path::Path) -> std::path::PathBuf {
-    let hospital = json!({"resourceType": "Bundle", "type": "batch", "entry": [
-        {"fullUrl": "urn:uuid:0a1b2c3d-0000-4000-8000-000000000001",
-         "resource": {"resourceType": "Organization", "name": "Hôpital Exemple"},
-         "request": {"method": "POST", "url": "Organization"}}]});
+    let organization = |uuid: &str| {
+        json!({"fullUrl": format!("urn:uuid:{uuid}"),
+               "resource": {"resourceType": "Organization", "name": "Hôpital Exemple"},
+               "request": {"method": "POST", "url": "Organization"}})
+    };
+    let hospital = json!({"resourceType": "Bundle", "type": "transaction",
+        "entry": [organization("0a1b2c3d-0000-4000-8000-000000000001")]});
     let patient = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        organization("0a1b2c3d-0000-4000-8000-000000000004"),
         {"fullUrl": "urn:uuid:0a1b2c3d-0000-4000-8000-000000000002",
          "resource": {"resourceType": "Patient", "name": [{"family": "Synthea"}],
-                      "managingOrganization": {"reference": "urn:uuid:0a1b2c3d-0000-4000-8000-000000000001"}},
+                      "managingOrganization": {"reference": "urn:uuid:0a1b2c3d-0000-4000-8000-000000000004"}},
          "request": {"method": "POST", "url": "Patient"}},
         {"fullUrl": "urn:uuid:0a1b2c3d-0000-4000-8000-000000000003",
          "resource": {"resourceType": "Observation", "status": "final", "code": {"text": "weight"},
@@ -85,19 +90,33 @@ fn tiny_synthea(dir: &std::path::Path) -> std::path::PathBuf {
 }
 
 #[tokio::test]
-async fn the_synthea_ingest_loads_shared_bundles_first_and_keeps_references() {
+async fn the_synthea_ingest_posts_shared_bundles_first_as_transactions() {
     let app = spawn_app().await;
     let mut opts = options(&app, vec![Phase::Ingest]);
     opts.synthea = Some(tiny_synthea(app.data_path()));
     let report = bench::run(&opts).await.unwrap();
-    let summary: Vec<(&str, u64, u64)> = report.phases.iter().map(|p| (p.phase.name(), p.requests, p.ok)).collect();
-    assert_eq!(summary, [("ingest-shared", 1, 1), ("ingest-patients", 2, 2)]);
-    let obs: serde_json::Value =
-        app.get("Observation/0a1b2c3d-0000-4000-8000-000000000003").await.json().await.unwrap();
-    assert_eq!(obs["subject"]["reference"], "Patient/0a1b2c3d-0000-4000-8000-000000000002");
-    let patient: serde_json::Value =
-        app.get("Patient/0a1b2c3d-0000-4000-8000-000000000002").await.json().await.unwrap();
-    assert_eq!(patient["managingOrganization"]["reference"], "Organization/0a1b2c3d-0000-4000-8000-000000000001");
+    let summary: Vec<(&str, u64, u64, u64)> =
+        report.phases.iter().map(|p| (p.phase.name(), p.requests, p.ok, p.resources)).collect();
+    assert_eq!(summary, [("ingest-shared", 1, 1, 1), ("ingest-patients", 1, 1, 3)]);
+    let found: serde_json::Value = app.get("Patient?family=Synthea").await.json().await.unwrap();
+    let patient = &found["entry"][0]["resource"];
+    let organization = patient["managingOrganization"]["reference"].as_str().unwrap();
+    assert_eq!(app.get(organization).await.status(), 200, "{organization}");
+    let subject = format!("Patient/{}", patient["id"].as_str().unwrap());
+    let obs: serde_json::Value = app.get(&format!("Observation?subject={subject}")).await.json().await.unwrap();
+    assert_eq!(obs["total"], 1);
+}
+
+#[tokio::test]
+async fn the_transaction_phase_sends_fifty_entry_bundles() {
+    let app = spawn_app().await;
+    let mut opts = options(&app, vec![Phase::Transaction]);
+    opts.n = 20;
+    let report = bench::run(&opts).await.unwrap();
+    let phase = &report.phases[0];
+    assert_eq!((phase.requests, phase.ok, phase.resources), (2, 2, 100), "{phase:?}");
+    let history: serde_json::Value = app.get("Observation/_history?_count=1").await.json().await.unwrap();
+    assert_eq!(history["total"], 98);
 }
 
 #[test]
