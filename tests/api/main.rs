@@ -27,5 +27,6 @@ mod roundtrip;
 mod s3;
 mod sdk_client;
 mod search;
+mod synthea;
 mod tamper;
 mod transaction;
