@@ -39,5 +39,9 @@ async fn the_readme_walkthrough_works_verbatim() {
     assert!(stdout.contains("HTTP/1.1 200 OK"), "{stdout}");
     assert!(stdout.to_lowercase().contains("etag: w/\"2\""), "{stdout}");
     assert!(stdout.contains("\"type\":\"history\"") && stdout.contains("\"total\":2"), "{stdout}");
+    assert!(stdout.contains("\"type\":\"transaction-response\""), "{stdout}");
+    for rt in ["Patient", "Observation"] {
+        assert!(stdout.contains(&format!("\"201 Created\",\"location\":\"{rt}/")), "{stdout}");
+    }
     assert_eq!(lines[lines.len() - 3..], ["204", "410", "200"], "{stdout}");
 }
