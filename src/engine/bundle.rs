@@ -306,8 +306,9 @@ impl Engine {
     ) -> Result<Plan, EngineError> {
         let url = EntryUrl::parse(&entry.url, &ctx.base_url).map_err(EngineError::BadRequest)?;
         let precondition = precondition(&entry)?;
-        let resource = entry.resource;
-        let body = || resource.clone().ok_or_else(|| EngineError::BadRequest("the entry has no resource".into()));
+        // Each arm takes the resource at most once: moved, not copied (an ingest's hot path).
+        let mut resource = entry.resource;
+        let mut body = || resource.take().ok_or_else(|| EngineError::BadRequest("the entry has no resource".into()));
         Ok(match (entry.method, url) {
             (EntryMethod::Post, EntryUrl::Type(rt)) => match &entry.if_none_exist {
                 Some(condition) => match self.single_match(ctx, principal, rt, condition).await? {
@@ -409,13 +410,7 @@ impl Engine {
         row: VersionRow,
         representation: bool,
     ) -> Result<(Written, AuditRecord), EngineError> {
-        let compartment =
-            Compartment::parse_key_ref(&row.compartment).ok_or_else(|| StorageError::Corrupt("compartment".into()))?;
-        let permit = policy::authorize(
-            principal,
-            Action::Read,
-            &self.policy_target(ctx, row.resource_type, Some(&compartment)),
-        )?;
+        let (permit, _) = self.authorize_row(ctx, principal, Action::Read, &row)?;
         let body = if representation { self.open_row(&permit, &row).await? } else { Vec::new() };
         let target = Target {
             resource_type: Some(row.resource_type),
@@ -458,10 +453,7 @@ impl Engine {
                 records.push(record);
                 continue;
             };
-            let compartment = Compartment::parse_key_ref(&current.compartment)
-                .ok_or_else(|| StorageError::Corrupt("compartment".into()))?;
-            let permit =
-                policy::authorize(principal, Action::Delete, &self.policy_target(ctx, rt, Some(&compartment)))?;
+            let (permit, compartment) = self.authorize_row(ctx, principal, Action::Delete, &current)?;
             let spec = VersionSpec {
                 rt,
                 id,

@@ -7,7 +7,7 @@
 
 use crate::audit::{AuditAction, Target};
 use crate::auth::Principal;
-use crate::fhir::{self, Compartment};
+use crate::fhir;
 use crate::ids::{ResourceId, ResourceType, VersionId};
 use crate::policy::{self, Action};
 use crate::search::{self, Blind};
@@ -234,9 +234,7 @@ impl Engine {
         let row = self.index.current(&ctx.tenant, rt, id).await?;
         let row = row.ok_or_else(|| EngineError::NotFound { rt, id: id.clone() })?;
         super::write::check_if_match(if_match, Some(&row))?;
-        let compartment =
-            Compartment::parse_key_ref(&row.compartment).ok_or_else(|| StorageError::Corrupt("compartment".into()))?;
-        let permit = policy::authorize(principal, Action::Read, &self.policy_target(ctx, rt, Some(&compartment)))?;
+        let (permit, _) = self.authorize_row(ctx, principal, Action::Read, &row)?;
         if row.is_deletion() {
             return Err(EngineError::Gone { rt, id: id.clone(), version: row.version, last_updated: row.last_updated });
         }

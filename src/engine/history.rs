@@ -5,10 +5,10 @@ use futures::{StreamExt as _, TryStreamExt as _};
 
 use crate::audit::{Agent, AuditAction, AuditRecord, Target};
 use crate::auth::{Principal, Role};
-use crate::fhir::{Compartment, bundle};
+use crate::fhir::bundle;
 use crate::ids::{ResourceId, ResourceType};
 use crate::policy::{self, Action};
-use crate::storage::{HistoryQuery, Method, StorageError, VersionRow};
+use crate::storage::{HistoryQuery, Method, VersionRow};
 use crate::time::Timestamp;
 
 use super::{Engine, EngineError, RequestContext, paging};
@@ -75,10 +75,8 @@ impl Engine {
             Some(id) => {
                 let current = self.index.current(&ctx.tenant, rt, id).await?;
                 let current = current.ok_or_else(|| EngineError::NotFound { rt, id: id.clone() })?;
-                let c = Compartment::parse_key_ref(&current.compartment)
-                    .ok_or_else(|| StorageError::Corrupt("compartment".into()))?;
-                policy::authorize(principal, Action::Read, &self.policy_target(ctx, rt, Some(&c)))?;
-                Some(c)
+                let (_, compartment) = self.authorize_row(ctx, principal, Action::Read, &current)?;
+                Some(compartment)
             }
             None => {
                 policy::authorize(principal, Action::HistoryType, &self.policy_target(ctx, rt, None))?;

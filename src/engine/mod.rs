@@ -19,14 +19,14 @@ use std::time::Duration;
 use crate::audit::{Agent, AuditAction, AuditRecord, RequestMeta, Target};
 use crate::auth::Principal;
 use crate::crypto::{CryptoError, ObjectIdentity, Sealed, envelope};
-use crate::fhir::ResourceError;
 use crate::fhir::model::Model;
 use crate::fhir::outcome::{IssueType, OutcomeIssue};
 use crate::fhir::search_params::SearchParams;
 use crate::fhir::validate::IssueKind;
+use crate::fhir::{Compartment, ResourceError};
 use crate::ids::{ResourceId, ResourceType, TenantId, VersionId};
 use crate::keys::{KeyError, KeyService};
-use crate::policy::{Deny, Permit};
+use crate::policy::{self, Action, Deny, Permit};
 use crate::storage::{Committer, Index, Locations, ObjectStorage, StorageError, VersionRow};
 use crate::time::Timestamp;
 
@@ -309,6 +309,32 @@ impl Engine {
         Err(error)
     }
 
+    /// Decide `action` on a stored row, in its own compartment. The outer error is the
+    /// storage's (a row whose compartment does not parse), the inner one the policy's refusal.
+    fn decide_row(
+        &self,
+        ctx: &RequestContext,
+        principal: &Principal,
+        action: Action,
+        row: &VersionRow,
+    ) -> Result<Result<(Permit, Compartment), Deny>, StorageError> {
+        let compartment = compartment_of(row)?;
+        let decision =
+            policy::authorize(principal, action, &self.policy_target(ctx, row.resource_type, Some(&compartment)));
+        Ok(decision.map(|permit| (permit, compartment)))
+    }
+
+    /// `decide_row`, a refusal as the request's error.
+    fn authorize_row(
+        &self,
+        ctx: &RequestContext,
+        principal: &Principal,
+        action: Action,
+        row: &VersionRow,
+    ) -> Result<(Permit, Compartment), EngineError> {
+        Ok(self.decide_row(ctx, principal, action, row)??)
+    }
+
     /// The rows of a listing (history, search) that `principal` may read, each decided on its
     /// own compartment, with their permits; what is refused is left out.
     fn readable(
@@ -319,10 +345,7 @@ impl Engine {
     ) -> Result<Vec<(Permit, VersionRow)>, EngineError> {
         let mut permitted = Vec::with_capacity(rows.len());
         for row in rows {
-            let c = crate::fhir::Compartment::parse_key_ref(&row.compartment)
-                .ok_or_else(|| StorageError::Corrupt("compartment".into()))?;
-            let target = self.policy_target(ctx, row.resource_type, Some(&c));
-            if let Ok(permit) = crate::policy::authorize(principal, crate::policy::Action::Read, &target) {
+            if let Ok((permit, _)) = self.decide_row(ctx, principal, Action::Read, &row)? {
                 permitted.push((permit, row));
             }
         }
@@ -365,6 +388,11 @@ impl Engine {
     fn full_url(ctx: &RequestContext, rt: ResourceType, id: &ResourceId) -> String {
         format!("{}/{rt}/{id}", ctx.base_url)
     }
+}
+
+/// The compartment a stored row belongs to.
+fn compartment_of(row: &VersionRow) -> Result<Compartment, StorageError> {
+    Compartment::parse_key_ref(&row.compartment).ok_or_else(|| StorageError::Corrupt("compartment".into()))
 }
 
 impl From<Deny> for EngineError {

@@ -2,10 +2,9 @@
 
 use crate::audit::{AuditAction, Target};
 use crate::auth::Principal;
-use crate::fhir::Compartment;
 use crate::ids::{ResourceId, ResourceType, VersionId};
-use crate::policy::{self, Action};
-use crate::storage::{StorageError, VersionRow};
+use crate::policy::Action;
+use crate::storage::VersionRow;
 use crate::time::Timestamp;
 
 use super::{Engine, EngineError, RequestContext};
@@ -73,13 +72,7 @@ impl Engine {
         row: VersionRow,
         action: AuditAction,
     ) -> Result<ReadResult, EngineError> {
-        let compartment =
-            Compartment::parse_key_ref(&row.compartment).ok_or_else(|| StorageError::Corrupt("compartment".into()))?;
-        let permit = policy::authorize(
-            principal,
-            Action::Read,
-            &self.policy_target(ctx, row.resource_type, Some(&compartment)),
-        )?;
+        let (permit, _) = self.authorize_row(ctx, principal, Action::Read, &row)?;
         if row.is_deletion() {
             return Err(EngineError::Gone {
                 rt: row.resource_type,

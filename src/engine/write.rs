@@ -239,9 +239,7 @@ impl Engine {
             self.audit_ok(ctx, principal, AuditAction::Delete, rt, id, None, None, 204).await?;
             return Ok(None);
         };
-        let compartment = Compartment::parse_key_ref(&current.compartment)
-            .ok_or_else(|| StorageError::Corrupt("compartment".into()))?;
-        let permit = policy::authorize(principal, Action::Delete, &self.policy_target(ctx, rt, Some(&compartment)))?;
+        let (permit, compartment) = self.authorize_row(ctx, principal, Action::Delete, &current)?;
         if current.is_deletion() {
             let version = Some(current.version);
             self.audit_ok(ctx, principal, AuditAction::Delete, rt, id, version, Some(&current.compartment), 204)
