@@ -30,7 +30,7 @@ use crate::time::Timestamp;
 
 pub use commit::Committer;
 pub use objects::{Locations, ObjectKey, ObjectStorage};
-pub use search::{SearchQuery, SearchRows};
+pub use search::{Direction, Link, LinkQuery, SearchQuery, SearchRows};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -228,6 +228,9 @@ pub trait Index: Send + Sync {
 
     /// How many current versions match `q` (ignoring `after_id` and `limit`).
     async fn search_count(&self, q: &SearchQuery) -> Result<u64, StorageError>;
+
+    /// The references between current resources that `q` asks for, in a stable order.
+    async fn links(&self, q: &LinkQuery) -> Result<Vec<Link>, StorageError>;
 
     /// Append audit records (reads, refusals) in one transaction. Returns when durable.
     async fn append_audit(&self, records: &[AuditRecord]) -> Result<(), StorageError> {

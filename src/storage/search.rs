@@ -104,10 +104,25 @@ pub enum Filter {
     Number { param: String, any: Vec<(NumberCond, Option<Unit>)> },
     /// `param` refers to one of these (`type` `None`: any type with that id).
     Ref { param: String, any: Vec<(Option<String>, String)> },
+    /// A condition on the resources linked to this one.
+    Linked(Linked),
     /// The resource id is one of these.
     Id(Vec<String>),
     /// The current version's `lastUpdated` meets one of the conditions.
     LastUpdated(Vec<DateCond>),
+}
+
+/// A filter answered through the references between resources (`search_refs`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Linked {
+    /// `param` refers to a resource of one of these types that matches every filter given for
+    /// it: a chained parameter (`subject:Patient.name=...`).
+    Chain { param: String, any: Vec<(String, Vec<Filter>)> },
+    /// Some current resource of `source_type` whose `param` refers to this one matches every
+    /// filter of `filters` (`_has:source_type:param:...`).
+    Has { source_type: String, param: String, filters: Vec<Filter> },
+    /// One of `params` refers to `target_type/target_id`: membership of a compartment.
+    RefersTo { params: Vec<String>, target_type: String, target_id: String },
 }
 
 /// A search over one resource type of one tenant: filters ANDed, results by id.
@@ -119,6 +134,35 @@ pub struct SearchQuery {
     /// Keyset paging: only ids after this one.
     pub after_id: Option<String>,
     pub limit: u32,
+}
+
+/// The references between current resources (`search_refs`) that `_include`, `_revinclude`
+/// and `$everything` follow.
+#[derive(Debug, Clone)]
+pub struct LinkQuery {
+    pub tenant: TenantId,
+    pub direction: Direction,
+    /// At most this many links (the caller asks for one more than it takes, to know).
+    pub limit: u32,
+}
+
+#[derive(Debug, Clone)]
+pub enum Direction {
+    /// The references of these resources, through `params` (every parameter if empty).
+    From { resource_type: ResourceType, ids: Vec<String>, params: Vec<String> },
+    /// The references to these resources, from the (resource type, parameter) pairs of
+    /// `sources` (any if empty).
+    To { target_type: ResourceType, ids: Vec<String>, sources: Vec<(String, String)> },
+}
+
+/// A reference from a current resource, through one of its search parameters.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Link {
+    pub resource_type: String,
+    pub resource_id: String,
+    pub param: String,
+    pub target_type: String,
+    pub target_id: String,
 }
 
 /// A value bound to a `$n` parameter of a built statement.
@@ -182,26 +226,9 @@ pub(super) enum Dialect {
 pub(super) fn build(q: &SearchQuery, count: bool, dialect: Dialect) -> Built {
     let mut b = Built::default();
     let tenant = b.arg(Arg::Text(q.tenant.to_string()));
-    let rt = b.arg(Arg::Text(q.resource_type.to_string()));
-    let mut sql = if count {
-        String::from("SELECT COUNT(*) FROM resources r JOIN resource_versions v")
-    } else {
-        format!("SELECT {} FROM resources r JOIN resource_versions v", super::sql::VERSION_FIELDS_OF_V)
-    };
-    sql.push_str(&format!(
-        " ON v.tenant = r.tenant AND v.resource_type = r.resource_type AND v.resource_id = r.resource_id \
-         AND v.version = r.current_version WHERE r.tenant = {tenant} AND r.resource_type = {rt} \
-         AND v.method <> 'delete'"
-    ));
-    let driver = q.filters.iter().position(|f| matches!(f, Filter::AnyToken(_) | Filter::Ref { .. }));
-    for (i, filter) in q.filters.iter().enumerate() {
-        sql.push_str(" AND ");
-        if Some(i) == driver {
-            sql.push_str(&driving_sql(&mut b, filter, &tenant, &rt, dialect));
-        } else {
-            sql.push_str(&filter_sql(&mut b, filter));
-        }
-    }
+    let select = if count { "COUNT(*)" } else { super::sql::VERSION_FIELDS_OF_V };
+    let mut sql =
+        format!("SELECT {select} {}", matching(&mut b, &tenant, q.resource_type.as_str(), &q.filters, dialect));
     if !count {
         if let Some(after) = &q.after_id {
             let after = b.arg(Arg::Text(after.clone()));
@@ -214,7 +241,34 @@ pub(super) fn build(q: &SearchQuery, count: bool, dialect: Dialect) -> Built {
     b
 }
 
-fn filter_sql(b: &mut Built, filter: &Filter) -> String {
+/// `FROM ... WHERE ...`: the current, not deleted, resources of type `rt` that pass every
+/// filter, as `r` (the resource) and `v` (its current version).
+fn matching(b: &mut Built, tenant: &str, rt: &str, filters: &[Filter], dialect: Dialect) -> String {
+    let rt = b.arg(Arg::Text(rt.to_owned()));
+    let mut sql = format!(
+        "FROM resources r JOIN resource_versions v ON v.tenant = r.tenant AND v.resource_type = r.resource_type \
+         AND v.resource_id = r.resource_id AND v.version = r.current_version \
+         WHERE r.tenant = {tenant} AND r.resource_type = {rt} AND v.method <> 'delete'"
+    );
+    let driver = filters.iter().position(|f| matches!(f, Filter::AnyToken(_) | Filter::Ref { .. } | Filter::Linked(_)));
+    for (i, filter) in filters.iter().enumerate() {
+        sql.push_str(" AND ");
+        if Some(i) == driver {
+            sql.push_str(&driving_sql(b, filter, tenant, &rt, dialect));
+        } else {
+            sql.push_str(&filter_sql(b, filter, tenant, &rt, dialect));
+        }
+    }
+    sql
+}
+
+/// The ids of the resources of type `rt` that pass every filter (a subquery: its `r` and `v`
+/// hide the outer ones).
+fn ids_sql(b: &mut Built, tenant: &str, rt: &str, filters: &[Filter], dialect: Dialect) -> String {
+    format!("SELECT r.resource_id {}", matching(b, tenant, rt, filters, dialect))
+}
+
+fn filter_sql(b: &mut Built, filter: &Filter, tenant: &str, rt: &str, dialect: Dialect) -> String {
     match filter {
         Filter::AnyToken(tokens) | Filter::NoToken(tokens) => {
             let list = list(b, tokens.iter().map(|t| Arg::Blob(t.to_vec())));
@@ -254,6 +308,7 @@ fn filter_sql(b: &mut Built, filter: &Filter) -> String {
             let any = alternatives(any.iter().map(|(target_type, id)| ref_cond(b, target_type.as_deref(), id)));
             format!("EXISTS (SELECT 1 FROM search_refs x WHERE {MATCHES_RESOURCE} AND x.param = {param} AND ({any}))")
         }
+        Filter::Linked(linked) => format!("r.resource_id IN ({})", linked_ids(b, linked, tenant, rt, dialect)),
         Filter::Id(ids) => {
             let list = list(b, ids.iter().map(|id| Arg::Text(id.clone())));
             format!("r.resource_id IN ({list})")
@@ -286,12 +341,88 @@ fn driving_sql(b: &mut Built, filter: &Filter, tenant: &str, rt: &str, dialect: 
                  AND x.param = {param} AND ({any})"
             )
         }
-        other => return filter_sql(b, other),
+        Filter::Linked(linked) => linked_ids(b, linked, tenant, rt, dialect),
+        other => return filter_sql(b, other, tenant, rt, dialect),
     };
     match dialect {
         Dialect::Sqlite => format!("r.resource_id IN ({ids})"),
         Dialect::Postgres => format!("r.resource_id = ANY(ARRAY({ids}))"),
     }
+}
+
+/// The ids of the resources of type `rt` that a chain, `_has` or compartment filter selects,
+/// through `search_refs`: never correlated with the outer query, so computed once.
+fn linked_ids(b: &mut Built, linked: &Linked, tenant: &str, rt: &str, dialect: Dialect) -> String {
+    match linked {
+        Linked::Chain { param, any } => {
+            let param = b.arg(Arg::Text(param.clone()));
+            let any = alternatives(any.iter().map(|(target_type, filters)| {
+                let target = b.arg(Arg::Text(target_type.clone()));
+                let targets = ids_sql(b, tenant, target_type, filters, dialect);
+                format!("x.target_type = {target} AND x.target_id IN ({targets})")
+            }));
+            format!(
+                "SELECT x.resource_id FROM search_refs x WHERE x.tenant = {tenant} AND x.resource_type = {rt} \
+                 AND x.param = {param} AND ({any})"
+            )
+        }
+        Linked::Has { source_type, param, filters } => {
+            let source = b.arg(Arg::Text(source_type.clone()));
+            let param = b.arg(Arg::Text(param.clone()));
+            let sources = ids_sql(b, tenant, source_type, filters, dialect);
+            format!(
+                "SELECT x.target_id FROM search_refs x WHERE x.tenant = {tenant} AND x.resource_type = {source} \
+                 AND x.param = {param} AND x.target_type = {rt} AND x.resource_id IN ({sources})"
+            )
+        }
+        Linked::RefersTo { params, target_type, target_id } => {
+            let params = list(b, params.iter().map(|p| Arg::Text(p.clone())));
+            let (target_type, target_id) = (b.arg(Arg::Text(target_type.clone())), b.arg(Arg::Text(target_id.clone())));
+            format!(
+                "SELECT x.resource_id FROM search_refs x WHERE x.tenant = {tenant} AND x.target_id = {target_id} \
+                 AND x.target_type = {target_type} AND x.resource_type = {rt} AND x.param IN ({params})"
+            )
+        }
+    }
+}
+
+/// The links `q` asks for.
+pub(super) fn build_links(q: &LinkQuery) -> Built {
+    let mut b = Built::default();
+    let tenant = b.arg(Arg::Text(q.tenant.to_string()));
+    let mut sql = format!(
+        "SELECT x.resource_type, x.resource_id, x.param, x.target_type, x.target_id FROM search_refs x \
+         WHERE x.tenant = {tenant}"
+    );
+    match &q.direction {
+        Direction::From { resource_type, ids, params } => {
+            let rt = b.arg(Arg::Text(resource_type.to_string()));
+            let ids = list(&mut b, ids.iter().map(|id| Arg::Text(id.clone())));
+            sql.push_str(&format!(" AND x.resource_type = {rt} AND x.resource_id IN ({ids})"));
+            if !params.is_empty() {
+                let params = list(&mut b, params.iter().map(|p| Arg::Text(p.clone())));
+                sql.push_str(&format!(" AND x.param IN ({params})"));
+            }
+        }
+        Direction::To { target_type, ids, sources } => {
+            let ids = list(&mut b, ids.iter().map(|id| Arg::Text(id.clone())));
+            let target = b.arg(Arg::Text(target_type.to_string()));
+            sql.push_str(&format!(" AND x.target_id IN ({ids}) AND x.target_type = {target}"));
+            if !sources.is_empty() {
+                let any = alternatives(sources.iter().map(|(rt, param)| {
+                    let (rt, param) = (b.arg(Arg::Text(rt.clone())), b.arg(Arg::Text(param.clone())));
+                    format!("x.resource_type = {rt} AND x.param = {param}")
+                }));
+                sql.push_str(&format!(" AND ({any})"));
+            }
+        }
+    }
+    let limit = b.arg(Arg::Int(i64::from(q.limit)));
+    sql.push_str(&format!(
+        " ORDER BY x.resource_type, x.resource_id, x.param, x.target_type, x.target_id LIMIT {limit}"
+    ));
+    b.sql = sql;
+    b
 }
 
 fn ref_cond(b: &mut Built, target_type: Option<&str>, id: &str) -> String {

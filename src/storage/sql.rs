@@ -529,6 +529,30 @@ macro_rules! impl_index {
                 u64::try_from(count).map_err(|_| $crate::storage::StorageError::Corrupt("count".into()))
             }
 
+            async fn links(
+                &self,
+                q: &$crate::storage::LinkQuery,
+            ) -> Result<Vec<$crate::storage::Link>, $crate::storage::StorageError> {
+                let built = $crate::storage::search::build_links(q);
+                let query = $crate::storage::search::bind_args!(
+                    sqlx::query_as::<_, (String, String, String, String, String)>(sqlx::AssertSqlSafe(built.sql)),
+                    built.args
+                );
+                let mut conn = self.leases.get().await?;
+                let rows = query.fetch_all(&mut *conn).await?;
+                conn.done();
+                Ok(rows
+                    .into_iter()
+                    .map(|(resource_type, resource_id, param, target_type, target_id)| $crate::storage::Link {
+                        resource_type,
+                        resource_id,
+                        param,
+                        target_type,
+                        target_id,
+                    })
+                    .collect())
+            }
+
             async fn tenant_key(
                 &self,
                 tenant: &$crate::ids::TenantId,

@@ -15,10 +15,10 @@ use std::time::Duration;
 use fhirvault::audit::{Agent, AuditAction, AuditRecord, RequestMeta};
 use fhirvault::crypto::WrappedKey;
 use fhirvault::ids::{ResourceId, ResourceType, TenantId, VersionId};
-use fhirvault::storage::search::{Bound, Cmp, DateRow, Filter, NumberRow, RefRow, Unit};
+use fhirvault::storage::search::{Bound, Cmp, DateRow, Filter, Linked, NumberRow, RefRow, Unit};
 use fhirvault::storage::{
-    Committer, HistoryQuery, Index, IndexOptions, Method, NewVersion, ObjectKey, ObjectStorage, SearchQuery,
-    SearchRows, StorageError, VersionCommit, open_index,
+    Committer, Direction, HistoryQuery, Index, IndexOptions, LinkQuery, Method, NewVersion, ObjectKey, ObjectStorage,
+    SearchQuery, SearchRows, StorageError, VersionCommit, open_index,
 };
 use fhirvault::time::Timestamp;
 use secrecy::SecretString;
@@ -563,6 +563,97 @@ async fn search_rows_follow_the_current_version_and_every_filter_kind_answers() 
     index.commit_batch(&[searchable(delete, SearchRows::default())], &[]).await.unwrap().pop().unwrap().unwrap();
     assert!(found(index, vec![Filter::AnyToken(vec![[2; 16]])]).await.is_empty());
     assert_eq!(found(index, Vec::new()).await, ["a", "c"], "a deleted resource is not found");
+}
+
+#[tokio::test]
+async fn chains_has_compartments_and_links_follow_references_between_types() {
+    let t = fresh_index().await;
+    let index = t.index.as_ref();
+    let observation = ResourceType::parse("Observation").unwrap();
+    let of_type = |rt: ResourceType, id: &str, rows: SearchRows| {
+        let mut version = new_version(id, 1, None, 1_000);
+        version.resource_type = rt;
+        version.object_key = Some(ObjectKey::new_for(&tenant(), rt, &version.id, v(1)));
+        searchable(version, rows)
+    };
+    // Patients p1 (token 1) and p2 (token 2); o1 refers to p1 with token 5, o2 to p2 with token
+    // 6, o3 to p2 through `performer` with token 5.
+    let mut o3 = rows(&[5], None, None, Some("p2"));
+    o3.refs[0].param = "performer".into();
+    let commits = [
+        of_type(patient(), "p1", rows(&[1], None, None, None)),
+        of_type(patient(), "p2", rows(&[2], None, None, None)),
+        of_type(observation, "o1", rows(&[5], None, None, Some("p1"))),
+        of_type(observation, "o2", rows(&[6], None, None, Some("p2"))),
+        of_type(observation, "o3", o3),
+    ];
+    assert!(index.commit_batch(&commits, &[]).await.unwrap().iter().all(Result::is_ok));
+    let search = |rt: ResourceType, filters: Vec<Filter>| async move {
+        let q = SearchQuery { tenant: tenant(), resource_type: rt, filters, after_id: None, limit: 100 };
+        let ids: Vec<String> = index.search(&q).await.unwrap().into_iter().map(|r| r.id.to_string()).collect();
+        assert_eq!(index.search_count(&q).await.unwrap(), ids.len() as u64);
+        ids
+    };
+    let chain = |token: u8| {
+        Filter::Linked(Linked::Chain {
+            param: "subject".into(),
+            any: vec![("Patient".into(), vec![Filter::AnyToken(vec![[token; 16]])])],
+        })
+    };
+    assert_eq!(search(observation, vec![chain(2)]).await, ["o2"]);
+    // Driving or checked after another filter, the answer is the same.
+    assert_eq!(search(observation, vec![Filter::AnyToken(vec![[5; 16], [6; 16]]), chain(1)]).await, ["o1"]);
+    let has = |token: u8| {
+        Filter::Linked(Linked::Has {
+            source_type: "Observation".into(),
+            param: "subject".into(),
+            filters: vec![Filter::AnyToken(vec![[token; 16]])],
+        })
+    };
+    assert_eq!(search(patient(), vec![has(5)]).await, ["p1"], "o3 refers to p2 through performer");
+    assert_eq!(search(patient(), vec![Filter::AnyToken(vec![[2; 16]]), has(6)]).await, ["p2"]);
+    assert!(search(patient(), vec![has(9)]).await.is_empty());
+    let member = |params: &[&str]| {
+        Filter::Linked(Linked::RefersTo {
+            params: params.iter().map(|p| (*p).to_owned()).collect(),
+            target_type: "Patient".into(),
+            target_id: "p2".into(),
+        })
+    };
+    assert_eq!(search(observation, vec![member(&["subject", "performer"])]).await, ["o2", "o3"]);
+    assert_eq!(search(observation, vec![member(&["subject"])]).await, ["o2"]);
+
+    // Links both ways, in a stable order, limited.
+    let links = |direction: Direction, limit: u32| async move {
+        let q = LinkQuery { tenant: tenant(), direction, limit };
+        index
+            .links(&q)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|l| format!("{}/{} {} {}/{}", l.resource_type, l.resource_id, l.param, l.target_type, l.target_id))
+            .collect::<Vec<_>>()
+    };
+    let from = Direction::From { resource_type: observation, ids: vec!["o1".into(), "o3".into()], params: Vec::new() };
+    assert_eq!(links(from, 10).await, ["Observation/o1 subject Patient/p1", "Observation/o3 performer Patient/p2"]);
+    let only_subject = Direction::From {
+        resource_type: observation,
+        ids: vec!["o1".into(), "o3".into()],
+        params: vec!["subject".into()],
+    };
+    assert_eq!(links(only_subject, 10).await, ["Observation/o1 subject Patient/p1"]);
+    let to = Direction::To { target_type: patient(), ids: vec!["p2".into()], sources: Vec::new() };
+    assert_eq!(
+        links(to.clone(), 10).await,
+        ["Observation/o2 subject Patient/p2", "Observation/o3 performer Patient/p2"]
+    );
+    assert_eq!(links(to, 1).await.len(), 1);
+    let through = |param: &str| Direction::To {
+        target_type: patient(),
+        ids: vec!["p1".into(), "p2".into()],
+        sources: vec![("Observation".into(), param.into()), ("Encounter".into(), "subject".into())],
+    };
+    assert_eq!(links(through("performer"), 10).await, ["Observation/o3 performer Patient/p2"]);
 }
 
 async fn object_store_conformance(store: &ObjectStorage, enforces_create_only: bool) {
