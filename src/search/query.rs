@@ -4,7 +4,7 @@
 //! repeated parameters must all hold (AND). `\,`, `\|` and `\\` escape the separators.
 
 use crate::fhir::search_params::{ParamType, SearchParam, SearchParams};
-use crate::storage::search::{Bound, Cmp, DateCond, Filter, NumberCond, Unit};
+use crate::storage::search::{Bound, Cmp, DateCond, Filter, Linked, NumberCond, Unit};
 
 use super::extract::{RefValue, parse_reference};
 use super::ranges::{date_range, number_range};
@@ -32,6 +32,16 @@ pub enum Total {
 pub struct Parsed {
     pub filters: Vec<Filter>,
     pub used: Vec<(String, String)>,
+    /// The other resource types the query looks into (chains and `_has`): searching them must
+    /// be permitted too.
+    pub also_searched: Vec<String>,
+}
+
+/// What reading a query needs besides the parameters.
+struct Reader<'a> {
+    params: &'a SearchParams,
+    base_url: &'a str,
+    indexing: StringIndexing,
 }
 
 /// Read `pairs` (search parameters only; `_count` and the like are taken out before) for a
@@ -44,41 +54,156 @@ pub fn parse(
     indexing: StringIndexing,
     lenient: bool,
 ) -> Result<Parsed, SearchError> {
+    let reader = Reader { params, base_url, indexing };
     let mut parsed = Parsed::default();
     for (name, value) in pairs {
         // FHIR: a parameter without a value is ignored.
         if value.is_empty() {
             continue;
         }
-        let (code, modifier) = match name.split_once(':') {
-            Some((code, modifier)) => (code, Some(modifier)),
-            None => (name.as_str(), None),
-        };
-        let invalid = |reason: String| SearchError::Invalid { param: name.clone(), reason };
-        let Some(param) = params.get(blind.resource_type, code).filter(|_| !code.contains('.')) else {
-            if lenient {
-                continue;
-            }
-            return Err(SearchError::UnknownParameter {
-                resource_type: blind.resource_type.to_owned(),
-                param: name.clone(),
-            });
-        };
-        let filter = if modifier == Some("missing") {
-            let present = vec![blind.present(code)];
-            match value.as_str() {
-                "true" => Filter::NoToken(present),
-                "false" => Filter::AnyToken(present),
-                _ => return Err(invalid("`:missing` takes `true` or `false`".into())),
-            }
-        } else {
-            let values = split_unescaped(value, ',');
-            filter(param, blind, modifier, &values, base_url, indexing).map_err(invalid)?
+        let filter = match reader.parameter(blind, name, value, &mut parsed.also_searched) {
+            Err(SearchError::UnknownParameter { .. }) if lenient => continue,
+            other => other?,
         };
         parsed.filters.push(filter);
         parsed.used.push((name.clone(), value.clone()));
     }
+    parsed.also_searched.sort();
+    parsed.also_searched.dedup();
     Ok(parsed)
+}
+
+impl Reader<'_> {
+    /// One parameter: `_has:...`, a chain `ref[:Type].param`, or a parameter of the type.
+    fn parameter(
+        &self,
+        blind: &Blind<'_>,
+        name: &str,
+        value: &str,
+        also: &mut Vec<String>,
+    ) -> Result<Filter, SearchError> {
+        if let Some(rest) = name.strip_prefix("_has:") {
+            return self.has(blind, name, rest, value, also);
+        }
+        if let Some((reference, chained)) = name.split_once('.') {
+            return self.chain(blind, name, reference, chained, value, also);
+        }
+        self.plain(blind, name, value)
+    }
+
+    /// `name[:modifier]=value`, a parameter of `blind`'s own type.
+    fn plain(&self, blind: &Blind<'_>, name: &str, value: &str) -> Result<Filter, SearchError> {
+        let (code, modifier) = match name.split_once(':') {
+            Some((code, modifier)) => (code, Some(modifier)),
+            None => (name, None),
+        };
+        let invalid = |reason: String| SearchError::Invalid { param: name.to_owned(), reason };
+        let param = self.param(blind.resource_type, code, name)?;
+        if modifier == Some("missing") {
+            let present = vec![blind.present(code)];
+            return match value {
+                "true" => Ok(Filter::NoToken(present)),
+                "false" => Ok(Filter::AnyToken(present)),
+                _ => Err(invalid("`:missing` takes `true` or `false`".into())),
+            };
+        }
+        let values = split_unescaped(value, ',');
+        filter(param, blind, modifier, &values, self.base_url, self.indexing).map_err(invalid)
+    }
+
+    /// `reference[:Type].param[:modifier]=value`: resources whose `reference` points at a
+    /// resource (of `Type`, or of any type the reference allows that has `param`) matching
+    /// `param=value`. One level: the chained parameter is a plain one.
+    fn chain(
+        &self,
+        blind: &Blind<'_>,
+        name: &str,
+        reference: &str,
+        chained: &str,
+        value: &str,
+        also: &mut Vec<String>,
+    ) -> Result<Filter, SearchError> {
+        let invalid = |reason: String| SearchError::Invalid { param: name.to_owned(), reason };
+        let (code, typed) = match reference.split_once(':') {
+            Some((code, t)) => (code, Some(t)),
+            None => (reference, None),
+        };
+        let param = self.param(blind.resource_type, code, name)?;
+        if param.kind != ParamType::Reference {
+            return Err(invalid(format!("`{code}` is not a reference parameter, so it cannot be chained")));
+        }
+        if chained.contains('.') || chained.starts_with("_has") {
+            return Err(invalid("chains are supported one level deep".into()));
+        }
+        let chained_code = chained.split_once(':').map_or(chained, |(c, _)| c);
+        let targets: Vec<&str> = match typed {
+            Some(t) if param.targets.iter().any(|target| target.as_ref() == t) => vec![t],
+            Some(t) => return Err(invalid(format!("`{code}` does not refer to {t}"))),
+            None => {
+                param.targets.iter().map(AsRef::as_ref).filter(|t| self.params.get(t, chained_code).is_some()).collect()
+            }
+        };
+        if targets.is_empty() {
+            let resource_type = format!("the types {}.{code} refers to", blind.resource_type);
+            return Err(SearchError::UnknownParameter { resource_type, param: name.to_owned() });
+        }
+        let mut any = Vec::with_capacity(targets.len());
+        for target in targets {
+            let target_blind = Blind::new(blind.index, target);
+            let inner = self.plain(&target_blind, chained, value).map_err(named(name))?;
+            also.push(target.to_owned());
+            any.push((target.to_owned(), vec![inner]));
+        }
+        Ok(Filter::Linked(Linked::Chain { param: code.to_owned(), any }))
+    }
+
+    /// `_has:Type:reference:param[:modifier]=value`: resources that some `Type` refers to
+    /// through `reference`, that `Type` matching `param=value`. One level.
+    fn has(
+        &self,
+        blind: &Blind<'_>,
+        name: &str,
+        rest: &str,
+        value: &str,
+        also: &mut Vec<String>,
+    ) -> Result<Filter, SearchError> {
+        let invalid = |reason: String| SearchError::Invalid { param: name.to_owned(), reason };
+        let mut parts = rest.splitn(3, ':');
+        let (Some(source), Some(reference), Some(inner)) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(invalid("`_has` takes the form `_has:Type:reference:parameter`".into()));
+        };
+        if inner.starts_with("_has") || inner.contains('.') {
+            return Err(invalid("`_has` is supported one level deep, without chains".into()));
+        }
+        let param = self.param(source, reference, name)?;
+        let refers_here = param.targets.is_empty() || param.targets.iter().any(|t| t.as_ref() == blind.resource_type);
+        if param.kind != ParamType::Reference || !refers_here {
+            return Err(invalid(format!("`{source}.{reference}` is not a reference to {}", blind.resource_type)));
+        }
+        let source_blind = Blind::new(blind.index, source);
+        let filter = self.plain(&source_blind, inner, value).map_err(named(name))?;
+        also.push(source.to_owned());
+        Ok(Filter::Linked(Linked::Has {
+            source_type: source.to_owned(),
+            param: reference.to_owned(),
+            filters: vec![filter],
+        }))
+    }
+
+    fn param(&self, resource_type: &str, code: &str, name: &str) -> Result<&SearchParam, SearchError> {
+        self.params.get(resource_type, code).ok_or_else(|| SearchError::UnknownParameter {
+            resource_type: resource_type.to_owned(),
+            param: name.to_owned(),
+        })
+    }
+}
+
+/// The error of a chain's or `_has`'s inner parameter, named by the whole parameter.
+fn named(name: &str) -> impl Fn(SearchError) -> SearchError + '_ {
+    move |e| match e {
+        SearchError::Invalid { reason, .. } => SearchError::Invalid { param: name.to_owned(), reason },
+        other => other,
+    }
 }
 
 fn filter(
@@ -184,7 +309,7 @@ fn reference_filter(
         Some(other) => {
             return Err(format!(
                 "`:{other}` is neither a type this parameter refers to nor a supported modifier (`:identifier`, \
-                 `:missing`, or a target type); chained parameters are not supported yet"
+                 `:missing`, or a target type)"
             ));
         }
     };
@@ -382,6 +507,33 @@ mod tests {
     }
 
     #[test]
+    fn chains_and_has_read_the_other_type_with_its_own_tokens() {
+        let key = MacKey::new(SecretKey::generate().unwrap()).blind_index();
+        let params = search_params::r4().unwrap();
+        let read = |rt: &str, name: &str| {
+            let pairs = vec![(name.to_owned(), "x".to_owned())];
+            let blind = Blind::new(&key, rt);
+            parse(params, &blind, &pairs, "https://h/fhir/demo", StringIndexing::default(), false).unwrap()
+        };
+        let typed = read("Observation", "subject:Patient.identifier");
+        let Filter::Linked(Linked::Chain { param, any }) = &typed.filters[0] else { panic!("{typed:?}") };
+        assert_eq!(param, "subject");
+        let patient_token = Blind::new(&key, "Patient").token("identifier", kind::CODE, &["x"]);
+        assert_eq!(any, &[("Patient".to_owned(), vec![Filter::AnyToken(vec![patient_token])])]);
+        assert_eq!(typed.also_searched, ["Patient"]);
+        // Untyped: every target type that has the parameter (of Patient, Group, Device and
+        // Location, which Observation.subject may point at, Group and Device have no `name`).
+        let untyped = read("Observation", "subject.name");
+        let Filter::Linked(Linked::Chain { any, .. }) = &untyped.filters[0] else { panic!() };
+        let types: Vec<&str> = any.iter().map(|(t, _)| t.as_str()).collect();
+        assert_eq!(types, ["Location", "Patient"]);
+        let has = read("Patient", "_has:Observation:patient:code");
+        let Filter::Linked(Linked::Has { source_type, param, filters }) = &has.filters[0] else { panic!() };
+        assert_eq!((source_type.as_str(), param.as_str(), filters.len()), ("Observation", "patient", 1));
+        assert_eq!(has.used, [("_has:Observation:patient:code".to_owned(), "x".to_owned())]);
+    }
+
+    #[test]
     fn refusals_name_the_parameter_and_the_reason() {
         let unknown = parse_one("Patient", "nickname", "x").unwrap_err();
         assert_eq!(unknown.to_string(), "unknown search parameter `nickname` for Patient");
@@ -393,7 +545,13 @@ mod tests {
             ("birthdate:exact", "1970"),
             ("gender:text", "f"),
             ("general-practitioner:Patient", "x"),
-            ("organization.name", "x"),
+            ("organization.nickname", "x"),
+            ("organization:Patient.name", "x"),
+            ("gender.name", "x"),
+            ("organization.partof.name", "x"),
+            ("_has:Observation:patient", "x"),
+            ("_has:Observation:code:code", "x"),
+            ("_has:Observation:patient:_has:Observation:patient:code", "x"),
             ("active:missing", "maybe"),
         ] {
             assert!(parse_one("Patient", name, value).is_err(), "{name}={value}");
