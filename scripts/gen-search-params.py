@@ -22,6 +22,11 @@ Parameters of type composite and special, and expression alternatives that are n
 are listed under "unsupported" with their expression, so that the CapabilityStatement can leave
 them out and a later change can add them.
 
+The compartments (`CompartmentDefinition-{device,encounter,patient,practitioner,relatedPerson}.json`
+in the same package) are kept beside: for each compartment type, the resource types that can be
+in it and the reference parameters that make them members (`{def}`, the focal resource itself,
+is left out: the server adds it where the operation needs it).
+
 Usage: scripts/gen-search-params.py [PACKAGE_DIR]
 Without PACKAGE_DIR the package is fetched with `npm pack` into a temporary folder. The output
 is deterministic, and a test (`fhir::search_params` unit tests) checks that the committed file
@@ -99,8 +104,15 @@ def split_alternatives(expression):
     return [p for p in parts if p]
 
 
+def params_kind(params, base, code):
+    """The type of a parameter of `base` (its own, or one every resource has), or None."""
+    param = params.get((base, code)) or params.get(("Resource", code))
+    return param["type"] if param else None
+
+
 def main():
-    with open(os.path.join(package_dir(), "Bundle-searchParams.json"), encoding="utf-8") as f:
+    pkg = package_dir()
+    with open(os.path.join(pkg, "Bundle-searchParams.json"), encoding="utf-8") as f:
         bundle = json.load(f)
     params, unsupported = {}, []
     for entry in bundle["entry"]:
@@ -126,12 +138,27 @@ def main():
             if kind == "reference":
                 param["targets"] = sorted(sp.get("target", []))
             params[(base, code)] = param
+    compartments = {}
+    for name in ("device", "encounter", "patient", "practitioner", "relatedPerson"):
+        with open(os.path.join(pkg, f"CompartmentDefinition-{name}.json"), encoding="utf-8") as f:
+            definition = json.load(f)
+        members = {}
+        for resource in definition["resource"]:
+            through = [p for p in resource.get("param", []) if p != "{def}"]
+            for p in through:
+                kind = params_kind(params, resource["code"], p)
+                if kind != "reference":
+                    raise SystemExit(f"compartment {definition['code']}: {resource['code']}.{p} is {kind}")
+            if through:
+                members[resource["code"]] = through
+        compartments[definition["code"]] = dict(sorted(members.items()))
     out = {
-        "source": "hl7.fhir.r4.examples@4.0.1 (CC0): Bundle-searchParams.json",
+        "source": "hl7.fhir.r4.examples@4.0.1 (CC0): Bundle-searchParams.json, CompartmentDefinition-*.json",
         "generator": "scripts/gen-search-params.py",
         "fhirVersion": "4.0.1",
         "parameters": [params[k] for k in sorted(params)],
         "unsupported": sorted(unsupported, key=lambda u: (u["base"], u["code"], u["expression"])),
+        "compartments": dict(sorted(compartments.items())),
     }
     with open(OUT, "w", encoding="utf-8") as f:
         json.dump(out, f, ensure_ascii=False, separators=(",", ":"), sort_keys=False)

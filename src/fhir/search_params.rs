@@ -90,11 +90,18 @@ pub struct SearchParam {
 #[derive(Debug)]
 pub struct SearchParams {
     by_type: HashMap<Box<str>, HashMap<Box<str>, SearchParam>>,
+    /// Compartment type, then member resource type: the reference parameters that make a
+    /// resource a member (R4 CompartmentDefinitions; the focal resource itself is not listed).
+    compartments: HashMap<Box<str>, Compartment>,
 }
+
+/// One compartment's definition: member resource type, then the parameters that make it one.
+type Compartment = HashMap<Box<str>, Box<[Box<str>]>>;
 
 #[derive(Deserialize)]
 struct RawTable {
     parameters: Vec<RawParam>,
+    compartments: HashMap<String, HashMap<String, Vec<String>>>,
 }
 
 #[derive(Deserialize)]
@@ -164,7 +171,29 @@ impl SearchParams {
             };
             by_type.entry(p.base.into()).or_default().insert(p.code.into(), param);
         }
-        Ok(Self { by_type })
+        let compartments = raw
+            .compartments
+            .into_iter()
+            .map(|(compartment, members)| {
+                let members = members
+                    .into_iter()
+                    .map(|(rt, params)| (rt.into(), params.into_iter().map(Into::into).collect()))
+                    .collect();
+                (compartment.into(), members)
+            })
+            .collect();
+        Ok(Self { by_type, compartments })
+    }
+
+    /// The parameters through which a `resource_type` is in a `compartment` (`Patient`,
+    /// `Encounter`, ...); `None` if that type cannot be in it.
+    pub fn compartment_params(&self, compartment: &str, resource_type: &str) -> Option<&[Box<str>]> {
+        self.compartments.get(compartment)?.get(resource_type).map(AsRef::as_ref)
+    }
+
+    /// Every (resource type, parameter) through which a resource is in a `compartment`.
+    pub fn compartment_members(&self, compartment: &str) -> impl Iterator<Item = (&str, &[Box<str>])> {
+        self.compartments.get(compartment).into_iter().flatten().map(|(rt, params)| (rt.as_ref(), params.as_ref()))
     }
 
     /// The parameter `code` of `resource_type`, or the one every resource has.
@@ -230,6 +259,23 @@ mod tests {
 
     fn steps(path: &ElementPath) -> Vec<&str> {
         path.steps.iter().map(AsRef::as_ref).collect()
+    }
+
+    #[test]
+    fn compartment_members_are_reference_parameters_of_their_types() {
+        let table = r4().unwrap();
+        let observation = table.compartment_params("Patient", "Observation").unwrap();
+        assert_eq!(observation.iter().map(AsRef::as_ref).collect::<Vec<&str>>(), ["subject", "performer"]);
+        assert_eq!(table.compartment_members("Patient").count(), 66);
+        assert!(table.compartment_params("Patient", "Organization").is_none());
+        for compartment in ["Device", "Encounter", "Patient", "Practitioner", "RelatedPerson"] {
+            for (rt, params) in table.compartment_members(compartment) {
+                for code in params {
+                    let param = table.get(rt, code).unwrap();
+                    assert_eq!(param.kind, ParamType::Reference, "{compartment}: {rt}.{code}");
+                }
+            }
+        }
     }
 
     #[test]
