@@ -68,13 +68,7 @@ async fn history(
 type HistoryParams = (Option<u32>, Option<Timestamp>, Option<String>);
 
 fn parse_history_params(params: &mut Params) -> Result<HistoryParams, ApiError> {
-    let count = params
-        .take("_count")
-        .map(|c| {
-            c.parse::<u32>()
-                .map_err(|_| ApiError::bad_request(format!("`_count` must be a non-negative integer, not `{c}`")))
-        })
-        .transpose()?;
+    let count = params.take("_count").map(|c| crate::engine::parse_count(&c)).transpose()?;
     let since = params
         .take("_since")
         .map(|s| Timestamp::parse_fhir(&s).map_err(|e| ApiError::bad_request(format!("`_since`: {e}"))))

@@ -75,6 +75,16 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                         .default_service(not_allowed("GET")),
                 )
                 .service(
+                    web::resource("/{type}/{id}/$everything")
+                        .route(web::get().to(search::everything))
+                        .default_service(not_allowed("GET")),
+                )
+                .service(
+                    web::resource("/{compartment}/{id}/{type}")
+                        .route(web::get().to(search::compartment_search))
+                        .default_service(not_allowed("GET")),
+                )
+                .service(
                     web::resource("/{type}/{id}")
                         .route(web::get().to(read::read))
                         .route(web::put().to(write::update))

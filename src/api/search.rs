@@ -1,4 +1,5 @@
-//! `GET /fhir/{tenant}/{type}?...` and `POST /fhir/{tenant}/{type}/_search`.
+//! `GET /fhir/{tenant}/{type}?...`, `POST /fhir/{tenant}/{type}/_search`, compartment search
+//! (`GET /fhir/{tenant}/Patient/{id}/Observation?...`) and `GET .../Patient/{id}/$everything`.
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -7,9 +8,10 @@ use super::AppState;
 use super::error::ApiError;
 use super::extract::{Authenticated, Ctx, Params, rejected};
 use super::negotiate::read_form;
-use super::response::{self, parse_type};
+use super::response::{self, parse_id, parse_type};
 use crate::audit::{AuditAction, Target};
-use crate::engine::SearchRequest;
+use crate::engine::{EverythingRequest, SearchRequest, parse_count};
+use crate::ids::ResourceType;
 
 pub async fn search_get(
     state: web::Data<AppState>,
@@ -18,7 +20,64 @@ pub async fn search_get(
     Authenticated(principal): Authenticated,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
-    search(&state, ctx, params, principal, &path.into_inner().1, Vec::new()).await
+    search(&state, ctx, params, principal, &path.into_inner().1, Vec::new(), None).await
+}
+
+/// `GET /{compartment type}/{id}/{type}?...`: a search within a compartment.
+pub async fn compartment_search(
+    state: web::Data<AppState>,
+    Ctx(ctx): Ctx,
+    params: Params,
+    Authenticated(principal): Authenticated,
+    path: web::Path<(String, String, String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (_, ctype, cid, rt) = path.into_inner();
+    search(&state, ctx, params, principal, &rt, Vec::new(), Some((ctype, cid))).await
+}
+
+/// `GET /Patient/{id}/$everything[?_count=&_type=]`.
+pub async fn everything(
+    state: web::Data<AppState>,
+    Ctx(ctx): Ctx,
+    mut params: Params,
+    Authenticated(principal): Authenticated,
+    path: web::Path<(String, String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (_, ctype, id) = path.into_inner();
+    let prepared = (|| {
+        if ctype != "Patient" {
+            return Err(ApiError::not_found(format!("`$everything` is served on Patient, not on `{ctype}`")));
+        }
+        let mut request = EverythingRequest { id: parse_id(&id)?, count: None, types: Vec::new(), cursor: None };
+        for (name, value) in params.take_rest() {
+            match name.as_str() {
+                "_count" => request.count = Some(parse_count(&value)?),
+                "_type" => {
+                    for t in value.split(',').filter(|t| !t.is_empty()) {
+                        let rt = ResourceType::parse(t).map_err(|e| ApiError::bad_request(e.to_string()))?;
+                        request.types.push(rt);
+                    }
+                }
+                "_cursor" => request.cursor = Some(value),
+                _ if params.lenient => {}
+                _ => {
+                    return Err(ApiError::bad_request(format!(
+                        "`$everything` takes `_count` and `_type`, not `{name}`"
+                    )));
+                }
+            }
+        }
+        Ok(request)
+    })();
+    let request = match prepared {
+        Ok(request) => request,
+        Err(e) => {
+            let target = Target::default();
+            return Err(rejected(&state, &ctx, &principal, AuditAction::Everything, &target, e).await);
+        }
+    };
+    let bundle = state.engine.everything(&ctx, &principal, &request).await?;
+    Ok(response::json(StatusCode::OK, &params, bundle))
 }
 
 /// A search posted as a form: its parameters join those of the URL.
@@ -37,7 +96,7 @@ pub async fn search_post(
             return Err(rejected(&state, &ctx, &principal, AuditAction::SearchType, &Target::default(), e).await);
         }
     };
-    search(&state, ctx, params, principal, &path.into_inner().1, form).await
+    search(&state, ctx, params, principal, &path.into_inner().1, form, None).await
 }
 
 async fn search(
@@ -47,12 +106,17 @@ async fn search(
     principal: crate::auth::Principal,
     resource_type: &str,
     form: Vec<(String, String)>,
+    compartment: Option<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let prepared = (|| {
         let resource_type = parse_type(resource_type)?;
         let mut pairs = params.take_rest();
         pairs.extend(form);
-        SearchRequest::from_pairs(resource_type, pairs, params.lenient).map_err(ApiError::from)
+        let mut request = SearchRequest::from_pairs(resource_type, pairs, params.lenient).map_err(ApiError::from)?;
+        if let Some((ctype, cid)) = compartment {
+            request.compartment = Some((parse_type(&ctype)?, parse_id(&cid)?));
+        }
+        Ok(request)
     })();
     let request = match prepared {
         Ok(request) => request,

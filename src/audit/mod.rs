@@ -24,6 +24,8 @@ pub enum AuditAction {
     HistoryType,
     /// A search of one resource type.
     SearchType,
+    /// `Patient/{id}/$everything`.
+    Everything,
     /// A transaction Bundle (its entries have their own records).
     Transaction,
     /// A batch Bundle (its entries have their own records).
@@ -43,6 +45,7 @@ impl AuditAction {
             Self::HistoryInstance => "history-instance",
             Self::HistoryType => "history-type",
             Self::SearchType => "search-type",
+            Self::Everything => "operation-everything",
             Self::Transaction => "transaction",
             Self::Batch => "batch",
             Self::Authenticate => "authenticate",

@@ -7,7 +7,9 @@
 
 mod bundle;
 mod conditional;
+mod everything;
 mod history;
+mod include;
 mod paging;
 mod read;
 mod search;
@@ -31,9 +33,11 @@ use crate::storage::{Committer, Index, Locations, ObjectStorage, StorageError, V
 use crate::time::Timestamp;
 
 pub use conditional::Precondition;
+pub use everything::EverythingRequest;
 pub use history::HistoryRequest;
+pub use include::Include;
 pub use paging::PagingError;
-pub use search::SearchRequest;
+pub use search::{SearchRequest, parse_count};
 pub use write::Written;
 
 #[derive(Debug, thiserror::Error)]

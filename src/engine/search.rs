@@ -8,12 +8,14 @@ use futures::{StreamExt as _, TryStreamExt as _};
 use crate::audit::{Agent, AuditAction, AuditRecord, Target};
 use crate::auth::{Principal, Role};
 use crate::fhir::bundle;
-use crate::ids::ResourceType;
-use crate::policy::{self, Action};
+use crate::ids::{ResourceId, ResourceType};
+use crate::policy::{self, Action, Permit};
 use crate::search::{self, Blind, Total};
-use crate::storage::SearchQuery;
+use crate::storage::search::{Filter, Linked};
+use crate::storage::{SearchQuery, StorageError, VersionRow};
 
 use super::history::FETCH_CONCURRENCY;
+use super::include::Include;
 use super::{Engine, EngineError, RequestContext, SEARCH_KEY, paging};
 
 /// A search request, its control parameters already read by the API.
@@ -29,6 +31,12 @@ pub struct SearchRequest {
     pub cursor: Option<String>,
     /// `Prefer: handling=lenient`: unknown parameters are ignored (and left out of `self`).
     pub lenient: bool,
+    /// `_include` and `_revinclude`, in the client's order.
+    pub includes: Vec<Include>,
+    /// `_elements`: the top-level elements each match keeps (all if `None`).
+    pub elements: Option<Vec<String>>,
+    /// A compartment search (`Patient/{id}/Observation`): the compartment's type and id.
+    pub compartment: Option<(ResourceType, ResourceId)>,
 }
 
 impl SearchRequest {
@@ -46,15 +54,13 @@ impl SearchRequest {
             summary_count: false,
             cursor: None,
             lenient,
+            includes: Vec::new(),
+            elements: None,
+            compartment: None,
         };
         for (name, value) in pairs {
             match name.as_str() {
-                "_count" => {
-                    let count = value.parse::<u32>().map_err(|_| {
-                        EngineError::BadRequest(format!("`_count` must be a non-negative integer, not `{value}`"))
-                    })?;
-                    request.count = Some(count);
-                }
+                "_count" => request.count = Some(parse_count(&value)?),
                 "_total" => {
                     request.total = match value.as_str() {
                         "none" => Total::None,
@@ -70,8 +76,18 @@ impl SearchRequest {
                 "_summary" if value == "count" => request.summary_count = true,
                 "_summary" if value == "false" => {}
                 "_cursor" => request.cursor = Some(value),
-                "_sort" | "_include" | "_revinclude" | "_elements" | "_summary" | "_has" | "_contained"
-                | "_containedType" | "_text" | "_content" | "_list" | "_query" | "_filter" | "_type" => {
+                "_include"
+                | "_include:iterate"
+                | "_include:recurse"
+                | "_revinclude"
+                | "_revinclude:iterate"
+                | "_revinclude:recurse" => request.includes.push(Include::parse(&name, &value)?),
+                "_elements" => {
+                    let elements = request.elements.get_or_insert_with(Vec::new);
+                    elements.extend(value.split(',').map(str::trim).filter(|e| !e.is_empty()).map(str::to_owned));
+                }
+                "_sort" | "_summary" | "_contained" | "_containedType" | "_text" | "_content" | "_list" | "_query"
+                | "_filter" | "_type" => {
                     if !lenient {
                         return Err(EngineError::BadRequest(format!(
                             "the search parameter `{name}` is not supported yet"
@@ -110,7 +126,7 @@ impl Engine {
         let search_key = self.keys.mac_key(&ctx.tenant, SEARCH_KEY).await?;
         let blind_index = search_key.blind_index();
         let blind = Blind::new(&blind_index, rt.as_str());
-        let parsed = search::parse(
+        let mut parsed = search::parse(
             self.search_params,
             &blind,
             &req.params,
@@ -119,11 +135,25 @@ impl Engine {
             req.lenient,
         )
         .map_err(|e| EngineError::BadRequest(e.to_string()))?;
+        // A chain or `_has` reads the index of other types: searching them must be permitted.
+        for other in &parsed.also_searched {
+            let other =
+                ResourceType::parse(other).map_err(|_| EngineError::BadRequest(format!("unknown type {other}")))?;
+            policy::authorize(principal, Action::Search, &self.policy_target(ctx, other, None))?;
+        }
+        self.check_includes(rt, &req.includes)?;
+        let path = match &req.compartment {
+            Some((ctype, cid)) => {
+                parsed.filters.push(self.compartment_filter(*ctype, cid, rt)?);
+                format!("{ctype}/{cid}/{rt}")
+            }
+            None => rt.to_string(),
+        };
 
         let count = req.count.unwrap_or(self.limits.default_page_size).min(self.limits.max_page_size);
         let self_query = query_string(&parsed.used, count, req);
         let mac = self.keys.mac_key(&ctx.tenant, "paging").await?;
-        let binding = format!("{rt}?{self_query}");
+        let binding = format!("{path}?{self_query}");
         let after_id = match &req.cursor {
             Some(cursor) => {
                 let position = paging::verify(&mac, ctx, principal, &binding, cursor)?;
@@ -154,38 +184,114 @@ impl Engine {
         let last_id = rows.last().map(|row| row.id.clone()).filter(|_| has_next);
 
         let permitted = self.readable(ctx, principal, rows)?;
-        let bodies: Vec<Vec<u8>> = futures::stream::iter(permitted.iter())
-            .map(|(permit, row)| self.open_row(permit, row))
-            .buffered(FETCH_CONCURRENCY)
-            .try_collect()
-            .await?;
-        let entries: Vec<bundle::SearchEntry<'_>> = permitted
-            .iter()
-            .zip(bodies.iter())
-            .map(|((_, row), body)| bundle::SearchEntry {
-                full_url: Engine::full_url(ctx, row.resource_type, &row.id),
-                resource: body,
-                mode: "match",
-            })
-            .collect();
+        let matched: Vec<&VersionRow> = permitted.iter().map(|(_, row)| row).collect();
+        let included = self.included(ctx, principal, &matched, &req.includes).await?;
+        let mut bodies = self.open_rows(&permitted).await?;
+        if let Some(elements) = &req.elements {
+            for body in &mut bodies {
+                *body = subset(body, elements)?;
+            }
+        }
+        let included_bodies = self.open_rows(&included).await?;
+        let entries = search_entries(ctx, &permitted, &bodies, "match")
+            .chain(search_entries(ctx, &included, &included_bodies, "include"))
+            .collect::<Vec<_>>();
 
-        let mut links = vec![bundle::Link { relation: "self", url: format!("{}/{rt}?{self_query}", ctx.base_url) }];
+        let mut links = vec![bundle::Link { relation: "self", url: format!("{}/{path}?{self_query}", ctx.base_url) }];
         if let Some(last) = last_id {
             let cursor =
                 paging::sign(&mac, ctx, principal, &binding, last.as_str().as_bytes(), self.limits.paging_link_ttl);
             links.push(bundle::Link {
                 relation: "next",
-                url: format!("{}/{rt}?{self_query}&_cursor={cursor}", ctx.base_url),
+                url: format!("{}/{path}?{self_query}&_cursor={cursor}", ctx.base_url),
             });
         }
         let bytes = bundle::searchset(total, &links, &entries);
 
         let record = AuditRecord::new(&ctx.meta, Some(&ctx.tenant), Agent::of(principal), AuditAction::SearchType)
             .target(target)
-            .outcome(200, Some(format!("{} entries", entries.len())));
+            .outcome(200, Some(format!("{} matches, {} included", permitted.len(), included.len())));
         self.commits.append_audit(record).await?;
         Ok(bytes)
     }
+
+    /// Membership of a compartment (`Patient/{id}/Observation`): one of the parameters the
+    /// compartment's definition names for `rt` refers to it.
+    fn compartment_filter(
+        &self,
+        ctype: ResourceType,
+        cid: &ResourceId,
+        rt: ResourceType,
+    ) -> Result<Filter, EngineError> {
+        let params = self
+            .search_params
+            .compartment_params(ctype.as_str(), rt.as_str())
+            .ok_or_else(|| EngineError::BadRequest(format!("{rt} resources are not in the {ctype} compartment")))?;
+        Ok(Filter::Linked(Linked::RefersTo {
+            params: params.iter().map(ToString::to_string).collect(),
+            target_type: ctype.to_string(),
+            target_id: cid.to_string(),
+        }))
+    }
+
+    /// Open the objects of permitted rows, a few at a time, in order.
+    pub(super) async fn open_rows(&self, rows: &[(Permit, VersionRow)]) -> Result<Vec<Vec<u8>>, EngineError> {
+        futures::stream::iter(rows.iter())
+            .map(|(permit, row)| self.open_row(permit, row))
+            .buffered(FETCH_CONCURRENCY)
+            .try_collect()
+            .await
+    }
+}
+
+/// The Bundle entries of opened rows.
+pub(super) fn search_entries<'a>(
+    ctx: &'a RequestContext,
+    rows: &'a [(Permit, VersionRow)],
+    bodies: &'a [Vec<u8>],
+    mode: &'static str,
+) -> impl Iterator<Item = bundle::SearchEntry<'a>> {
+    rows.iter().zip(bodies).map(move |((_, row), body)| bundle::SearchEntry {
+        full_url: Engine::full_url(ctx, row.resource_type, &row.id),
+        resource: body,
+        mode,
+    })
+}
+
+/// `_elements`: the resource with only the named top-level elements (and `resourceType`, `id`,
+/// `meta`), marked `SUBSETTED` as R4 asks. A choice element is named without its type
+/// (`value` keeps `valueQuantity`); a primitive's extension (`_birthDate`) follows its value.
+fn subset(body: &[u8], elements: &[String]) -> Result<Vec<u8>, EngineError> {
+    let corrupt = || EngineError::Storage(StorageError::Corrupt("a stored resource is not a JSON object".into()));
+    let serde_json::Value::Object(map) = serde_json::from_slice(body).map_err(|_| corrupt())? else {
+        return Err(corrupt());
+    };
+    let wanted = |key: &str| {
+        let key = key.strip_prefix('_').unwrap_or(key);
+        matches!(key, "resourceType" | "id" | "meta")
+            || elements.iter().any(|e| {
+                key.strip_prefix(e.as_str()).is_some_and(|rest| rest.is_empty() || rest.starts_with(char::is_uppercase))
+            })
+    };
+    let mut kept: serde_json::Map<String, serde_json::Value> = map.into_iter().filter(|(k, _)| wanted(k)).collect();
+    let meta = kept.entry("meta").or_insert_with(|| serde_json::json!({}));
+    if let Some(meta) = meta.as_object_mut() {
+        let tags = meta.entry("tag").or_insert_with(|| serde_json::json!([]));
+        if let Some(tags) = tags.as_array_mut() {
+            tags.push(serde_json::json!({
+                "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
+                "code": "SUBSETTED"
+            }));
+        }
+    }
+    serde_json::to_vec(&kept).map_err(|_| corrupt())
+}
+
+/// `_count`: a page size.
+pub fn parse_count(value: &str) -> Result<u32, EngineError> {
+    value
+        .parse::<u32>()
+        .map_err(|_| EngineError::BadRequest(format!("`_count` must be a non-negative integer, not `{value}`")))
 }
 
 /// The canonical query string of a search: the parameters used, then the control parameters.
@@ -200,6 +306,13 @@ fn query_string(used: &[(String, String)], count: u32, req: &SearchRequest) -> S
     }
     if req.summary_count {
         query.append_pair("_summary", "count");
+    }
+    for include in &req.includes {
+        let (name, value) = include.query_pair();
+        query.append_pair(&name, &value);
+    }
+    if let Some(elements) = &req.elements {
+        query.append_pair("_elements", &elements.join(","));
     }
     query.finish()
 }

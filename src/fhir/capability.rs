@@ -18,7 +18,10 @@ fn search_documentation(kind: ParamType) -> &'static str {
             value; `:missing`. Matched on blind-index tokens: `:contains` is not available."
         }
         ParamType::Token => "`code`, `system|code`, `|code`, `system|`; `:not`, `:missing`.",
-        ParamType::Reference => "`Type/id`, `id`, or an absolute URL; `:Type`, `:identifier`, `:missing`.",
+        ParamType::Reference => {
+            "`Type/id`, `id`, or an absolute URL; `:Type`, `:identifier`, `:missing`; chained one level \
+            (`param[:Type].parameter`)."
+        }
         ParamType::Date => "Prefixes `eq ne gt lt ge le sa eb`; partial dates are ranges; `:missing`.",
         ParamType::Number => "Prefixes `eq ne gt lt ge le sa eb ap`; precision from the digits given; `:missing`.",
         ParamType::Quantity => "`[prefix]number|system|code`, `[prefix]number||code`; `:missing`.",
@@ -48,8 +51,23 @@ pub fn statement(
     now: Timestamp,
 ) -> Value {
     let interactions: Vec<Value> = TYPE_INTERACTIONS.iter().map(|code| json!({ "code": code })).collect();
+    // `Source:param` for every reference parameter, by the types it may point at.
+    let mut rev_includes: std::collections::BTreeMap<&str, Vec<String>> = std::collections::BTreeMap::new();
+    for source in ResourceType::all() {
+        for p in params.for_type(source.as_str()).into_iter().filter(|p| p.kind == ParamType::Reference) {
+            for target in p.targets.iter() {
+                rev_includes.entry(target.as_ref()).or_default().push(format!("{source}:{}", p.code));
+            }
+        }
+    }
     let resources: Vec<Value> = ResourceType::all()
         .map(|rt| {
+            let includes: Vec<String> = params
+                .for_type(rt.as_str())
+                .into_iter()
+                .filter(|p| p.kind == ParamType::Reference)
+                .map(|p| format!("{rt}:{}", p.code))
+                .collect();
             let search_params: Vec<Value> = params
                 .for_type(rt.as_str())
                 .into_iter()
@@ -61,7 +79,7 @@ pub fn statement(
                     })
                 })
                 .collect();
-            json!({
+            let mut resource = json!({
                 "type": rt.as_str(),
                 "interaction": interactions,
                 "searchParam": search_params,
@@ -72,7 +90,27 @@ pub fn statement(
                 "conditionalRead": "not-supported",
                 "conditionalUpdate": true,
                 "conditionalDelete": if conditional_delete_multiple { "multiple" } else { "single" },
-            })
+            });
+            let Some(fields) = resource.as_object_mut() else { return resource };
+            // FHIR forbids empty arrays: a type without references lists none.
+            if !includes.is_empty() {
+                fields.insert("searchInclude".into(), json!(includes));
+            }
+            if let Some(rev) = rev_includes.get(rt.as_str()) {
+                fields.insert("searchRevInclude".into(), json!(rev));
+            }
+            if rt == ResourceType::PATIENT {
+                fields.insert(
+                    "operation".into(),
+                    json!([{
+                        "name": "everything",
+                        "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything",
+                        "documentation": "The patient, its compartment, and what those refer to; `_count` pages, \
+                            `_type` narrows.",
+                    }]),
+                );
+            }
+            resource
         })
         .collect();
     json!({
@@ -94,11 +132,20 @@ pub fn statement(
                 wrapped by a per-patient compartment key and a tenant key-encryption key) and every \
                 interaction is audited. Only JSON is served. Search answers from a blind index: \
                 strings, codes and identifiers are matched on keyed tokens, never stored in clear. \
-                Search control parameters: `_count`, `_total` (`none`, `accurate`), `_summary=count`; \
+                Search control parameters: `_count`, `_total` (`none`, `accurate`), `_summary=count`, \
+                `_include` and `_revinclude` (with `:iterate`, one level), `_elements`; `_has` one level; \
+                compartment search (`Patient/{id}/Observation`) for the compartments listed; \
                 `Prefer: handling=lenient` ignores unknown parameters. Transactions are atomic; \
                 `urn:uuid:` references and conditional references in them are resolved. PATCH takes \
                 JSON Patch (`application/json-patch+json`; in a Bundle, a Binary of that type).",
             "interaction": [{ "code": "transaction" }, { "code": "batch" }],
+            "compartment": [
+                "http://hl7.org/fhir/CompartmentDefinition/device",
+                "http://hl7.org/fhir/CompartmentDefinition/encounter",
+                "http://hl7.org/fhir/CompartmentDefinition/patient",
+                "http://hl7.org/fhir/CompartmentDefinition/practitioner",
+                "http://hl7.org/fhir/CompartmentDefinition/relatedPerson",
+            ],
             "security": {
                 "cors": false,
                 "service": [{
@@ -134,5 +181,11 @@ mod tests {
             patient["searchParam"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
         assert!(names.contains(&"family") && names.contains(&"_id") && names.contains(&"birthdate"), "{names:?}");
         assert!(!names.contains(&"_text"), "special parameters are not listed");
+        let listed = |field: &str| -> Vec<&str> {
+            patient[field].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect()
+        };
+        assert!(listed("searchInclude").contains(&"Patient:general-practitioner"));
+        assert!(listed("searchRevInclude").contains(&"Observation:subject"));
+        assert_eq!(patient["operation"][0]["name"], "everything");
     }
 }

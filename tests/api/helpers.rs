@@ -242,6 +242,16 @@ pub async fn diagnostics(response: Response) -> String {
         .join(" | ")
 }
 
+/// Each query answers 400 with an OperationOutcome whose diagnostics contain its text.
+pub async fn assert_refused(app: &TestApp, cases: &[(&str, &str)]) {
+    for (query, says) in cases {
+        let response = app.get(query).await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{query}");
+        let text = diagnostics(response).await;
+        assert!(text.contains(says), "{query}: {text}");
+    }
+}
+
 /// A Patient with a name and identifier nobody else has.
 pub fn patient(family: &str) -> Value {
     serde_json::json!({

@@ -27,6 +27,7 @@ mod roundtrip;
 mod s3;
 mod sdk_client;
 mod search;
+mod search_links;
 mod synthea;
 mod tamper;
 mod transaction;

@@ -43,5 +43,7 @@ async fn the_readme_walkthrough_works_verbatim() {
     for rt in ["Patient", "Observation"] {
         assert!(stdout.contains(&format!("\"201 Created\",\"location\":\"{rt}/")), "{stdout}");
     }
+    let followed = lines.iter().find(|l| l.contains("\"mode\":\"include\"")).expect("the include step");
+    assert!(followed.contains("\"family\":\"Lefebvre\"") && followed.contains("\"code\":\"8867-4\""), "{stdout}");
     assert_eq!(lines[lines.len() - 3..], ["204", "410", "200"], "{stdout}");
 }

@@ -6,7 +6,7 @@
 //! The archive is shared test data, not part of the project: without it, the test says so and
 //! passes (a fresh clone runs the rest of the suite on committed fixtures).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use futures::StreamExt as _;
@@ -46,6 +46,31 @@ async fn total(app: &TestApp, query: &str) -> u64 {
     assert_eq!(response.status(), StatusCode::OK, "{query}");
     let bundle: Value = response.json().await.unwrap();
     bundle["total"].as_u64().unwrap()
+}
+
+/// Every page of a search, through its `next` links: what matched and what was included.
+async fn pages(app: &TestApp, query: &str) -> (Vec<String>, BTreeSet<String>) {
+    let (mut matched, mut included) = (Vec::new(), BTreeSet::new());
+    let mut url = query.to_owned();
+    loop {
+        let response = app.get(&url).await;
+        assert_eq!(response.status(), StatusCode::OK, "{url}");
+        let bundle: Value = response.json().await.unwrap();
+        for entry in bundle["entry"].as_array().into_iter().flatten() {
+            let r = &entry["resource"];
+            let key = format!("{}/{}", r["resourceType"].as_str().unwrap(), r["id"].as_str().unwrap());
+            if entry["search"]["mode"] == "match" {
+                matched.push(key);
+            } else {
+                included.insert(key);
+            }
+        }
+        let next = bundle["link"].as_array().unwrap().iter().find(|l| l["relation"] == "next");
+        let Some(next) = next.and_then(|l| l["url"].as_str()) else { break };
+        // The link is absolute; the test client takes a path below the tenant base.
+        url = next.strip_prefix(&format!("{}/", app.base)).unwrap().to_owned();
+    }
+    (matched, included)
 }
 
 /// Lowercase words of a name, as a reader would split them.
@@ -146,6 +171,27 @@ async fn the_synthea_patients_load_as_transactions_and_searches_count_what_the_f
 
         let encounters = resources(bundle, "Encounter").count();
         assert_eq!(total(&app, &format!("Encounter?subject=Patient/{id}")).await, encounters as u64);
+
+        // With their practitioners: every encounter matches once, and the practitioners
+        // included over the pages are the distinct Practitioner entries the file's encounters
+        // name (by `fullUrl`).
+        let practitioner_urls: BTreeSet<&str> = bundle["entry"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["resource"]["resourceType"] == "Practitioner")
+            .filter_map(|e| e["fullUrl"].as_str())
+            .collect();
+        let practitioners: BTreeSet<&str> = resources(bundle, "Encounter")
+            .flat_map(|e| e["participant"].as_array().into_iter().flatten())
+            .filter_map(|p| p["individual"]["reference"].as_str())
+            .filter(|r| practitioner_urls.contains(r))
+            .collect();
+        let (matched, included) =
+            pages(&app, &format!("Encounter?subject={id}&_include=Encounter:practitioner&_count=200")).await;
+        assert_eq!(matched.len(), encounters, "{id}");
+        assert!(included.iter().all(|e| e.starts_with("Practitioner/")), "{included:?}");
+        assert_eq!(included.len(), practitioners.len(), "{id}");
     }
 
     // Nothing that names a patient reaches the index in clear.
