@@ -57,7 +57,8 @@ impl Engine {
             tenant: ctx.tenant.clone(),
             resource_type: rt,
             filters: parsed.filters,
-            after_id: None,
+            after: None,
+            order: crate::storage::Order::default(),
             limit,
         };
         Ok(self.index.search(&query).await?)

@@ -237,7 +237,8 @@ impl Engine {
                     tenant: tenant.clone(),
                     resource_type: rt,
                     filters: vec![Filter::Id(chunk.to_vec())],
-                    after_id: None,
+                    after: None,
+                    order: crate::storage::Order::default(),
                     limit: u32::try_from(chunk.len()).unwrap_or(u32::MAX),
                 };
                 rows.extend(self.index.search(&query).await?);

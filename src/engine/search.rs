@@ -8,11 +8,12 @@ use futures::{StreamExt as _, TryStreamExt as _};
 use crate::audit::{Agent, AuditAction, AuditRecord, Target};
 use crate::auth::{Principal, Role};
 use crate::fhir::bundle;
+use crate::fhir::search_params::ParamType;
 use crate::ids::{ResourceId, ResourceType};
 use crate::policy::{self, Action, Permit};
 use crate::search::{self, Blind, Total};
-use crate::storage::search::{Filter, Linked};
-use crate::storage::{SearchQuery, StorageError, VersionRow};
+use crate::storage::search::{Filter, Linked, SortBy, SortKey};
+use crate::storage::{Order, Position, SearchQuery, StorageError, VersionRow};
 
 use super::history::FETCH_CONCURRENCY;
 use super::include::Include;
@@ -37,6 +38,8 @@ pub struct SearchRequest {
     pub elements: Option<Vec<String>>,
     /// A compartment search (`Patient/{id}/Observation`): the compartment's type and id.
     pub compartment: Option<(ResourceType, ResourceId)>,
+    /// `_sort`: parameter names, `-` first for descending, in priority order.
+    pub sort: Vec<String>,
 }
 
 impl SearchRequest {
@@ -57,6 +60,7 @@ impl SearchRequest {
             includes: Vec::new(),
             elements: None,
             compartment: None,
+            sort: Vec::new(),
         };
         for (name, value) in pairs {
             match name.as_str() {
@@ -86,7 +90,8 @@ impl SearchRequest {
                     let elements = request.elements.get_or_insert_with(Vec::new);
                     elements.extend(value.split(',').map(str::trim).filter(|e| !e.is_empty()).map(str::to_owned));
                 }
-                "_sort" | "_summary" | "_contained" | "_containedType" | "_text" | "_content" | "_list" | "_query"
+                "_sort" => request.sort.extend(value.split(',').filter(|k| !k.is_empty()).map(str::to_owned)),
+                "_summary" | "_contained" | "_containedType" | "_text" | "_content" | "_list" | "_query"
                 | "_filter" | "_type" => {
                     if !lenient {
                         return Err(EngineError::BadRequest(format!(
@@ -154,10 +159,15 @@ impl Engine {
         let self_query = query_string(&parsed.used, count, req);
         let mac = self.keys.mac_key(&ctx.tenant, "paging").await?;
         let binding = format!("{path}?{self_query}");
-        let after_id = match &req.cursor {
+        let order = self.order(rt, &req.sort)?;
+        let after = match &req.cursor {
             Some(cursor) => {
                 let position = paging::verify(&mac, ctx, principal, &binding, cursor)?;
-                Some(String::from_utf8(position).map_err(|_| paging::PagingError::Invalid)?)
+                let position: Position = serde_json::from_slice(&position).map_err(|_| paging::PagingError::Invalid)?;
+                if position.values.len() != order.keys.len() {
+                    return Err(paging::PagingError::Invalid.into());
+                }
+                Some(position)
             }
             None => None,
         };
@@ -165,8 +175,9 @@ impl Engine {
             tenant: ctx.tenant.clone(),
             resource_type: rt,
             filters: parsed.filters,
-            after_id,
+            after,
             limit: count.saturating_add(1),
+            order,
         };
         // A patient sees a filtered listing: an unfiltered total would leak counts.
         let counted = principal.role() != Role::Patient && (req.total == Total::Accurate || req.summary_count);
@@ -177,11 +188,15 @@ impl Engine {
         // A first page that holds every match is its own count; otherwise the index counts.
         let total = match counted {
             false => None,
-            true if listed && !has_next && query.after_id.is_none() => Some(rows.len() as u64),
+            true if listed && !has_next && query.after.is_none() => Some(rows.len() as u64),
             true => Some(self.index.search_count(&query).await?),
         };
         // The next page continues after the last row of this one, permitted or not.
-        let last_id = rows.last().map(|row| row.id.clone()).filter(|_| has_next);
+        let last = match rows.last().filter(|_| has_next) {
+            Some(row) if query.order.keys.is_empty() => Some(Position { values: Vec::new(), id: row.id.to_string() }),
+            Some(row) => Some(self.index.sort_position(&query, row.id.as_str()).await?),
+            None => None,
+        };
 
         let permitted = self.readable(ctx, principal, rows)?;
         let matched: Vec<&VersionRow> = permitted.iter().map(|(_, row)| row).collect();
@@ -198,9 +213,9 @@ impl Engine {
             .collect::<Vec<_>>();
 
         let mut links = vec![bundle::Link { relation: "self", url: format!("{}/{path}?{self_query}", ctx.base_url) }];
-        if let Some(last) = last_id {
-            let cursor =
-                paging::sign(&mac, ctx, principal, &binding, last.as_str().as_bytes(), self.limits.paging_link_ttl);
+        if let Some(last) = last {
+            let position = serde_json::to_vec(&last).map_err(|_| paging::PagingError::Invalid)?;
+            let cursor = paging::sign(&mac, ctx, principal, &binding, &position, self.limits.paging_link_ttl);
             links.push(bundle::Link {
                 relation: "next",
                 url: format!("{}/{path}?{self_query}&_cursor={cursor}", ctx.base_url),
@@ -213,6 +228,44 @@ impl Engine {
             .outcome(200, Some(format!("{} matches, {} included", permitted.len(), included.len())));
         self.commits.append_audit(record).await?;
         Ok(bytes)
+    }
+
+    /// `_sort`: `_id`, `_lastUpdated`, and date, number and quantity parameters, whose values
+    /// the index keeps in clear. Tokens and strings are blind: they have no order to sort by.
+    fn order(&self, rt: ResourceType, sort: &[String]) -> Result<Order, EngineError> {
+        let mut order = Order::default();
+        for key in sort {
+            let (code, descending) = match key.strip_prefix('-') {
+                Some(code) => (code, true),
+                None => (key.as_str(), false),
+            };
+            let by = match code {
+                "_id" => {
+                    // Ids are unique: keys after it cannot matter.
+                    order.id_descending = descending;
+                    break;
+                }
+                "_lastUpdated" => SortBy::LastUpdated,
+                _ => {
+                    let param = self.search_params.get(rt.as_str(), code).ok_or_else(|| {
+                        EngineError::BadRequest(format!("`_sort`: unknown search parameter `{code}` for {rt}"))
+                    })?;
+                    match param.kind {
+                        ParamType::Date => SortBy::Date(code.to_owned()),
+                        ParamType::Number | ParamType::Quantity => SortBy::Number(code.to_owned()),
+                        _ => {
+                            return Err(EngineError::BadRequest(format!(
+                                "`_sort`: `{code}` cannot be sorted on: string, token, uri and reference values \
+                                 are stored as keyed blind-index tokens, which have no order (sort on `_id`, \
+                                 `_lastUpdated`, dates, numbers or quantities)"
+                            )));
+                        }
+                    }
+                }
+            };
+            order.keys.push(SortKey { by, descending });
+        }
+        Ok(order)
     }
 
     /// Membership of a compartment (`Patient/{id}/Observation`): one of the parameters the
@@ -306,6 +359,9 @@ fn query_string(used: &[(String, String)], count: u32, req: &SearchRequest) -> S
     }
     if req.summary_count {
         query.append_pair("_summary", "count");
+    }
+    if !req.sort.is_empty() {
+        query.append_pair("_sort", &req.sort.join(","));
     }
     for include in &req.includes {
         let (name, value) = include.query_pair();

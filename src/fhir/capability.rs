@@ -133,7 +133,8 @@ pub fn statement(
                 interaction is audited. Only JSON is served. Search answers from a blind index: \
                 strings, codes and identifiers are matched on keyed tokens, never stored in clear. \
                 Search control parameters: `_count`, `_total` (`none`, `accurate`), `_summary=count`, \
-                `_include` and `_revinclude` (with `:iterate`, one level), `_elements`; `_has` one level; \
+                `_include` and `_revinclude` (with `:iterate`, one level), `_elements`, `_sort` (`_id`, \
+                `_lastUpdated`, dates, numbers, quantities: blind-indexed values have no order); `_has` one level; \
                 compartment search (`Patient/{id}/Observation`) for the compartments listed; \
                 `Prefer: handling=lenient` ignores unknown parameters. Transactions are atomic; \
                 `urn:uuid:` references and conditional references in them are resolved. PATCH takes \

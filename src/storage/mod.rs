@@ -30,7 +30,7 @@ use crate::time::Timestamp;
 
 pub use commit::Committer;
 pub use objects::{Locations, ObjectKey, ObjectStorage};
-pub use search::{Direction, Link, LinkQuery, SearchQuery, SearchRows};
+pub use search::{Direction, Link, LinkQuery, Order, Position, SearchQuery, SearchRows};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -223,11 +223,15 @@ pub trait Index: Send + Sync {
     /// How many versions match `q` (ignoring `before_seq` and `limit`).
     async fn history_total(&self, q: &HistoryQuery) -> Result<u64, StorageError>;
 
-    /// The current versions matching `q`, by resource id, at most `q.limit`.
+    /// The current versions matching `q`, in `q.order`, at most `q.limit`.
     async fn search(&self, q: &SearchQuery) -> Result<Vec<VersionRow>, StorageError>;
 
-    /// How many current versions match `q` (ignoring `after_id` and `limit`).
+    /// How many current versions match `q` (ignoring `after` and `limit`).
     async fn search_count(&self, q: &SearchQuery) -> Result<u64, StorageError>;
+
+    /// The values of `q.order`'s sort keys for one resource: where a page that ends with it
+    /// stopped.
+    async fn sort_position(&self, q: &SearchQuery, id: &str) -> Result<Position, StorageError>;
 
     /// The references between current resources that `q` asks for, in a stable order.
     async fn links(&self, q: &LinkQuery) -> Result<Vec<Link>, StorageError>;

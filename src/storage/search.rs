@@ -125,15 +125,58 @@ pub enum Linked {
     RefersTo { params: Vec<String>, target_type: String, target_id: String },
 }
 
-/// A search over one resource type of one tenant: filters ANDed, results by id.
+/// A search over one resource type of one tenant: filters ANDed, results in `sort` order, then
+/// by id.
 #[derive(Debug, Clone)]
 pub struct SearchQuery {
     pub tenant: TenantId,
     pub resource_type: ResourceType,
     pub filters: Vec<Filter>,
-    /// Keyset paging: only ids after this one.
-    pub after_id: Option<String>,
+    /// Keyset paging: only what comes after this position.
+    pub after: Option<Position>,
     pub limit: u32,
+    pub order: Order,
+}
+
+/// The order of a search's results: sort keys, then the id (the tie-breaker).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Order {
+    pub keys: Vec<SortKey>,
+    pub id_descending: bool,
+}
+
+/// What a result is sorted by. Only values kept in clear can be: blind tokens have no order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SortBy {
+    LastUpdated,
+    /// A date parameter: ascending by the earliest start of its values, descending by the
+    /// latest end; a resource without one comes last.
+    Date(String),
+    /// A number or quantity parameter: by the least value ascending, the greatest descending.
+    Number(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SortKey {
+    pub by: SortBy,
+    pub descending: bool,
+}
+
+/// A sort key's value for one resource.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
+pub enum SortValue {
+    Int(i64),
+    Real(f64),
+}
+
+/// Where a page ended: the last result's sort values (one per key) and id.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Position {
+    #[serde(rename = "s", default, skip_serializing_if = "Vec::is_empty")]
+    pub values: Vec<SortValue>,
+    #[serde(rename = "i")]
+    pub id: String,
 }
 
 /// The references between current resources (`search_refs`) that `_include`, `_revinclude`
@@ -230,15 +273,86 @@ pub(super) fn build(q: &SearchQuery, count: bool, dialect: Dialect) -> Built {
     let mut sql =
         format!("SELECT {select} {}", matching(&mut b, &tenant, q.resource_type.as_str(), &q.filters, dialect));
     if !count {
-        if let Some(after) = &q.after_id {
-            let after = b.arg(Arg::Text(after.clone()));
-            sql.push_str(&format!(" AND r.resource_id > {after}"));
+        if let Some(after) = &q.after {
+            sql.push_str(&format!(" AND ({})", keyset(&mut b, &q.order, after)));
         }
+        let mut order: Vec<String> = q
+            .order
+            .keys
+            .iter()
+            .map(|key| format!("{}{}", sort_expr(&mut b, key), if key.descending { " DESC" } else { "" }))
+            .collect();
+        order.push(format!("r.resource_id{}", if q.order.id_descending { " DESC" } else { "" }));
         let limit = b.arg(Arg::Int(i64::from(q.limit)));
-        sql.push_str(&format!(" ORDER BY r.resource_id LIMIT {limit}"));
+        sql.push_str(&format!(" ORDER BY {} LIMIT {limit}", order.join(", ")));
     }
     b.sql = sql;
     b
+}
+
+/// The sort values of one resource (`q`'s keys), to continue a page after it.
+pub(super) fn build_position(q: &SearchQuery, id: &str) -> Built {
+    let mut b = Built::default();
+    let tenant = b.arg(Arg::Text(q.tenant.to_string()));
+    let rt = b.arg(Arg::Text(q.resource_type.to_string()));
+    let id = b.arg(Arg::Text(id.to_owned()));
+    let values: Vec<String> = q.order.keys.iter().map(|key| sort_expr(&mut b, key)).collect();
+    b.sql = format!(
+        "SELECT {} FROM resources r JOIN resource_versions v ON v.tenant = r.tenant \
+         AND v.resource_type = r.resource_type AND v.resource_id = r.resource_id \
+         AND v.version = r.current_version WHERE r.tenant = {tenant} AND r.resource_type = {rt} \
+         AND r.resource_id = {id}",
+        if values.is_empty() { "1".to_owned() } else { values.join(", ") }
+    );
+    b
+}
+
+/// A sort key's value for the resource `r`, the missing value sorting last either way.
+fn sort_expr(b: &mut Built, key: &SortKey) -> String {
+    let (table, param, aggregate, missing) = match &key.by {
+        SortBy::LastUpdated => return "v.last_updated".to_owned(),
+        SortBy::Date(p) if key.descending => ("search_dates", p, "MAX(x.hi)", Arg::Int(i64::MIN)),
+        SortBy::Date(p) => ("search_dates", p, "MIN(x.lo)", Arg::Int(i64::MAX)),
+        SortBy::Number(p) if key.descending => ("search_numbers", p, "MAX(x.value)", Arg::Real(f64::MIN)),
+        SortBy::Number(p) => ("search_numbers", p, "MIN(x.value)", Arg::Real(f64::MAX)),
+    };
+    let param = b.arg(Arg::Text(param.clone()));
+    let missing = b.arg(missing);
+    format!("COALESCE((SELECT {aggregate} FROM {table} x WHERE {MATCHES_RESOURCE} AND x.param = {param}), {missing})")
+}
+
+/// What comes after `after` in `order`: greater (or less, descending) on the first key that
+/// differs, the id last.
+fn keyset(b: &mut Built, order: &Order, after: &Position) -> String {
+    let mut alternatives = Vec::new();
+    for (i, key) in order.keys.iter().enumerate() {
+        let mut terms = Vec::new();
+        for (earlier, value) in order.keys.iter().zip(&after.values).take(i) {
+            let expr = sort_expr(b, earlier);
+            terms.push(format!("{expr} = {}", b.arg(sort_arg(*value))));
+        }
+        let Some(value) = after.values.get(i) else { break };
+        let expr = sort_expr(b, key);
+        let cmp = if key.descending { "<" } else { ">" };
+        terms.push(format!("{expr} {cmp} {}", b.arg(sort_arg(*value))));
+        alternatives.push(terms.join(" AND "));
+    }
+    let mut last = Vec::new();
+    for (key, value) in order.keys.iter().zip(&after.values) {
+        let expr = sort_expr(b, key);
+        last.push(format!("{expr} = {}", b.arg(sort_arg(*value))));
+    }
+    let cmp = if order.id_descending { "<" } else { ">" };
+    last.push(format!("r.resource_id {cmp} {}", b.arg(Arg::Text(after.id.clone()))));
+    alternatives.push(last.join(" AND "));
+    alternatives.iter().map(|a| format!("({a})")).collect::<Vec<_>>().join(" OR ")
+}
+
+fn sort_arg(value: SortValue) -> Arg {
+    match value {
+        SortValue::Int(v) => Arg::Int(v),
+        SortValue::Real(v) => Arg::Real(v),
+    }
 }
 
 /// `FROM ... WHERE ...`: the current, not deleted, resources of type `rt` that pass every
@@ -481,7 +595,8 @@ mod tests {
                     any: vec![(Some("Patient".into()), "p1".into()), (None, "p2".into())],
                 },
             ],
-            after_id: Some("a".into()),
+            after: Some(Position { values: Vec::new(), id: "a".into() }),
+            order: Order::default(),
             limit: 11,
         };
         let built = build(&q, false, Dialect::Postgres);
@@ -498,6 +613,18 @@ mod tests {
         assert_eq!(built.args.last(), Some(&Arg::Int(11)));
         assert!(built.sql.contains("r.resource_id = ANY(ARRAY(SELECT x.resource_id FROM search_tokens x"));
         assert!(build(&q, false, Dialect::Sqlite).sql.contains("r.resource_id IN (SELECT x.resource_id"));
+        // Sorted: the keyset compares the sort values first, and the order names them.
+        let sorted = SearchQuery {
+            order: Order {
+                keys: vec![SortKey { by: SortBy::Date("date".into()), descending: true }],
+                id_descending: false,
+            },
+            after: Some(Position { values: vec![SortValue::Int(7)], id: "a".into() }),
+            ..q.clone()
+        };
+        let built = build(&sorted, false, Dialect::Postgres);
+        assert!(built.sql.contains("MAX(x.hi)") && built.sql.contains(" DESC, r.resource_id LIMIT"), "{}", built.sql);
+        assert!(built.sql.contains(" < $"), "descending continues below the last value: {}", built.sql);
         let count = build(&q, true, Dialect::Postgres);
         assert!(count.sql.starts_with("SELECT COUNT(*)") && !count.sql.contains("LIMIT"));
         assert_eq!(count.args.len(), n - 2, "no keyset, no limit");

@@ -529,6 +529,31 @@ macro_rules! impl_index {
                 u64::try_from(count).map_err(|_| $crate::storage::StorageError::Corrupt("count".into()))
             }
 
+            async fn sort_position(
+                &self,
+                q: &$crate::storage::SearchQuery,
+                id: &str,
+            ) -> Result<$crate::storage::search::Position, $crate::storage::StorageError> {
+                use sqlx::Row as _;
+                let built = $crate::storage::search::build_position(q, id);
+                let query =
+                    $crate::storage::search::bind_args!(sqlx::query(sqlx::AssertSqlSafe(built.sql)), built.args);
+                let mut conn = self.leases.get().await?;
+                let row = query.fetch_optional(&mut *conn).await?;
+                conn.done();
+                let row = row.ok_or_else(|| $crate::storage::StorageError::Corrupt("a result vanished".into()))?;
+                let mut values = Vec::with_capacity(q.order.keys.len());
+                for (i, key) in q.order.keys.iter().enumerate() {
+                    values.push(match key.by {
+                        $crate::storage::search::SortBy::Number(_) => {
+                            $crate::storage::search::SortValue::Real(row.try_get::<f64, _>(i)?)
+                        }
+                        _ => $crate::storage::search::SortValue::Int(row.try_get::<i64, _>(i)?),
+                    });
+                }
+                Ok($crate::storage::search::Position { values, id: id.to_owned() })
+            }
+
             async fn links(
                 &self,
                 q: &$crate::storage::LinkQuery,

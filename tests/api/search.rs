@@ -197,7 +197,7 @@ async fn control_parameters_post_search_and_refusals() {
             ("Patient?family:contains=art", "not available"),
             ("Patient?birthdate=yesterday", "not a FHIR date"),
             ("Patient?gender:text=f", "not supported"),
-            ("Patient?_sort=family", "not supported yet"),
+            ("Patient?_sort=family", "have no order"),
             ("Patient?_count=many", "_count"),
         ],
     )
@@ -213,6 +213,50 @@ async fn control_parameters_post_search_and_refusals() {
     assert_eq!(lenient["total"], 1);
     let self_link = lenient["link"][0]["url"].as_str().unwrap();
     assert!(self_link.contains("family=martinez") && !self_link.contains("nickname"), "{self_link}");
+}
+
+#[tokio::test]
+async fn sorted_searches_page_in_their_order() {
+    let app = spawn_app().await;
+    let mut made = Vec::new();
+    for (family, born) in
+        [("Sorel", Some("1990-05-01")), ("Sorin", Some("1960")), ("Soria", None), ("Soro", Some("1975-01-01"))]
+    {
+        let mut p = patient(family);
+        match born {
+            Some(date) => p["birthDate"] = date.into(),
+            None => drop(p.as_object_mut().unwrap().remove("birthDate")),
+        }
+        made.push((family, create_id(&app, &p).await));
+    }
+    let family_of = |id: &str| made.iter().find(|(_, i)| i == id).unwrap().0;
+    // Follow `next` links two at a time; the order holds across pages, undated last.
+    let order = |query: &str| {
+        let url = format!("{}/{query}&_count=2", app.base);
+        let (client, token, family_of) = (&app.client, app.practitioner(), &family_of);
+        async move {
+            let (mut url, mut families) = (url, Vec::new());
+            loop {
+                let page: Value = client.get(&url).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
+                assert_eq!(page["total"], 4, "{url}");
+                for e in page["entry"].as_array().unwrap() {
+                    families.push(family_of(e["resource"]["id"].as_str().unwrap()));
+                }
+                match page["link"].as_array().unwrap().iter().find(|l| l["relation"] == "next") {
+                    Some(next) => url = next["url"].as_str().unwrap().to_owned(),
+                    None => break,
+                }
+            }
+            families
+        }
+    };
+    assert_eq!(order("Patient?family=sor&_sort=birthdate").await, ["Sorin", "Soro", "Sorel", "Soria"]);
+    assert_eq!(order("Patient?family=sor&_sort=-birthdate").await, ["Sorel", "Soro", "Sorin", "Soria"]);
+    assert_eq!(order("Patient?family=sor&_sort=-_lastUpdated").await, ["Soro", "Soria", "Sorin", "Sorel"]);
+    let self_link: Value = app.get("Patient?family=sor&_sort=-birthdate,_id").await.json().await.unwrap();
+    assert!(self_link["link"][0]["url"].as_str().unwrap().contains("_sort=-birthdate%2C_id"));
+    let unknown = app.get("Patient?_sort=shoe-size").await;
+    assert_eq!(unknown.status(), StatusCode::BAD_REQUEST);
 }
 
 #[tokio::test]

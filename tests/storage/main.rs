@@ -15,10 +15,10 @@ use std::time::Duration;
 use fhirvault::audit::{Agent, AuditAction, AuditRecord, RequestMeta};
 use fhirvault::crypto::WrappedKey;
 use fhirvault::ids::{ResourceId, ResourceType, TenantId, VersionId};
-use fhirvault::storage::search::{Bound, Cmp, DateRow, Filter, Linked, NumberRow, RefRow, Unit};
+use fhirvault::storage::search::{Bound, Cmp, DateRow, Filter, Linked, NumberRow, RefRow, SortBy, SortKey, Unit};
 use fhirvault::storage::{
     Committer, Direction, HistoryQuery, Index, IndexOptions, LinkQuery, Method, NewVersion, ObjectKey, ObjectStorage,
-    SearchQuery, SearchRows, StorageError, VersionCommit, open_index,
+    Order, Position, SearchQuery, SearchRows, StorageError, VersionCommit, open_index,
 };
 use fhirvault::time::Timestamp;
 use secrecy::SecretString;
@@ -472,7 +472,14 @@ fn searchable(version: NewVersion, rows: SearchRows) -> VersionCommit {
 }
 
 async fn found(index: &dyn Index, filters: Vec<Filter>) -> Vec<String> {
-    let q = SearchQuery { tenant: tenant(), resource_type: patient(), filters, after_id: None, limit: 100 };
+    let q = SearchQuery {
+        tenant: tenant(),
+        resource_type: patient(),
+        filters,
+        after: None,
+        limit: 100,
+        order: Order::default(),
+    };
     let ids: Vec<String> = index.search(&q).await.unwrap().into_iter().map(|r| r.id.to_string()).collect();
     assert_eq!(index.search_count(&q).await.unwrap(), ids.len() as u64);
     ids
@@ -541,7 +548,8 @@ async fn search_rows_follow_the_current_version_and_every_filter_kind_answers() 
         tenant: tenant(),
         resource_type: patient(),
         filters: Vec::new(),
-        after_id: after.map(str::to_owned),
+        after: after.map(|id| Position { values: Vec::new(), id: id.to_owned() }),
+        order: Order::default(),
         limit: 2,
     };
     let first: Vec<String> = index.search(&page(None)).await.unwrap().into_iter().map(|r| r.id.to_string()).collect();
@@ -563,6 +571,52 @@ async fn search_rows_follow_the_current_version_and_every_filter_kind_answers() 
     index.commit_batch(&[searchable(delete, SearchRows::default())], &[]).await.unwrap().pop().unwrap().unwrap();
     assert!(found(index, vec![Filter::AnyToken(vec![[2; 16]])]).await.is_empty());
     assert_eq!(found(index, Vec::new()).await, ["a", "c"], "a deleted resource is not found");
+}
+
+#[tokio::test]
+async fn sorted_searches_page_by_their_keys_with_missing_values_last() {
+    let t = fresh_index().await;
+    let index = t.index.as_ref();
+    // Dates: a [100, 200), b [300, 400), c none, d [100, 150); numbers: a 5, b 1, c 3, d none.
+    let commits = [
+        searchable(new_version("a", 1, None, 4_000), rows(&[1], Some((100, 200)), Some((5.0, "mg")), None)),
+        searchable(new_version("b", 1, None, 3_000), rows(&[1], Some((300, 400)), Some((1.0, "mg")), None)),
+        searchable(new_version("c", 1, None, 2_000), rows(&[1], None, Some((3.0, "mg")), None)),
+        searchable(new_version("d", 1, None, 1_000), rows(&[1], Some((100, 150)), None, None)),
+    ];
+    assert!(index.commit_batch(&commits, &[]).await.unwrap().iter().all(Result::is_ok));
+    // Every page of two, following each page's last position.
+    let all = |order: Order| async move {
+        let mut q = SearchQuery {
+            tenant: tenant(),
+            resource_type: patient(),
+            filters: vec![Filter::AnyToken(vec![[1; 16]])],
+            after: None,
+            limit: 2,
+            order,
+        };
+        let mut ids = Vec::new();
+        loop {
+            let page = index.search(&q).await.unwrap();
+            ids.extend(page.iter().map(|r| r.id.to_string()));
+            let Some(last) = page.last().filter(|_| page.len() == 2) else { break };
+            q.after = Some(index.sort_position(&q, last.id.as_str()).await.unwrap());
+        }
+        ids
+    };
+    let key = |by: SortBy, descending: bool| SortKey { by, descending };
+    let order = |keys: Vec<SortKey>, id_descending: bool| Order { keys, id_descending };
+    let date = || SortBy::Date("date".into());
+    let number = || SortBy::Number("value".into());
+    assert_eq!(all(order(vec![key(date(), false)], false)).await, ["a", "d", "b", "c"], "ties by id");
+    assert_eq!(all(order(vec![key(date(), false)], true)).await, ["d", "a", "b", "c"], "ties by id descending");
+    assert_eq!(all(order(vec![key(date(), true)], false)).await, ["b", "a", "d", "c"], "latest end first");
+    assert_eq!(all(order(vec![key(number(), false)], false)).await, ["b", "c", "a", "d"]);
+    assert_eq!(all(order(vec![key(number(), true)], false)).await, ["a", "c", "b", "d"]);
+    assert_eq!(all(order(vec![key(SortBy::LastUpdated, false)], false)).await, ["d", "c", "b", "a"]);
+    assert_eq!(all(order(Vec::new(), true)).await, ["d", "c", "b", "a"]);
+    let two = order(vec![key(date(), false), key(number(), true)], false);
+    assert_eq!(all(two).await, ["a", "d", "b", "c"]);
 }
 
 #[tokio::test]
@@ -589,7 +643,14 @@ async fn chains_has_compartments_and_links_follow_references_between_types() {
     ];
     assert!(index.commit_batch(&commits, &[]).await.unwrap().iter().all(Result::is_ok));
     let search = |rt: ResourceType, filters: Vec<Filter>| async move {
-        let q = SearchQuery { tenant: tenant(), resource_type: rt, filters, after_id: None, limit: 100 };
+        let q = SearchQuery {
+            tenant: tenant(),
+            resource_type: rt,
+            filters,
+            after: None,
+            limit: 100,
+            order: Order::default(),
+        };
         let ids: Vec<String> = index.search(&q).await.unwrap().into_iter().map(|r| r.id.to_string()).collect();
         assert_eq!(index.search_count(&q).await.unwrap(), ids.len() as u64);
         ids
