@@ -472,14 +472,13 @@ fn searchable(version: NewVersion, rows: SearchRows) -> VersionCommit {
 }
 
 async fn found(index: &dyn Index, filters: Vec<Filter>) -> Vec<String> {
-    let q = SearchQuery {
-        tenant: tenant(),
-        resource_type: patient(),
-        filters,
-        after: None,
-        limit: 100,
-        order: Order::default(),
-    };
+    found_of(index, patient(), filters).await
+}
+
+/// The ids of the resources of type `rt` that pass `filters`, checked against their count.
+async fn found_of(index: &dyn Index, rt: ResourceType, filters: Vec<Filter>) -> Vec<String> {
+    let q =
+        SearchQuery { tenant: tenant(), resource_type: rt, filters, after: None, limit: 100, order: Order::default() };
     let ids: Vec<String> = index.search(&q).await.unwrap().into_iter().map(|r| r.id.to_string()).collect();
     assert_eq!(index.search_count(&q).await.unwrap(), ids.len() as u64);
     ids
@@ -642,19 +641,7 @@ async fn chains_has_compartments_and_links_follow_references_between_types() {
         of_type(observation, "o3", o3),
     ];
     assert!(index.commit_batch(&commits, &[]).await.unwrap().iter().all(Result::is_ok));
-    let search = |rt: ResourceType, filters: Vec<Filter>| async move {
-        let q = SearchQuery {
-            tenant: tenant(),
-            resource_type: rt,
-            filters,
-            after: None,
-            limit: 100,
-            order: Order::default(),
-        };
-        let ids: Vec<String> = index.search(&q).await.unwrap().into_iter().map(|r| r.id.to_string()).collect();
-        assert_eq!(index.search_count(&q).await.unwrap(), ids.len() as u64);
-        ids
-    };
+    let search = |rt: ResourceType, filters: Vec<Filter>| found_of(index, rt, filters);
     let chain = |token: u8| {
         Filter::Linked(Linked::Chain {
             param: "subject".into(),
