@@ -147,21 +147,24 @@ fn unnest_audits(first: usize) -> String {
 }
 
 /// The search rows' inserts, as data-modifying `WITH` items (`tokens AS (...), ...`), their
-/// arrays numbered from `$first`: tokens (4 arrays), dates (6), numbers (8), references (6).
-fn insert_search(first: usize) -> String {
+/// arrays numbered from `$first`: tokens (4 arrays), dates (6), numbers (8), references (6),
+/// token sets (4). `token_sets` ends the token sets' insert (`ON CONFLICT ...` for updates).
+fn insert_search(first: usize, token_sets: &str) -> String {
     let tables = [
-        ("search_tokens", sql::TOKEN_COLUMNS, &["text", "text", "text", "bytea"][..]),
-        ("search_dates", sql::DATE_COLUMNS, &["text", "text", "text", "text", "bigint", "bigint"][..]),
+        ("search_tokens", sql::TOKEN_COLUMNS, &["text", "text", "text", "bytea"][..], ""),
+        ("search_dates", sql::DATE_COLUMNS, &["text", "text", "text", "text", "bigint", "bigint"][..], ""),
         (
             "search_numbers",
             sql::NUMBER_COLUMNS,
             &["text", "text", "text", "text", "float8", "text", "text", "text"][..],
+            "",
         ),
-        ("search_refs", sql::REF_COLUMNS, &["text", "text", "text", "text", "text", "text"][..]),
+        ("search_refs", sql::REF_COLUMNS, &["text", "text", "text", "text", "text", "text"][..], ""),
+        ("search_token_sets", sql::TOKEN_SET_COLUMNS, &["text", "text", "text", "bytea"][..], token_sets),
     ];
     let mut n = first;
     let mut items = Vec::new();
-    for (table, columns, types) in tables {
+    for (table, columns, types, tail) in tables {
         let arrays: Vec<String> = types
             .iter()
             .map(|t| {
@@ -169,25 +172,40 @@ fn insert_search(first: usize) -> String {
                 format!("${}::{t}[]", n - 1)
             })
             .collect();
-        items.push(format!("{table} AS (INSERT INTO {table} ({columns}) SELECT * FROM UNNEST({}))", arrays.join(", ")));
+        items.push(format!(
+            "{table} AS (INSERT INTO {table} ({columns}) SELECT * FROM UNNEST({}){tail})",
+            arrays.join(", ")
+        ));
     }
     items.join(", ")
 }
 
 /// Replace the search rows of updated resources: delete the old rows of the resources $1-$3
-/// (tenant, type, id arrays), insert the new ones from $4. One statement, whatever the batch.
+/// (tenant, type, id arrays), their token rows found through their token sets, and insert the
+/// new ones from $4. One statement, whatever the batch: every part sees the rows as they were
+/// before it, so the old token set names the tokens to delete while the new one replaces it.
 static REPLACE_SEARCH: LazyLock<String> = LazyLock::new(|| {
-    let deletes: Vec<String> = sql::SEARCH_TABLES
+    const UPDATED: &str = "UNNEST($1::text[], $2::text[], $3::text[]) AS u(tenant, resource_type, resource_id)";
+    let mut deletes: Vec<String> = sql::SEARCH_TABLES_BY_RESOURCE
         .iter()
         .map(|table| {
             format!(
-                "deleted_{table} AS (DELETE FROM {table} x USING UNNEST($1::text[], $2::text[], $3::text[]) \
-                 AS u(tenant, resource_type, resource_id) WHERE x.tenant = u.tenant \
+                "deleted_{table} AS (DELETE FROM {table} x USING {UPDATED} WHERE x.tenant = u.tenant \
                  AND x.resource_type = u.resource_type AND x.resource_id = u.resource_id)"
             )
         })
         .collect();
-    format!("WITH {}, {} SELECT 1", deletes.join(", "), insert_search(4))
+    deletes.push(format!(
+        "deleted_search_tokens AS (DELETE FROM search_tokens x USING {UPDATED} \
+         JOIN search_token_sets s ON s.tenant = u.tenant AND s.resource_type = u.resource_type \
+         AND s.resource_id = u.resource_id \
+         CROSS JOIN LATERAL generate_series(0, length(s.tokens) / {len} - 1) AS g(i) \
+         WHERE x.token = substring(s.tokens FROM g.i * {len} + 1 FOR {len}) AND x.tenant = s.tenant \
+         AND x.resource_type = s.resource_type AND x.resource_id = s.resource_id)",
+        len = crate::crypto::mac::TOKEN_LEN
+    ));
+    let upsert = " ON CONFLICT (tenant, resource_type, resource_id) DO UPDATE SET tokens = EXCLUDED.tokens";
+    format!("WITH {}, {} SELECT 1", deletes.join(", "), insert_search(4, upsert))
 });
 
 /// A batch of new resources in one autocommitted statement: their compartment keys, pointers,
@@ -204,7 +222,7 @@ static COMMIT_CREATES: LazyLock<String> = LazyLock::new(|| {
          audits AS (INSERT INTO audit_records ({audits}) SELECT * FROM {unnest_audits}) \
          INSERT INTO resource_versions ({versions}) SELECT * FROM UNNEST($6::text[], $7::text[], $8::text[], \
          $9::bigint[], $10::text[], $11::text[], $12::text[], $13::text[], $14::bigint[]){returning}",
-        search = insert_search(33),
+        search = insert_search(33, ""),
         pointers = sql::POINTER_COLUMNS,
         audits = sql::AUDIT_COLUMNS,
         unnest_audits = unnest_audits(15),
@@ -295,7 +313,9 @@ fn add_search(args: &mut PgArguments, rows: &[(&NewVersion, &SearchRows)]) -> En
     ids(&refs, args)?;
     args.add(refs.iter().map(|(_, x)| x.param.as_ref()).collect::<Vec<_>>())?;
     args.add(refs.iter().map(|(_, x)| x.target_type.as_ref()).collect::<Vec<_>>())?;
-    args.add(refs.iter().map(|(_, x)| x.target_id.as_ref()).collect::<Vec<_>>())
+    args.add(refs.iter().map(|(_, x)| x.target_id.as_ref()).collect::<Vec<_>>())?;
+    ids(rows, args)?;
+    args.add(rows.iter().map(|(_, r)| r.token_set()).collect::<Vec<_>>())
 }
 
 /// Encode a statement's arguments; a value that does not encode is `sqlx::Error::Encode`.

@@ -23,6 +23,16 @@ impl SearchRows {
     pub fn is_empty(&self) -> bool {
         self.tokens.is_empty() && self.dates.is_empty() && self.numbers.is_empty() && self.refs.is_empty()
     }
+
+    /// The tokens as one value (`search_token_sets.tokens`): what removes them when the resource changes.
+    pub(super) fn token_set(&self) -> Vec<u8> {
+        self.tokens.concat()
+    }
+}
+
+/// The tokens of a `search_token_sets.tokens` value (a trailing partial token is not one).
+pub(super) fn tokens_of_set(set: &[u8]) -> impl Iterator<Item = &[u8]> {
+    set.chunks_exact(crate::crypto::mac::TOKEN_LEN)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

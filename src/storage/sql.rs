@@ -79,9 +79,12 @@ pub(super) const AUDIT_COLUMNS: &str = "recorded_at, request_id, tenant, agent_s
      agent_jurisdiction, purpose, token_id, source_ip, action, resource_type, resource_id, version, compartment, \
      outcome, detail, policy";
 
-/// The search index tables (migration 0002), and the columns their bulk inserts write.
-pub(super) const SEARCH_TABLES: [&str; 4] = ["search_tokens", "search_dates", "search_numbers", "search_refs"];
+/// The search index tables whose rows are found by their resource (migration 0002), and the
+/// columns the bulk inserts of every search table write. Token rows are indexed by token only;
+/// a resource's tokens are found through its row of `search_token_sets` (migration 0003).
+pub(super) const SEARCH_TABLES_BY_RESOURCE: [&str; 3] = ["search_dates", "search_numbers", "search_refs"];
 pub(super) const TOKEN_COLUMNS: &str = "tenant, resource_type, resource_id, token";
+pub(super) const TOKEN_SET_COLUMNS: &str = "tenant, resource_type, resource_id, tokens";
 pub(super) const DATE_COLUMNS: &str = "tenant, resource_type, resource_id, param, lo, hi";
 pub(super) const NUMBER_COLUMNS: &str = "tenant, resource_type, resource_id, param, value, system, code, unit";
 pub(super) const REF_COLUMNS: &str = "tenant, resource_type, resource_id, param, target_type, target_id";

@@ -77,13 +77,10 @@ impl MultiRow {
         let by_size = CHUNKS
             .iter()
             .map(|&rows| {
-                let tuples: Vec<String> = (0..rows)
-                    .map(|row| {
-                        let params: Vec<String> = (1..=width).map(|c| format!("${}", row * width + c)).collect();
-                        format!("({})", params.join(", "))
-                    })
-                    .collect();
-                format!("INSERT INTO {table} ({columns}) VALUES {}{tail}", tuples.join(", "))
+                // Anonymous `?` parameters, bound in order: sqlx looks the name of each numbered
+                // one up in a list as long as the statement (quadratic in its size).
+                let tuple = format!("({})", vec!["?"; width].join(", "));
+                format!("INSERT INTO {table} ({columns}) VALUES {}{tail}", vec![tuple; rows].join(", "))
             })
             .collect();
         Self { by_size }
@@ -190,27 +187,48 @@ static INSERT_TOKENS: LazyLock<MultiRow> = LazyLock::new(|| MultiRow::new("searc
 static INSERT_DATES: LazyLock<MultiRow> = LazyLock::new(|| MultiRow::new("search_dates", sql::DATE_COLUMNS, ""));
 static INSERT_NUMBERS: LazyLock<MultiRow> = LazyLock::new(|| MultiRow::new("search_numbers", sql::NUMBER_COLUMNS, ""));
 static INSERT_REFS: LazyLock<MultiRow> = LazyLock::new(|| MultiRow::new("search_refs", sql::REF_COLUMNS, ""));
+static INSERT_TOKEN_SETS: LazyLock<MultiRow> = LazyLock::new(|| {
+    MultiRow::new(
+        "search_token_sets",
+        sql::TOKEN_SET_COLUMNS,
+        " ON CONFLICT (tenant, resource_type, resource_id) DO UPDATE SET tokens = excluded.tokens",
+    )
+});
 static DELETE_SEARCH: LazyLock<Vec<String>> = LazyLock::new(|| {
-    sql::SEARCH_TABLES
+    sql::SEARCH_TABLES_BY_RESOURCE
         .iter()
         .map(|table| format!("DELETE FROM {table} WHERE tenant = $1 AND resource_type = $2 AND resource_id = $3"))
         .collect()
 });
+const SELECT_TOKEN_SET: &str =
+    "SELECT tokens FROM search_token_sets WHERE tenant = $1 AND resource_type = $2 AND resource_id = $3";
+const DELETE_TOKEN: &str =
+    "DELETE FROM search_tokens WHERE token = $1 AND tenant = $2 AND resource_type = $3 AND resource_id = $4";
 
-/// Each version's search rows in place of its resource's old ones.
+/// Each version's search rows in place of its resource's old ones; the old token rows are
+/// found through the resource's token set.
 async fn replace_search_rows(
     conn: &mut SqliteConnection,
     rows: &[(&NewVersion, &SearchRows)],
 ) -> Result<(), StorageError> {
     for (v, _) in rows.iter().filter(|(v, _)| v.expected_current.is_some()) {
+        let (tenant, rt, id) = (v.tenant.as_str(), v.resource_type.as_str(), v.id.as_str());
         for delete in DELETE_SEARCH.iter() {
-            sqlx::query(delete.as_str())
-                .bind(v.tenant.as_str())
-                .bind(v.resource_type.as_str())
-                .bind(v.id.as_str())
-                .execute(&mut *conn)
-                .await?;
+            sqlx::query(delete.as_str()).bind(tenant).bind(rt).bind(id).execute(&mut *conn).await?;
         }
+        let set: Option<Vec<u8>> =
+            sqlx::query_scalar(SELECT_TOKEN_SET).bind(tenant).bind(rt).bind(id).fetch_optional(&mut *conn).await?;
+        for token in search::tokens_of_set(set.as_deref().unwrap_or_default()) {
+            sqlx::query(DELETE_TOKEN).bind(token).bind(tenant).bind(rt).bind(id).execute(&mut *conn).await?;
+        }
+    }
+    for chunk in chunks(rows) {
+        let mut query = sqlx::query(INSERT_TOKEN_SETS.sql(chunk.len()));
+        for (v, r) in chunk {
+            query =
+                query.bind(v.tenant.as_str()).bind(v.resource_type.as_str()).bind(v.id.as_str()).bind(r.token_set());
+        }
+        query.execute(&mut *conn).await?;
     }
     let tokens: Vec<(&NewVersion, &search::Token)> =
         rows.iter().flat_map(|(v, r)| r.tokens.iter().map(move |t| (*v, t))).collect();

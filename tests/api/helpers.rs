@@ -197,6 +197,7 @@ impl TestApp {
             "search_dates",
             "search_numbers",
             "search_refs",
+            "search_token_sets",
         ] {
             let sql = format!("SELECT COALESCE(string_agg(t::text, E'\\n'), '') FROM {table} t");
             let text: String = sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).fetch_one(&pool).await.unwrap();
