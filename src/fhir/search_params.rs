@@ -85,6 +85,10 @@ pub struct SearchParam {
     pub paths: Box<[ElementPath]>,
     /// For references: the resource types the parameter may point at.
     pub targets: Box<[Box<str>]>,
+    /// The parameter whose blind-index tokens answer this one: its own code, or for a token,
+    /// string or uri parameter with the very paths of another of its type (`phonetic` and `name`),
+    /// the smallest such code: the values are indexed once.
+    pub indexed_as: Box<str>,
 }
 
 #[derive(Debug)]
@@ -125,6 +129,31 @@ struct RawPath {
     resolves: Option<String>,
     #[serde(default)]
     then: Vec<String>,
+}
+
+/// Token, string and uri parameters of one type with the same paths and kind have the same
+/// values: each takes the tokens of the smallest code among them (`indexed_as`).
+fn share_tokens(params: &mut HashMap<Box<str>, SearchParam>) {
+    let blind = |p: &SearchParam| {
+        matches!(p.kind, ParamType::Token | ParamType::String | ParamType::Uri) && !p.code.starts_with('_')
+    };
+    let shared: Vec<(Box<str>, Box<str>)> = params
+        .values()
+        .filter(|p| blind(p))
+        .filter_map(|p| {
+            let first = params
+                .values()
+                .filter(|q| blind(q) && q.kind == p.kind && q.paths == p.paths)
+                .map(|q| &q.code)
+                .min()?;
+            (first != &p.code).then(|| (p.code.clone(), first.clone()))
+        })
+        .collect();
+    for (code, first) in shared {
+        if let Some(p) = params.get_mut(&code) {
+            p.indexed_as = first;
+        }
+    }
 }
 
 impl SearchParams {
@@ -168,8 +197,12 @@ impl SearchParams {
                 kind,
                 paths: paths.into(),
                 targets: p.targets.iter().map(|t| t.as_str().into()).collect(),
+                indexed_as: p.code.as_str().into(),
             };
             by_type.entry(p.base.into()).or_default().insert(p.code.into(), param);
+        }
+        for params in by_type.values_mut() {
+            share_tokens(params);
         }
         let compartments = raw
             .compartments
@@ -276,6 +309,23 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn parameters_with_the_same_values_share_their_tokens_and_only_those() {
+        let table = r4().unwrap();
+        let indexed_as = |rt: &str, code: &str| table.get(rt, code).unwrap().indexed_as.to_string();
+        for rt in ["Patient", "Practitioner", "Person", "RelatedPerson"] {
+            assert_eq!(indexed_as(rt, "phonetic"), "name");
+            assert_eq!(indexed_as(rt, "name"), "name");
+        }
+        assert_eq!(indexed_as("CodeSystem", "url"), "system");
+        assert_eq!(indexed_as("Patient", "family"), "family");
+        assert_eq!(indexed_as("Patient", "address-city"), "address-city");
+        // References keep their own rows: compartments and includes name them.
+        assert_eq!(indexed_as("Coverage", "patient"), "patient");
+        let shared = table.by_type.values().flat_map(HashMap::values).filter(|p| p.indexed_as != p.code).count();
+        assert_eq!(shared, 6, "phonetic four times, CodeSystem url, CapabilityStatement version");
     }
 
     #[test]

@@ -143,6 +143,9 @@ pub fn index_rows(
 ) -> SearchRows {
     let mut rows = SearchRows::default();
     for (param, values) in extract::extract(params, blind.resource_type, body, base_url) {
+        if param.indexed_as != param.code {
+            continue; // Its values are indexed under `indexed_as`.
+        }
         let code = param.code.as_ref();
         rows.tokens.push(blind.present(code));
         for value in values {
@@ -226,6 +229,26 @@ mod tests {
             rows.refs,
             [RefRow { param: "organization".into(), target_type: "Organization".into(), target_id: "org1".into() }]
         );
+        // `phonetic` has the paths of `name`: its queries meet `name`'s tokens, stored once.
+        let phonetic = parse(
+            params,
+            &Blind::new(&key, "Patient"),
+            &[("phonetic".to_owned(), "Dup".to_owned()), ("phonetic:missing".to_owned(), "false".to_owned())],
+            "https://h/fhir/demo",
+            StringIndexing::default(),
+            false,
+        )
+        .unwrap();
+        let tokens: Vec<Token> = phonetic
+            .filters
+            .iter()
+            .flat_map(|f| match f {
+                crate::storage::search::Filter::AnyToken(tokens) => tokens.clone(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(tokens.len(), 2);
+        assert!(tokens.iter().all(|t| rows.tokens.contains(t)));
         let debug = format!("{rows:?}").to_lowercase();
         for secret in ["dupont", "jeanne", "1800275123456", "female", "urn:oid"] {
             assert!(!debug.contains(secret), "{secret} leaked");

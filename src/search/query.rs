@@ -100,7 +100,7 @@ impl Reader<'_> {
         let invalid = |reason: String| SearchError::Invalid { param: name.to_owned(), reason };
         let param = self.param(blind.resource_type, code, name)?;
         if modifier == Some("missing") {
-            let present = vec![blind.present(code)];
+            let present = vec![blind.present(&param.indexed_as)];
             return match value {
                 "true" => Ok(Filter::NoToken(present)),
                 "false" => Ok(Filter::AnyToken(present)),
@@ -214,7 +214,7 @@ fn filter(
     base_url: &str,
     indexing: StringIndexing,
 ) -> Result<Filter, String> {
-    let code = param.code.as_ref();
+    let code = param.indexed_as.as_ref();
     if code == "_id" {
         no_modifier(modifier)?;
         return Ok(Filter::Id(values.to_vec()));
