@@ -184,6 +184,9 @@ fn insert_search(first: usize, token_sets: &str) -> String {
 /// (tenant, type, id arrays), their token rows found through their token sets, and insert the
 /// new ones from $4. One statement, whatever the batch: every part sees the rows as they were
 /// before it, so the old token set names the tokens to delete while the new one replaces it.
+/// The tokens are split into an array: PostgreSQL guesses ten elements for it and probes the
+/// token index once each, where for `generate_series` rows it guessed a thousand and scanned
+/// the whole index for the resource's columns instead.
 static REPLACE_SEARCH: LazyLock<String> = LazyLock::new(|| {
     const UPDATED: &str = "UNNEST($1::text[], $2::text[], $3::text[]) AS u(tenant, resource_type, resource_id)";
     let mut deletes: Vec<String> = sql::SEARCH_TABLES_BY_RESOURCE
@@ -199,8 +202,9 @@ static REPLACE_SEARCH: LazyLock<String> = LazyLock::new(|| {
         "deleted_search_tokens AS (DELETE FROM search_tokens x USING {UPDATED} \
          JOIN search_token_sets s ON s.tenant = u.tenant AND s.resource_type = u.resource_type \
          AND s.resource_id = u.resource_id \
-         CROSS JOIN LATERAL generate_series(0, length(s.tokens) / {len} - 1) AS g(i) \
-         WHERE x.token = substring(s.tokens FROM g.i * {len} + 1 FOR {len}) AND x.tenant = s.tenant \
+         CROSS JOIN LATERAL UNNEST(ARRAY(SELECT substring(s.tokens FROM g.i * {len} + 1 FOR {len}) \
+         FROM generate_series(0, length(s.tokens) / {len} - 1) AS g(i))) AS t(token) \
+         WHERE x.token = t.token AND x.tenant = s.tenant \
          AND x.resource_type = s.resource_type AND x.resource_id = s.resource_id)",
         len = crate::crypto::mac::TOKEN_LEN
     ));
