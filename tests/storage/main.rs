@@ -561,6 +561,11 @@ async fn search_rows_follow_the_current_version_and_every_filter_kind_answers() 
     index.commit_batch(&[update], &[]).await.unwrap().pop().unwrap().unwrap();
     assert_eq!(found(index, vec![Filter::AnyToken(vec![[2; 16]])]).await, ["b"]);
     assert_eq!(found(index, vec![Filter::AnyToken(vec![[9; 16]])]).await, ["a"]);
+    // A second update finds the first update's rows through the token set that replaced the first.
+    let again = searchable(new_version("a", 3, Some(2), 4_500), rows(&[4], None, None, None));
+    index.commit_batch(&[again], &[]).await.unwrap().pop().unwrap().unwrap();
+    assert!(found(index, vec![Filter::AnyToken(vec![[9; 16], [1; 16]])]).await.is_empty());
+    assert_eq!(found(index, vec![Filter::AnyToken(vec![[4; 16]])]).await, ["a"]);
     assert!(
         found(index, vec![Filter::Ref { param: "subject".into(), any: vec![(None, "p1".into())] }]).await.is_empty()
     );
