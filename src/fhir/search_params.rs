@@ -19,6 +19,24 @@ const SEARCH_PARAMS_JSON: &str = include_str!("../../schemas/fhir-r4-search-para
 /// The base named by parameters every resource type has (`_id`, `_lastUpdated`, ...).
 const EVERY_RESOURCE: &str = "Resource";
 
+/// What a string parameter reads of a complex element (a `HumanName`, an `Address`, the text of
+/// anything else that has one): these children, strings or arrays of strings.
+pub const STRING_PARTS: [&str; 13] = [
+    "family",
+    "given",
+    "prefix",
+    "suffix",
+    "text",
+    "line",
+    "city",
+    "district",
+    "state",
+    "postalCode",
+    "country",
+    "display",
+    "value",
+];
+
 /// The compiled table could not be built (a broken build, never user input).
 #[derive(Debug, thiserror::Error)]
 pub enum SearchParamError {
@@ -89,6 +107,23 @@ pub struct SearchParam {
     /// string or uri parameter with the very paths of another of its type (`phonetic` and `name`),
     /// the smallest such code: the values are indexed once.
     pub indexed_as: Box<str>,
+    /// For a string parameter: the parts of its values that another parameter of its type
+    /// indexes on its own (`name`'s `family` is `family`).
+    /// The part's values are indexed once, under the narrower parameter; a query of this one
+    /// meets them there too.
+    pub parts: Box<[StringPart]>,
+    /// A string parameter whose every value is a part of another's (`family` of `name`): its
+    /// tokens are written when that one is indexed.
+    pub within: bool,
+}
+
+/// A part of a string parameter's values that a narrower parameter indexes (`family` of `name`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct StringPart {
+    /// The element's child (`family`, `city`; one of `STRING_PARTS`).
+    pub part: Box<str>,
+    /// The narrower parameter's `indexed_as`, whose tokens hold this part's values.
+    pub key: Box<str>,
 }
 
 #[derive(Debug)]
@@ -156,6 +191,51 @@ fn share_tokens(params: &mut HashMap<Box<str>, SearchParam>) {
     }
 }
 
+/// The part `b` reads of each value of `a`, when `b`'s paths are `a`'s plus that one part:
+/// `name.family` of `name`, `address.city` of `address`.
+fn part_of<'a>(b: &'a SearchParam, a: &SearchParam) -> Option<&'a str> {
+    if a.kind != ParamType::String || b.kind != ParamType::String || a.paths.len() != b.paths.len() {
+        return None;
+    }
+    let mut part = None;
+    for (pa, pb) in a.paths.iter().zip(b.paths.iter()) {
+        let (last, head) = pb.steps.split_last()?;
+        let plain = pa.filter.is_none() && pb.filter.is_none();
+        if !plain || head != &*pa.steps || !STRING_PARTS.contains(&last.as_ref()) || *part.get_or_insert(last) != last {
+            return None;
+        }
+    }
+    part.map(AsRef::as_ref)
+}
+
+/// String parameters whose values are parts of another's (`family`, `given` of `name`;
+/// `address-city` of `address`): index those values once (`parts`, `within`).
+fn share_parts(params: &mut HashMap<Box<str>, SearchParam>) {
+    let mut parts: Vec<(Box<str>, StringPart)> = Vec::new();
+    let mut within: Vec<Box<str>> = Vec::new();
+    for a in params.values() {
+        for b in params.values() {
+            if let Some(part) = part_of(b, a) {
+                parts.push((a.code.clone(), StringPart { part: part.into(), key: b.indexed_as.clone() }));
+                if a.indexed_as == a.code {
+                    within.push(b.code.clone());
+                }
+            }
+        }
+    }
+    parts.sort();
+    for (code, part) in parts {
+        if let Some(p) = params.get_mut(&code) {
+            p.parts = p.parts.iter().cloned().chain([part]).collect();
+        }
+    }
+    for code in within {
+        if let Some(p) = params.get_mut(&code) {
+            p.within = true;
+        }
+    }
+}
+
 impl SearchParams {
     fn compile(model: &Model) -> Result<Self, SearchParamError> {
         let raw: RawTable = serde_json::from_str(SEARCH_PARAMS_JSON)?;
@@ -198,11 +278,14 @@ impl SearchParams {
                 paths: paths.into(),
                 targets: p.targets.iter().map(|t| t.as_str().into()).collect(),
                 indexed_as: p.code.as_str().into(),
+                parts: Box::new([]),
+                within: false,
             };
             by_type.entry(p.base.into()).or_default().insert(p.code.into(), param);
         }
         for params in by_type.values_mut() {
             share_tokens(params);
+            share_parts(params);
         }
         let compartments = raw
             .compartments
@@ -326,6 +409,54 @@ mod tests {
         assert_eq!(indexed_as("Coverage", "patient"), "patient");
         let shared = table.by_type.values().flat_map(HashMap::values).filter(|p| p.indexed_as != p.code).count();
         assert_eq!(shared, 6, "phonetic four times, CodeSystem url, CapabilityStatement version");
+    }
+
+    #[test]
+    fn parts_of_names_and_addresses_are_indexed_once_under_the_narrower_parameter() {
+        let table = r4().unwrap();
+        let param = |rt: &str, code: &str| table.get(rt, code).unwrap();
+        let parts = |rt: &str, code: &str| -> Vec<(String, String)> {
+            param(rt, code).parts.iter().map(|p| (p.part.to_string(), p.key.to_string())).collect()
+        };
+        let pairs = |list: &[(&str, &str)]| -> Vec<(String, String)> {
+            list.iter().map(|(p, k)| ((*p).to_owned(), (*k).to_owned())).collect()
+        };
+        for rt in ["Patient", "Practitioner"] {
+            assert_eq!(parts(rt, "name"), pairs(&[("family", "family"), ("given", "given")]));
+            assert_eq!(parts(rt, "phonetic"), parts(rt, "name"), "phonetic queries meet name's tokens");
+            assert_eq!(
+                parts(rt, "address"),
+                pairs(&[
+                    ("city", "address-city"),
+                    ("country", "address-country"),
+                    ("postalCode", "address-postalcode"),
+                    ("state", "address-state"),
+                ])
+            );
+            for within in ["family", "given", "address-city", "address-state", "address-postalcode", "address-country"]
+            {
+                assert!(param(rt, within).within, "{rt} {within}");
+            }
+            assert!(!param(rt, "name").within && !param(rt, "address").within && !param(rt, "phonetic").within);
+        }
+        // Only string parameters of that exact shape (`Organization.name` also reads `alias`).
+        let mut within: Vec<String> = table
+            .by_type
+            .iter()
+            .flat_map(|(rt, params)| params.values().filter(|p| p.within).map(move |p| format!("{rt}.{}", p.code)))
+            .collect();
+        within.sort();
+        let mut expected: Vec<String> = ["InsurancePlan", "Location", "Organization", "Patient", "Person"]
+            .into_iter()
+            .chain(["Practitioner", "RelatedPerson"])
+            .flat_map(|rt| ["city", "country", "postalcode", "state"].map(|part| format!("{rt}.address-{part}")))
+            .chain(
+                ["Patient", "Practitioner"].into_iter().flat_map(|rt| [format!("{rt}.family"), format!("{rt}.given")]),
+            )
+            .collect();
+        expected.sort();
+        assert_eq!(within, expected);
+        assert!(table.by_type.values().flat_map(HashMap::values).all(|p| !p.within || p.kind == ParamType::String));
     }
 
     #[test]

@@ -10,17 +10,30 @@
 use serde_json::{Map, Value};
 
 use super::ranges::{DateRange, date_range};
-use crate::fhir::search_params::{ElementPath, ParamType, SearchParam, SearchParams};
+use crate::fhir::search_params::{ElementPath, ParamType, STRING_PARTS, SearchParam, SearchParams};
 
 /// One value of one parameter.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Extracted<'a> {
-    Token { system: Option<&'a str>, code: &'a str },
+    Token {
+        system: Option<&'a str>,
+        code: &'a str,
+    },
     String(&'a str),
+    /// A string read from a part of a complex element (`family` of a `HumanName`).
+    Part {
+        part: &'static str,
+        value: &'a str,
+    },
     Uri(&'a str),
     Date(DateRange),
     Number(f64),
-    Quantity { value: f64, system: Option<&'a str>, code: Option<&'a str>, unit: Option<&'a str> },
+    Quantity {
+        value: f64,
+        system: Option<&'a str>,
+        code: Option<&'a str>,
+        unit: Option<&'a str>,
+    },
     Reference(RefValue<'a>),
 }
 
@@ -139,26 +152,11 @@ fn strings<'a>(element: &'a Value, out: &mut Vec<Extracted<'a>>) {
         Value::String(s) => out.push(Extracted::String(s)),
         Value::Object(map) => {
             // HumanName, Address, and the text of anything else that has one.
-            const PARTS: [&str; 13] = [
-                "family",
-                "given",
-                "prefix",
-                "suffix",
-                "text",
-                "line",
-                "city",
-                "district",
-                "state",
-                "postalCode",
-                "country",
-                "display",
-                "value",
-            ];
-            for part in PARTS {
+            for part in STRING_PARTS {
                 match map.get(part) {
-                    Some(Value::String(s)) => out.push(Extracted::String(s)),
+                    Some(Value::String(value)) => out.push(Extracted::Part { part, value }),
                     Some(Value::Array(items)) => {
-                        out.extend(items.iter().filter_map(Value::as_str).map(Extracted::String))
+                        out.extend(items.iter().filter_map(Value::as_str).map(|value| Extracted::Part { part, value }))
                     }
                     _ => {}
                 }
@@ -294,7 +292,7 @@ mod tests {
         assert_eq!(values(&body, "Patient", "family"), [Extracted::String("Müller")]);
         assert_eq!(values(&body, "Patient", "given"), [Extracted::String("Anna"), Extracted::String("Lena")]);
         assert_eq!(values(&body, "Patient", "name").len(), 4);
-        assert!(values(&body, "Patient", "address").contains(&Extracted::String("Lyon")));
+        assert!(values(&body, "Patient", "address").contains(&Extracted::Part { part: "city", value: "Lyon" }));
         assert_eq!(values(&body, "Patient", "address-postalcode"), [Extracted::String("69001")]);
         let Extracted::Date(range) = values(&body, "Patient", "birthdate")[0] else { panic!() };
         assert_eq!(range, date_range("1970-03").unwrap());

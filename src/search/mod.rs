@@ -5,10 +5,13 @@
 //! `KeyService::mac_key(tenant, "search")`, never a data key) of the resource type, the
 //! parameter, the kind of token and the value. Equal values give equal tokens, so equality
 //! search works; nothing else about the value can be read from the token. Strings are folded
-//! (`normalize`) and indexed by word: a token per whole word, a token per word prefix of
-//! `min_prefix_chars` up to `max_prefix_chars` characters, and for values of several words a
-//! token per prefix of the whole value; FHIR's default string match (starts with, ignoring case
-//! and accents) is served by those. Dates, numbers, quantities and references to this server's
+//! (`normalize`) and indexed by word: a token per word prefix of `min_prefix_chars` up to
+//! `max_prefix_chars` characters (the longest is the word itself), a whole-word token only for
+//! words shorter than that, and for values of several words a token per prefix of the whole
+//! value; FHIR's default string match (starts with, ignoring case and accents) is served by
+//! those. A part of a name or an address that a narrower parameter indexes (`family` of `name`,
+//! `city` of `address`) is indexed once, under the narrower one, and queries of the wider one
+//! look there too (`SearchParam::parts`). Dates, numbers, quantities and references to this server's
 //! opaque ids are stored in clear (`storage::search`).
 //!
 //! **Architecture Invariant:** no plaintext string, code, identifier or external URL of a
@@ -103,8 +106,12 @@ impl<'a> Blind<'a> {
         let mut words = folded.split(' ').filter(|w| !w.is_empty()).peekable();
         let first_len = words.peek().map_or(0, |w| w.chars().count());
         for word in words {
-            out.push(self.token(param, kind::WORD, &[word]));
             let len = word.chars().count();
+            // A query word shorter than the shortest prefix matches whole words; a longer one,
+            // the prefix tokens (the longest of which is the word itself).
+            if len < indexing.min_prefix_chars {
+                out.push(self.token(param, kind::WORD, &[word]));
+            }
             for n in indexing.min_prefix_chars.max(1)..=len.min(indexing.max_prefix_chars) {
                 out.push(self.token(param, kind::WORD_PREFIX, &[prefix(word, n)]));
             }
@@ -143,8 +150,8 @@ pub fn index_rows(
 ) -> SearchRows {
     let mut rows = SearchRows::default();
     for (param, values) in extract::extract(params, blind.resource_type, body, base_url) {
-        if param.indexed_as != param.code {
-            continue; // Its values are indexed under `indexed_as`.
+        if param.indexed_as != param.code || param.within {
+            continue; // Its values are indexed under `indexed_as`, or as parts of another's.
         }
         let code = param.code.as_ref();
         rows.tokens.push(blind.present(code));
@@ -152,6 +159,14 @@ pub fn index_rows(
             match value {
                 Extracted::Token { system, code: value } => blind.coded(code, "", system, value, &mut rows.tokens),
                 Extracted::String(s) => blind.string(code, s, indexing, &mut rows.tokens),
+                Extracted::Part { part, value } => {
+                    // Under the parameter that has this part to itself (`family`), if any.
+                    let key = param.parts.iter().find(|p| &*p.part == part).map_or(code, |p| &p.key);
+                    if key != code {
+                        rows.tokens.push(blind.present(key));
+                    }
+                    blind.string(key, value, indexing, &mut rows.tokens);
+                }
                 Extracted::Uri(s) => rows.tokens.push(blind.token(code, kind::URI, &[s])),
                 Extracted::Date(range) => rows.dates.push(DateRow { param: code.into(), lo: range.lo, hi: range.hi }),
                 Extracted::Number(value) => {
@@ -247,8 +262,12 @@ mod tests {
                 other => panic!("{other:?}"),
             })
             .collect();
-        assert_eq!(tokens.len(), 2);
-        assert!(tokens.iter().all(|t| rows.tokens.contains(t)));
+        // `Dup` may be the start of a family name, a given name, or any other part of `name`:
+        // one alternative per key, and the family name's is stored (under `family`).
+        let present = Blind::new(&key, "Patient").present("name");
+        assert!(tokens.contains(&present) && rows.tokens.contains(&present));
+        assert_eq!(tokens.len(), 1 + 3, "present; name, family, given");
+        assert_eq!(tokens.iter().filter(|t| rows.tokens.contains(t)).count(), 2);
         let debug = format!("{rows:?}").to_lowercase();
         for secret in ["dupont", "jeanne", "1800275123456", "female", "urn:oid"] {
             assert!(!debug.contains(secret), "{secret} leaked");

@@ -235,24 +235,25 @@ fn filter(
                 Some(other) => Err(unsupported_modifier(other, "token", "`:missing`, `:not`")),
             }
         }
-        ParamType::String => match modifier {
-            None => {
-                let mut alternatives = Vec::new();
-                for value in values {
-                    let tokens = blind.string_query(code, value, indexing);
-                    // One token per value: each value is one alternative.
-                    alternatives.extend(tokens);
+        ParamType::String => {
+            // Its own tokens, and those of the parts indexed under narrower parameters.
+            let keys = || std::iter::once(code).chain(param.parts.iter().map(|p| p.key.as_ref()));
+            match modifier {
+                None => {
+                    // One token per value and key: each is one alternative.
+                    let alternatives =
+                        values.iter().flat_map(|v| keys().flat_map(|k| blind.string_query(k, v, indexing)));
+                    Ok(Filter::AnyToken(alternatives.collect()))
                 }
-                Ok(Filter::AnyToken(alternatives))
-            }
-            Some("exact") => {
-                Ok(Filter::AnyToken(values.iter().map(|v| blind.token(code, kind::EXACT, &[v])).collect()))
-            }
-            Some("contains") => Err("`:contains` is not available: string values are stored encrypted, and their \
+                Some("exact") => Ok(Filter::AnyToken(
+                    values.iter().flat_map(|v| keys().map(|k| blind.token(k, kind::EXACT, &[v]))).collect(),
+                )),
+                Some("contains") => Err("`:contains` is not available: string values are stored encrypted, and their \
                  blind index answers only whole-word and word-prefix matches"
-                .into()),
-            Some(other) => Err(unsupported_modifier(other, "string", "`:exact`, `:missing`")),
-        },
+                    .into()),
+                Some(other) => Err(unsupported_modifier(other, "string", "`:exact`, `:missing`")),
+            }
+        }
         ParamType::Uri => {
             no_modifier(modifier)?;
             Ok(Filter::AnyToken(values.iter().map(|v| blind.token(code, kind::URI, &[v])).collect()))

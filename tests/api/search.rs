@@ -58,6 +58,21 @@ async fn every_parameter_type_finds_what_it_should() {
     assert!(ids(&app, "Patient?family:exact=muller").await.is_empty());
     assert_eq!(ids(&app, "Patient?name=anna-lena m").await, sorted(vec![&anna]));
     assert!(ids(&app, "Patient?family=ller").await.is_empty());
+    // `name` and `address` find the parts that `family`, `given`, `address-city`... index.
+    assert_eq!(ids(&app, "Patient?name=muller").await, sorted(vec![&anna]));
+    assert_eq!(ids(&app, "Patient?name=lena").await, sorted(vec![&anna]));
+    assert_eq!(ids(&app, "Patient?name=li").await, sorted(vec![&li]));
+    assert_eq!(ids(&app, "Patient?name=camille").await, sorted(vec![&li, &other]));
+    assert_eq!(ids(&app, "Patient?name:exact=Müller").await, sorted(vec![&anna]));
+    assert_eq!(ids(&app, "Patient?name:exact=Anna-Lena Müller").await, sorted(vec![&anna]));
+    assert_eq!(ids(&app, "Patient?phonetic=lindq").await, sorted(vec![&other]));
+    assert_eq!(ids(&app, "Patient?address=lindq").await, sorted(vec![&other]));
+    assert_eq!(ids(&app, "Patient?address=lyon&address=fr").await.len(), 3);
+    assert_eq!(ids(&app, "Patient?address:exact=Lyon").await.len(), 3);
+    assert_eq!(ids(&app, "Patient?address-city=lyo&address-country=fr").await.len(), 3);
+    assert_eq!(ids(&app, "Patient?given:missing=false&address-city:missing=false").await.len(), 3);
+    assert!(ids(&app, "Patient?address-state:missing=false").await.is_empty());
+    assert!(ids(&app, "Patient?address-city=rue").await.is_empty(), "a line is not a city");
 
     // Tokens: code, system|code, |code, system|; `:not`; booleans; identifiers.
     assert_eq!(ids(&app, "Patient?gender=male").await, sorted(vec![&li]));
