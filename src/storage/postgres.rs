@@ -18,7 +18,7 @@ use sqlx::postgres::{PgArguments, PgConnectOptions, PgConnection};
 use sqlx::{Postgres, Transaction};
 
 use super::lease::Leases;
-use super::search::{DateRow, NumberRow, RefRow, SearchRows, Token};
+use super::search::{DateRow, NumberRow, RefRow, SearchRows};
 use super::sql::{self, InsertedVersion};
 use super::{IndexOptions, NewVersion, ObjectKey, StorageError, VersionCommit};
 use crate::audit::AuditRecord;
@@ -96,7 +96,7 @@ impl Statistics {
 }
 
 const NEVER_ANALYZED: &str = "SELECT EXISTS (SELECT 1 FROM pg_stat_user_tables \
-     WHERE schemaname = current_schema() AND relname IN ('resources', 'resource_versions', 'search_tokens', \
+     WHERE schemaname = current_schema() AND relname IN ('resources', 'resource_versions', 'search_token_sets', \
      'search_dates', 'search_numbers', 'search_refs') \
      AND last_analyze IS NULL AND last_autoanalyze IS NULL)";
 
@@ -104,9 +104,11 @@ async fn analyze_if_never_analyzed(leases: &Leases<Postgres>) -> Result<bool, St
     let mut conn = leases.get().await?;
     let never: bool = sqlx::query_scalar(NEVER_ANALYZED).fetch_one(&mut *conn).await?;
     if never {
-        sqlx::raw_sql("ANALYZE resources, resource_versions, search_tokens, search_dates, search_numbers, search_refs")
-            .execute(&mut *conn)
-            .await?;
+        sqlx::raw_sql(
+            "ANALYZE resources, resource_versions, search_token_sets, search_dates, search_numbers, search_refs",
+        )
+        .execute(&mut *conn)
+        .await?;
     }
     conn.done();
     Ok(never)
@@ -146,25 +148,32 @@ fn unnest_audits(first: usize) -> String {
     format!("UNNEST({})", columns.join(", "))
 }
 
-/// The search rows' inserts, as data-modifying `WITH` items (`tokens AS (...), ...`), their
-/// arrays numbered from `$first`: tokens (4 arrays), dates (6), numbers (8), references (6),
-/// token sets (4). `token_sets` ends the token sets' insert (`ON CONFLICT ...` for updates).
+/// The search rows' inserts, as data-modifying `WITH` items (`dates AS (...), ...`), their
+/// arrays numbered from `$first`: dates (6 arrays), numbers (8), references (6), token sets (4,
+/// each set's tokens concatenated, split into its array by `fhirvault_token_array`, migration
+/// 0004). `token_sets` ends the token sets' insert (`ON CONFLICT ...` for updates).
 fn insert_search(first: usize, token_sets: &str) -> String {
     let tables = [
-        ("search_tokens", sql::TOKEN_COLUMNS, &["text", "text", "text", "bytea"][..], ""),
-        ("search_dates", sql::DATE_COLUMNS, &["text", "text", "text", "text", "bigint", "bigint"][..], ""),
+        ("search_dates", sql::DATE_COLUMNS, &["text", "text", "text", "text", "bigint", "bigint"][..], "*", ""),
         (
             "search_numbers",
             sql::NUMBER_COLUMNS,
             &["text", "text", "text", "text", "float8", "text", "text", "text"][..],
+            "*",
             "",
         ),
-        ("search_refs", sql::REF_COLUMNS, &["text", "text", "text", "text", "text", "text"][..], ""),
-        ("search_token_sets", sql::TOKEN_SET_COLUMNS, &["text", "text", "text", "bytea"][..], token_sets),
+        ("search_refs", sql::REF_COLUMNS, &["text", "text", "text", "text", "text", "text"][..], "*", ""),
+        (
+            "search_token_sets",
+            sql::TOKEN_SET_COLUMNS,
+            &["text", "text", "text", "bytea"][..],
+            "c1, c2, c3, fhirvault_token_array(c4)",
+            token_sets,
+        ),
     ];
     let mut n = first;
     let mut items = Vec::new();
-    for (table, columns, types, tail) in tables {
+    for (table, columns, types, select, tail) in tables {
         let arrays: Vec<String> = types
             .iter()
             .map(|t| {
@@ -172,24 +181,22 @@ fn insert_search(first: usize, token_sets: &str) -> String {
                 format!("${}::{t}[]", n - 1)
             })
             .collect();
+        let names: Vec<String> = (1..=types.len()).map(|i| format!("c{i}")).collect();
         items.push(format!(
-            "{table} AS (INSERT INTO {table} ({columns}) SELECT * FROM UNNEST({}){tail})",
-            arrays.join(", ")
+            "{table} AS (INSERT INTO {table} ({columns}) SELECT {select} FROM UNNEST({}) AS u({}){tail})",
+            arrays.join(", "),
+            names.join(", ")
         ));
     }
     items.join(", ")
 }
 
 /// Replace the search rows of updated resources: delete the old rows of the resources $1-$3
-/// (tenant, type, id arrays), their token rows found through their token sets, and insert the
-/// new ones from $4. One statement, whatever the batch: every part sees the rows as they were
-/// before it, so the old token set names the tokens to delete while the new one replaces it.
-/// The tokens are split into an array: PostgreSQL guesses ten elements for it and probes the
-/// token index once each, where for `generate_series` rows it guessed a thousand and scanned
-/// the whole index for the resource's columns instead.
+/// (tenant, type, id arrays) and insert the new ones from $4; a resource's new token set
+/// replaces its old one. One statement, whatever the batch.
 static REPLACE_SEARCH: LazyLock<String> = LazyLock::new(|| {
     const UPDATED: &str = "UNNEST($1::text[], $2::text[], $3::text[]) AS u(tenant, resource_type, resource_id)";
-    let mut deletes: Vec<String> = sql::SEARCH_TABLES_BY_RESOURCE
+    let deletes: Vec<String> = sql::SEARCH_TABLES_BY_RESOURCE
         .iter()
         .map(|table| {
             format!(
@@ -198,16 +205,6 @@ static REPLACE_SEARCH: LazyLock<String> = LazyLock::new(|| {
             )
         })
         .collect();
-    deletes.push(format!(
-        "deleted_search_tokens AS (DELETE FROM search_tokens x USING {UPDATED} \
-         JOIN search_token_sets s ON s.tenant = u.tenant AND s.resource_type = u.resource_type \
-         AND s.resource_id = u.resource_id \
-         CROSS JOIN LATERAL UNNEST(ARRAY(SELECT substring(s.tokens FROM g.i * {len} + 1 FOR {len}) \
-         FROM generate_series(0, length(s.tokens) / {len} - 1) AS g(i))) AS t(token) \
-         WHERE x.token = t.token AND x.tenant = s.tenant \
-         AND x.resource_type = s.resource_type AND x.resource_id = s.resource_id)",
-        len = crate::crypto::mac::TOKEN_LEN
-    ));
     let upsert = " ON CONFLICT (tenant, resource_type, resource_id) DO UPDATE SET tokens = EXCLUDED.tokens";
     format!("WITH {}, {} SELECT 1", deletes.join(", "), insert_search(4, upsert))
 });
@@ -294,10 +291,6 @@ fn add_search(args: &mut PgArguments, rows: &[(&NewVersion, &SearchRows)]) -> En
         args.add(rows.iter().map(|(v, _)| v.resource_type.as_str()).collect::<Vec<_>>())?;
         args.add(rows.iter().map(|(v, _)| v.id.as_str()).collect::<Vec<_>>())
     }
-    let tokens: Vec<(&NewVersion, &Token)> =
-        rows.iter().flat_map(|(v, r)| r.tokens.iter().map(move |t| (*v, t))).collect();
-    ids(&tokens, args)?;
-    args.add(tokens.iter().map(|(_, t)| t.as_slice()).collect::<Vec<_>>())?;
     let dates: Vec<(&NewVersion, &DateRow)> =
         rows.iter().flat_map(|(v, r)| r.dates.iter().map(move |d| (*v, d))).collect();
     ids(&dates, args)?;

@@ -395,9 +395,8 @@ fn ids_sql(b: &mut Built, tenant: &str, rt: &str, filters: &[Filter], dialect: D
 fn filter_sql(b: &mut Built, filter: &Filter, tenant: &str, rt: &str, dialect: Dialect) -> String {
     match filter {
         Filter::AnyToken(tokens) | Filter::NoToken(tokens) => {
-            let list = list(b, tokens.iter().map(|t| Arg::Blob(t.to_vec())));
-            let exists =
-                format!("EXISTS (SELECT 1 FROM search_tokens x WHERE {MATCHES_RESOURCE} AND x.token IN ({list}))");
+            let (table, has_one) = tokens_sql(b, tokens, dialect);
+            let exists = format!("EXISTS (SELECT 1 FROM {table} x WHERE {MATCHES_RESOURCE} AND {has_one})");
             if matches!(filter, Filter::NoToken(_)) { format!("NOT {exists}") } else { exists }
         }
         Filter::Date { param, any } => {
@@ -447,14 +446,23 @@ fn filter_sql(b: &mut Built, filter: &Filter, tenant: &str, rt: &str, dialect: D
     }
 }
 
+/// Where a resource's tokens are (`x`), and the condition that it has one of `tokens`: a row per
+/// token on SQLite, an array per resource under a GIN index on PostgreSQL (its migration 0004).
+fn tokens_sql(b: &mut Built, tokens: &[Token], dialect: Dialect) -> (&'static str, String) {
+    let list = list(b, tokens.iter().map(|t| Arg::Blob(t.to_vec())));
+    match dialect {
+        Dialect::Sqlite => ("search_tokens", format!("x.token IN ({list})")),
+        Dialect::Postgres => ("search_token_sets", format!("x.tokens && ARRAY[{list}]::bytea[]")),
+    }
+}
+
 /// `r.resource_id` among the ids `filter` selects, computed once (see `Dialect`).
 fn driving_sql(b: &mut Built, filter: &Filter, tenant: &str, rt: &str, dialect: Dialect) -> String {
     let ids = match filter {
         Filter::AnyToken(tokens) => {
-            let list = list(b, tokens.iter().map(|t| Arg::Blob(t.to_vec())));
+            let (table, has_one) = tokens_sql(b, tokens, dialect);
             format!(
-                "SELECT x.resource_id FROM search_tokens x WHERE x.tenant = {tenant} AND x.resource_type = {rt} \
-                 AND x.token IN ({list})"
+                "SELECT x.resource_id FROM {table} x WHERE x.tenant = {tenant} AND x.resource_type = {rt} AND {has_one}"
             )
         }
         Filter::Ref { param, any } => {
@@ -621,7 +629,7 @@ mod tests {
         assert_eq!(numbers, (1..=n).collect());
         assert!(built.sql.ends_with(&format!("ORDER BY r.resource_id LIMIT ${n}")), "{}", built.sql);
         assert_eq!(built.args.last(), Some(&Arg::Int(11)));
-        assert!(built.sql.contains("r.resource_id = ANY(ARRAY(SELECT x.resource_id FROM search_tokens x"));
+        assert!(built.sql.contains("r.resource_id = ANY(ARRAY(SELECT x.resource_id FROM search_token_sets x"));
         assert!(build(&q, false, Dialect::Sqlite).sql.contains("r.resource_id IN (SELECT x.resource_id"));
         // Sorted: the keyset compares the sort values first, and the order names them.
         let sorted = SearchQuery {

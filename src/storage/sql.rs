@@ -80,8 +80,9 @@ pub(super) const AUDIT_COLUMNS: &str = "recorded_at, request_id, tenant, agent_s
      outcome, detail, policy";
 
 /// The search index tables whose rows are found by their resource (migration 0002), and the
-/// columns the bulk inserts of every search table write. Token rows are indexed by token only;
-/// a resource's tokens are found through its row of `search_token_sets` (migration 0003).
+/// columns the bulk inserts of every search table write. SQLite's token rows are indexed by
+/// token only; a resource's tokens are found through its row of `search_token_sets` (migration
+/// 0003), which on PostgreSQL holds them (migration 0004).
 pub(super) const SEARCH_TABLES_BY_RESOURCE: [&str; 3] = ["search_dates", "search_numbers", "search_refs"];
 pub(super) const TOKEN_COLUMNS: &str = "tenant, resource_type, resource_id, token";
 pub(super) const TOKEN_SET_COLUMNS: &str = "tenant, resource_type, resource_id, tokens";

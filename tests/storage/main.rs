@@ -577,6 +577,61 @@ async fn search_rows_follow_the_current_version_and_every_filter_kind_answers() 
     assert_eq!(found(index, Vec::new()).await, ["a", "c"], "a deleted resource is not found");
 }
 
+/// PostgreSQL's migration 0004 moves a resource's token rows into one array: an index written
+/// before it finds the same resources after it, and an update replaces the migrated tokens.
+/// (SQLite's migration 0004 changes nothing.)
+#[tokio::test]
+async fn token_rows_written_before_migration_4_are_found_after_it() {
+    if !on_postgres() {
+        return;
+    }
+    let db = PgDatabase::create().await;
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    sqlx::migrate!("./migrations/postgres").run_to(3, &pool).await.unwrap();
+    // Two resources as they were written before migration 0004: a row per token, and the set.
+    for (id, tokens) in [("a", [[1_u8; 16], [2; 16]]), ("b", [[2; 16], [3; 16]])] {
+        sqlx::query("INSERT INTO resources (tenant, resource_type, resource_id, current_version) VALUES ('demo', 'Patient', $1, 1)")
+            .bind(id)
+            .execute(&pool)
+            .await
+            .unwrap();
+        sqlx::query(
+            "INSERT INTO resource_versions (tenant, resource_type, resource_id, version, method, object_key, \
+             location, compartment, last_updated) VALUES ('demo', 'Patient', $1, 1, 'create', $2, 'local', $3, 1000)",
+        )
+        .bind(id)
+        .bind(format!("demo/Patient/{id}/1"))
+        .bind(format!("Patient/{id}"))
+        .execute(&pool)
+        .await
+        .unwrap();
+        for token in tokens {
+            sqlx::query("INSERT INTO search_tokens VALUES ('demo', 'Patient', $1, $2)")
+                .bind(id)
+                .bind(token.as_slice())
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+        sqlx::query("INSERT INTO search_token_sets VALUES ('demo', 'Patient', $1, $2)")
+            .bind(id)
+            .bind(tokens.concat())
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    pool.close().await;
+    let index = open_index(&SecretString::from(db.url.clone()), &options()).await.unwrap();
+    let index = index.as_ref();
+    assert_eq!(found(index, vec![Filter::AnyToken(vec![[2; 16]])]).await, ["a", "b"]);
+    assert_eq!(found(index, vec![Filter::AnyToken(vec![[1; 16]])]).await, ["a"]);
+    assert_eq!(found(index, vec![Filter::NoToken(vec![[1; 16]])]).await, ["b"]);
+    let update = searchable(new_version("a", 2, Some(1), 2_000), rows(&[3], None, None, None));
+    index.commit_batch(&[update], &[]).await.unwrap().pop().unwrap().unwrap();
+    assert_eq!(found(index, vec![Filter::AnyToken(vec![[1; 16], [2; 16]])]).await, ["b"]);
+    assert_eq!(found(index, vec![Filter::AnyToken(vec![[3; 16]])]).await, ["a", "b"]);
+}
+
 #[tokio::test]
 async fn sorted_searches_page_by_their_keys_with_missing_values_last() {
     let t = fresh_index().await;
