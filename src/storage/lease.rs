@@ -14,12 +14,20 @@
 //!   the database rolls back whatever the closed session had open;
 //! - a connection idle for `PING_AFTER_IDLE` is checked before use (a restarted database or a
 //!   firewall may have dropped it), and one older than `MAX_LIFETIME` is replaced.
+//!
+//! A socket answers on the thread whose Tokio runtime opened it: each HTTP worker runs its own
+//! runtime, and a connection opened by one and used by another costs a wake-up of the first
+//! for every answer. The pool can therefore be split into partitions: a thread takes an idle
+//! connection of its own partition first (threads beyond the partitions share them in turn),
+//! then an idle one of another, and waits for its own only when every partition is busy.
 
+use std::cell::Cell;
 use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use deadpool::Runtime;
-use deadpool::managed::{self, Metrics, Object, PoolError, RecycleError, RecycleResult};
+use deadpool::managed::{self, Metrics, Object, PoolError, RecycleError, RecycleResult, Timeouts};
 use sqlx::{ConnectOptions, Connection, Database};
 
 use super::StorageError;
@@ -55,36 +63,65 @@ impl<DB: Database> managed::Manager for Connector<DB> {
     }
 }
 
-/// The pool of one index.
+/// The pool of one index: one or more partitions (see the module's documentation).
 pub struct Leases<DB: Database> {
-    pool: managed::Pool<Connector<DB>>,
+    partitions: Box<[managed::Pool<Connector<DB>>]>,
+    /// Taking a connection without waiting for one to come back (opening one may take `wait`).
+    at_once: Timeouts,
+}
+
+/// This thread's partition number, given in turn to each thread that asks first.
+fn thread_partition() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static PARTITION: Cell<Option<usize>> = const { Cell::new(None) };
+    }
+    PARTITION.with(|p| {
+        let n = p.get().unwrap_or_else(|| NEXT.fetch_add(1, Ordering::Relaxed));
+        p.set(Some(n));
+        n
+    })
 }
 
 impl<DB: Database> Leases<DB> {
-    /// At most `max` connections; `wait` bounds both waiting for a free one and opening one.
+    /// At most `max` connections, split between `partitions` pools (at least one connection
+    /// each); `wait` bounds both waiting for a free one and opening one.
     pub fn new(
-        options: <DB::Connection as Connection>::Options,
+        options: &<DB::Connection as Connection>::Options,
         max: u32,
+        partitions: usize,
         wait: Duration,
     ) -> Result<Self, StorageError> {
-        let pool = managed::Pool::builder(Connector { options })
-            .max_size(usize::try_from(max).unwrap_or(usize::MAX))
-            .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(wait))
-            .create_timeout(Some(wait))
-            .recycle_timeout(Some(wait))
-            // The most recently used connection first: under a light load the same few stay
-            // warm (and skip the idle check), the others stay idle.
-            .queue_mode(managed::QueueMode::Lifo)
-            .build()
-            .map_err(|e| StorageError::Pool(e.to_string()))?;
-        Ok(Self { pool })
+        let max = usize::try_from(max).unwrap_or(usize::MAX).max(1);
+        let partitions = partitions.clamp(1, max);
+        let partitions = (0..partitions)
+            .map(|i| {
+                // The first `max % partitions` pools take one more: `max` in all.
+                let size = max / partitions + usize::from(i < max % partitions);
+                managed::Pool::builder(Connector { options: options.clone() })
+                    .max_size(size)
+                    .runtime(Runtime::Tokio1)
+                    .wait_timeout(Some(wait))
+                    .create_timeout(Some(wait))
+                    .recycle_timeout(Some(wait))
+                    // The most recently used connection first: under a light load the same few
+                    // stay warm (and skip the idle check), the others stay idle.
+                    .queue_mode(managed::QueueMode::Lifo)
+                    .build()
+                    .map_err(|e| StorageError::Pool(e.to_string()))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            partitions,
+            at_once: Timeouts { wait: Some(Duration::ZERO), create: Some(wait), recycle: Some(wait) },
+        })
     }
 
     /// `new`, then the database's migrations on one of its connections.
     pub async fn open(
-        options: <DB::Connection as Connection>::Options,
+        options: &<DB::Connection as Connection>::Options,
         max: u32,
+        partitions: usize,
         wait: Duration,
         migrator: &sqlx::migrate::Migrator,
     ) -> Result<Self, StorageError>
@@ -92,22 +129,36 @@ impl<DB: Database> Leases<DB> {
         for<'c> &'c mut DB::Connection: sqlx::Acquire<'c, Database = DB>,
         DB::Connection: sqlx::migrate::Migrate,
     {
-        let leases = Self::new(options, max, wait)?;
+        let leases = Self::new(options, max, partitions, wait)?;
         let mut conn = leases.get().await?;
         migrator.run(&mut *conn).await?;
         conn.done();
         Ok(leases)
     }
 
-    /// A connection: an idle one, or a new one while there are fewer than `max`.
+    /// An idle connection, or a new one, of this thread's partition, else of another; when every
+    /// partition is busy, the next one back in this thread's.
     pub async fn get(&self) -> Result<Lease<DB>, StorageError> {
-        match self.pool.get().await {
-            Ok(conn) => Ok(Lease { conn: Some(conn), done: false }),
-            Err(PoolError::Backend(e)) => Err(e.into()),
-            Err(PoolError::Timeout(_)) => Err(sqlx::Error::PoolTimedOut.into()),
-            Err(PoolError::Closed) => Err(sqlx::Error::PoolClosed.into()),
-            Err(e) => Err(StorageError::Pool(e.to_string())),
+        let own = thread_partition() % self.partitions.len();
+        let in_turn = self.partitions.iter().cycle().skip(own).take(self.partitions.len());
+        for pool in in_turn {
+            match pool.timeout_get(&self.at_once).await {
+                Ok(conn) => return Ok(Lease { conn: Some(conn), done: false }),
+                Err(PoolError::Timeout(managed::TimeoutType::Wait)) => {}
+                Err(e) => return Err(pool_error(e)),
+            }
         }
+        let pool = self.partitions.get(own).unwrap_or_else(|| unreachable!("a remainder indexes the partitions"));
+        pool.get().await.map(|conn| Lease { conn: Some(conn), done: false }).map_err(pool_error)
+    }
+}
+
+fn pool_error(error: PoolError<sqlx::Error>) -> StorageError {
+    match error {
+        PoolError::Backend(e) => e.into(),
+        PoolError::Timeout(_) => sqlx::Error::PoolTimedOut.into(),
+        PoolError::Closed => sqlx::Error::PoolClosed.into(),
+        e => StorageError::Pool(e.to_string()),
     }
 }
 
@@ -166,7 +217,7 @@ mod tests {
             .filename(dir.join("lease.sqlite"))
             .create_if_missing(true)
             .busy_timeout(Duration::from_secs(5));
-        Leases::new(options, 2, Duration::from_secs(5)).unwrap()
+        Leases::new(&options, 2, 1, Duration::from_secs(5)).unwrap()
     }
 
     #[tokio::test]
@@ -176,7 +227,7 @@ mod tests {
         let mut conn = leases.get().await.unwrap();
         sqlx::query("SELECT 1").execute(&mut *conn).await.unwrap();
         conn.done();
-        let status = leases.pool.status();
+        let status = leases.partitions[0].status();
         assert_eq!((status.size, status.available), (1, 1));
     }
 
@@ -189,11 +240,43 @@ mod tests {
         sqlx::raw_sql("BEGIN IMMEDIATE; INSERT INTO t VALUES (1)").execute(&mut *first).await.unwrap();
         // As a request cancelled in the middle of its transaction would leave it.
         drop(first);
-        assert_eq!(leases.pool.status().size, 0);
+        assert_eq!(leases.partitions[0].status().size, 0);
 
         let mut second = leases.get().await.unwrap();
         sqlx::raw_sql("BEGIN IMMEDIATE").execute(&mut *second).await.unwrap();
         let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM t").fetch_one(&mut *second).await.unwrap();
         assert_eq!(rows, 0, "the unfinished transaction was rolled back");
+    }
+
+    #[tokio::test]
+    async fn a_thread_takes_its_connections_from_its_own_partition() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = SqliteConnectOptions::new().filename(dir.path().join("p.sqlite")).create_if_missing(true);
+        let leases = Leases::<Sqlite>::new(&options, 5, 2, Duration::from_secs(5)).unwrap();
+        let sizes: Vec<usize> = leases.partitions.iter().map(|p| p.status().max_size).collect();
+        assert_eq!(sizes, [3, 2], "the partitions share the maximum");
+        for _ in 0..3 {
+            let mut conn = leases.get().await.unwrap();
+            sqlx::query("SELECT 1").execute(&mut *conn).await.unwrap();
+            conn.done();
+        }
+        let mine = thread_partition() % 2;
+        let opened: Vec<usize> = leases.partitions.iter().map(|p| p.status().size).collect();
+        assert_eq!(opened[mine], 1, "{opened:?}");
+        assert_eq!(opened[1 - mine], 0, "{opened:?}");
+    }
+
+    #[tokio::test]
+    async fn a_thread_whose_partition_is_busy_takes_another_s_idle_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = SqliteConnectOptions::new().filename(dir.path().join("p.sqlite")).create_if_missing(true);
+        let leases = Leases::<Sqlite>::new(&options, 2, 2, Duration::from_secs(5)).unwrap();
+        let first = leases.get().await.unwrap();
+        // Its partition's one connection is out: the other partition's serves, at once.
+        let second = tokio::time::timeout(Duration::from_secs(1), leases.get()).await.unwrap().unwrap();
+        let opened: Vec<usize> = leases.partitions.iter().map(|p| p.status().size).collect();
+        assert_eq!(opened, [1, 1]);
+        first.done();
+        second.done();
     }
 }

@@ -32,13 +32,21 @@ pub struct PostgresIndex {
     statistics: Statistics,
 }
 
+/// One pool partition (see `lease`) per thread that talks to the database, at the defaults:
+/// the HTTP workers and the main runtime's threads, one of each per core.
+fn pool_partitions() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().saturating_mul(2))
+}
+
 impl PostgresIndex {
     pub async fn open(url: &str, options: &IndexOptions) -> Result<Self, StorageError> {
         let statement_timeout = format!("{}ms", options.statement_timeout.as_millis());
         let connect = PgConnectOptions::from_str(url)?
             .application_name("fhirvault")
             .options([("statement_timeout", statement_timeout.as_str())]);
-        let leases = Leases::open(connect, options.max_connections, options.connect_timeout, &MIGRATOR).await?;
+        let leases =
+            Leases::open(&connect, options.max_connections, pool_partitions(), options.connect_timeout, &MIGRATOR)
+                .await?;
         Ok(Self { leases, statistics: Statistics::default() })
     }
 

@@ -30,7 +30,7 @@ impl SqliteIndex {
             .foreign_keys(true)
             // SQLite has no statement timeout; a writer waits this long for the write lock.
             .busy_timeout(options.statement_timeout);
-        let leases = Leases::open(connect, options.max_connections, options.connect_timeout, &MIGRATOR).await?;
+        let leases = Leases::open(&connect, options.max_connections, 1, options.connect_timeout, &MIGRATOR).await?;
         Ok(Self { leases })
     }
 
