@@ -4,6 +4,7 @@
 //! - a compartment key from the cache (hit) and from the index + key provider (miss);
 //! - validating Synthea's Patient, Observation and Encounter against the R4 model, and parsing +
 //!   re-serialising a Patient;
+//! - one access decision by the shipped Cedar policies (a permit and a refusal);
 //! - a whole request in process (routing, token check, JSON, index, object, crypto, audit) for a
 //!   Patient read and create, on the embedded default.
 //!
@@ -20,9 +21,10 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use fhirvault::auth::{DevIssuer, Role, TokenRequest};
 use fhirvault::config::{Settings, dev_issuer_key_path};
 use fhirvault::crypto::{CompartmentKey, ObjectIdentity, SecretKey, envelope};
-use fhirvault::fhir::{model, resource, validate};
+use fhirvault::fhir::{Compartment, model, resource, validate};
 use fhirvault::ids::{ResourceId, ResourceType, TenantId, VersionId};
 use fhirvault::keys::{KeyService, LocalFileProvider};
+use fhirvault::policy::{Action, Policies, Resource as PolicyResource};
 use fhirvault::startup::{build_state, open_storage, prepare_data_dir};
 use fhirvault::time::Timestamp;
 use tokio::runtime::Runtime;
@@ -168,5 +170,44 @@ fn request(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, envelope, key_cache, validation, request);
+fn policy(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("issuer.key");
+    DevIssuer::ensure_key(&path).unwrap();
+    let issuer = DevIssuer::load(&path, "fhirvault", 0).unwrap();
+    let principal = |tenant: &str| {
+        let token = issuer
+            .issue(&TokenRequest {
+                tenant: TenantId::parse(tenant).unwrap(),
+                role: Role::Practitioner,
+                subject: None,
+                jurisdiction: None,
+                scope: None,
+                patient: None,
+                purpose: None,
+                ttl: Duration::from_secs(3600),
+            })
+            .unwrap();
+        issuer.verify(&token).unwrap()
+    };
+    let policies = Policies::shipped().unwrap();
+    let demo = TenantId::parse("demo").unwrap();
+    let compartment = Compartment::Patient(ResourceId::parse("p1").unwrap());
+    let resource = PolicyResource {
+        tenant: &demo,
+        resource_type: ResourceType::parse("Observation").unwrap(),
+        compartment: Some(&compartment),
+    };
+    let (own, other) = (principal("demo"), principal("other"));
+    let mut group = c.benchmark_group("access decision (shipped policies)");
+    group.bench_function("permit: practitioner reads an Observation", |b| {
+        b.iter(|| black_box(policies.authorize(&own, Action::Read, &resource).is_ok()));
+    });
+    group.bench_function("deny: another tenant's token", |b| {
+        b.iter(|| black_box(policies.authorize(&other, Action::Read, &resource).is_err()));
+    });
+    group.finish();
+}
+
+criterion_group!(benches, envelope, key_cache, validation, policy, request);
 criterion_main!(benches);

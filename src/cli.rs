@@ -1,4 +1,4 @@
-//! The command line: `serve`, `token`, `config`, `residency`, `gc`.
+//! The command line: `serve`, `token`, `config`, `residency`, `gc`, `policy`.
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -34,6 +34,19 @@ pub enum Command {
     Residency(ResidencyCommand),
     /// Remove orphan objects (no index row, older than the grace period) from every location.
     Gc(GcArgs),
+    /// The access policies.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Validate a directory of policies (`schema.cedarschema` and `*.cedar`) against its schema,
+    /// as the server does when it starts; without DIR, the policies compiled into this server.
+    Check {
+        /// The directory to check.
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -125,6 +138,8 @@ pub enum CliError {
     Usage(String),
     #[error("i/o")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Policy(#[from] crate::policy::PolicyError),
     #[error("orphan sweep of location `{location}` failed")]
     Gc { location: String, source: crate::storage::StorageError },
 }
@@ -160,6 +175,15 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 _ => report.to_markdown(),
             };
             write!(std::io::stdout(), "{text}")?;
+            Ok(())
+        }
+        Command::Policy(PolicyCommand::Check { dir }) => {
+            let policies = match &dir {
+                Some(dir) => crate::policy::Policies::load_dir(dir)?,
+                None => crate::policy::Policies::shipped()?,
+            };
+            let ids: Vec<&str> = policies.ids().collect();
+            writeln!(std::io::stdout(), "{} policies valid: {}", ids.len(), ids.join(", "))?;
             Ok(())
         }
         Command::Gc(args) => {

@@ -35,6 +35,8 @@ pub enum StartupError {
     Location { name: String, source: StorageError },
     #[error("cannot load the key provider")]
     Keys(#[from] KeyError),
+    #[error("the access policies are not valid")]
+    Policies(#[from] crate::policy::PolicyError),
     #[error("cannot load the development token issuer")]
     DevIssuer(#[from] DevIssuerError),
     #[error("cannot listen on `{addr}`")]
@@ -89,6 +91,7 @@ impl Application {
 pub async fn build_state(settings: &Settings) -> Result<(web::Data<AppState>, Arc<dyn Index>), StartupError> {
     let model = model::r4().map_err(StartupError::Model)?;
     let search_params = crate::fhir::search_params::r4().map_err(StartupError::SearchParams)?;
+    let policies = Arc::new(crate::policy::Policies::shipped()?);
     prepare_data_dir(settings)?;
 
     let (index, locations) = open_storage(settings).await?;
@@ -129,7 +132,7 @@ pub async fn build_state(settings: &Settings) -> Result<(web::Data<AppState>, Ar
         conditional_delete_max: settings.writes.conditional_delete_max,
     };
     let state = web::Data::new(AppState {
-        engine: Engine::new(index.clone(), locations, keys, (model, search_params), limits),
+        engine: Engine::new(index.clone(), locations, keys, policies, (model, search_params), limits),
         auth: Authenticator::new(dev),
         tenants: settings.tenant_ids().into_iter().collect::<BTreeSet<_>>(),
         public_base_url: settings.http.public_base_url.clone(),

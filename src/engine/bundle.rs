@@ -23,7 +23,7 @@ use crate::crypto::{CompartmentKey, WrappedKey};
 use crate::fhir::transaction::{self as tx, BundleKind, EntryMethod, EntryRequest, EntryUrl};
 use crate::fhir::{self, Compartment, bundle, outcome};
 use crate::ids::{ResourceId, ResourceType, VersionId};
-use crate::policy::{self, Action, Permit};
+use crate::policy::{Action, Permit};
 use crate::storage::{Method, StorageError, VersionCommit, VersionRow};
 use crate::time::Timestamp;
 
@@ -445,7 +445,8 @@ impl Engine {
             let live = current.filter(|row| !row.is_deletion());
             let Some(current) = live else {
                 let tenant = Compartment::Tenant;
-                let permit = policy::authorize(principal, Action::Delete, &self.policy_target(ctx, rt, Some(&tenant)))?;
+                let permit =
+                    self.policies.authorize(principal, Action::Delete, &self.policy_target(ctx, rt, Some(&tenant)))?;
                 let record = AuditRecord::new(&ctx.meta, Some(&ctx.tenant), Agent::of(principal), AuditAction::Delete)
                     .target(&target)
                     .outcome(204, Some("nothing to delete".into()))
@@ -481,8 +482,11 @@ impl Engine {
             Plan::Create { rt, id, resource } => {
                 let resource = fhir::resource::from_object(self.model, resource, rt)?;
                 let compartment = resource.compartment(&id);
-                let permit =
-                    policy::authorize(principal, Action::Create, &self.policy_target(ctx, rt, Some(&compartment)))?;
+                let permit = self.policies.authorize(
+                    principal,
+                    Action::Create,
+                    &self.policy_target(ctx, rt, Some(&compartment)),
+                )?;
                 let spec = VersionSpec {
                     rt,
                     id,

@@ -9,7 +9,7 @@ use crate::audit::{AuditAction, Target};
 use crate::auth::Principal;
 use crate::fhir;
 use crate::ids::{ResourceId, ResourceType, VersionId};
-use crate::policy::{self, Action};
+use crate::policy::Action;
 use crate::search::{self, Blind};
 use crate::storage::{SearchQuery, StorageError, VersionRow};
 
@@ -39,7 +39,7 @@ impl Engine {
         condition: &str,
         limit: u32,
     ) -> Result<Vec<VersionRow>, EngineError> {
-        policy::authorize(principal, Action::Search, &self.policy_target(ctx, rt, None))?;
+        self.policies.authorize(principal, Action::Search, &self.policy_target(ctx, rt, None))?;
         let pairs: Vec<(String, String)> = url::form_urlencoded::parse(condition.as_bytes()).into_owned().collect();
         if let Some((name, _)) = pairs.iter().find(|(name, _)| CONTROL.contains(&name.as_str())) {
             return Err(EngineError::BadRequest(format!("`{name}` has no meaning in a condition")));

@@ -7,7 +7,7 @@ use crate::audit::{Agent, AuditAction, AuditRecord, Target};
 use crate::auth::{Principal, Role};
 use crate::fhir::bundle;
 use crate::ids::{ResourceId, ResourceType};
-use crate::policy::{self, Action};
+use crate::policy::Action;
 use crate::storage::{HistoryQuery, Method, VersionRow};
 use crate::time::Timestamp;
 
@@ -79,7 +79,7 @@ impl Engine {
                 Some(compartment)
             }
             None => {
-                policy::authorize(principal, Action::HistoryType, &self.policy_target(ctx, rt, None))?;
+                self.policies.authorize(principal, Action::HistoryType, &self.policy_target(ctx, rt, None))?;
                 None
             }
         };

@@ -28,7 +28,7 @@ use crate::fhir::validate::IssueKind;
 use crate::fhir::{Compartment, ResourceError};
 use crate::ids::{ResourceId, ResourceType, TenantId, VersionId};
 use crate::keys::{KeyError, KeyService};
-use crate::policy::{self, Action, Deny, Permit};
+use crate::policy::{Action, Deny, Permit, Policies};
 use crate::storage::{Committer, Index, Locations, ObjectStorage, StorageError, VersionRow};
 use crate::time::Timestamp;
 
@@ -218,6 +218,8 @@ pub struct Engine {
     commits: Committer,
     locations: Locations,
     keys: KeyService,
+    /// The access policies every interaction asks.
+    policies: Arc<Policies>,
     model: &'static Model,
     search_params: &'static SearchParams,
     limits: Limits,
@@ -229,11 +231,12 @@ impl Engine {
         index: Arc<dyn Index>,
         locations: Locations,
         keys: KeyService,
+        policies: Arc<Policies>,
         (model, search_params): (&'static Model, &'static SearchParams),
         limits: Limits,
     ) -> Self {
         let commits = Committer::start(&index, index.commit_workers());
-        Self { index, commits, locations, keys, model, search_params, limits }
+        Self { index, commits, locations, keys, policies, model, search_params, limits }
     }
 
     /// The search parameters this server supports (for the CapabilityStatement).
@@ -302,7 +305,7 @@ impl Engine {
     ) -> Result<T, EngineError> {
         let Err(error) = result else { return result };
         let policy = match &error {
-            EngineError::Forbidden(deny) => Some(deny.rule),
+            EngineError::Forbidden(deny) => Some(deny.rule.as_str()),
             _ => None,
         };
         let record = AuditRecord::new(&ctx.meta, Some(&ctx.tenant), Agent::of(principal), action)
@@ -324,7 +327,7 @@ impl Engine {
     ) -> Result<Result<(Permit, Compartment), Deny>, StorageError> {
         let compartment = compartment_of(row)?;
         let decision =
-            policy::authorize(principal, action, &self.policy_target(ctx, row.resource_type, Some(&compartment)));
+            self.policies.authorize(principal, action, &self.policy_target(ctx, row.resource_type, Some(&compartment)));
         Ok(decision.map(|permit| (permit, compartment)))
     }
 

@@ -10,7 +10,7 @@ use crate::auth::{Principal, Role};
 use crate::fhir::bundle;
 use crate::fhir::search_params::ParamType;
 use crate::ids::{ResourceId, ResourceType};
-use crate::policy::{self, Action, Permit};
+use crate::policy::{Action, Permit};
 use crate::search::{self, Blind, Total};
 use crate::storage::search::{Filter, Linked, SortBy, SortKey};
 use crate::storage::{Order, Position, SearchQuery, StorageError, VersionRow};
@@ -127,7 +127,7 @@ impl Engine {
         target: &Target,
     ) -> Result<Vec<u8>, EngineError> {
         let rt = req.resource_type;
-        policy::authorize(principal, Action::Search, &self.policy_target(ctx, rt, None))?;
+        self.policies.authorize(principal, Action::Search, &self.policy_target(ctx, rt, None))?;
         let search_key = self.keys.mac_key(&ctx.tenant, SEARCH_KEY).await?;
         let blind_index = search_key.blind_index();
         let blind = Blind::new(&blind_index, rt.as_str());
@@ -144,7 +144,7 @@ impl Engine {
         for other in &parsed.also_searched {
             let other =
                 ResourceType::parse(other).map_err(|_| EngineError::BadRequest(format!("unknown type {other}")))?;
-            policy::authorize(principal, Action::Search, &self.policy_target(ctx, other, None))?;
+            self.policies.authorize(principal, Action::Search, &self.policy_target(ctx, other, None))?;
         }
         self.check_includes(rt, &req.includes)?;
         let path = match &req.compartment {

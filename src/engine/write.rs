@@ -101,7 +101,8 @@ impl Engine {
     ) -> Result<Written, EngineError> {
         let id = ResourceId::generate();
         let compartment = resource.compartment(&id);
-        let permit = policy::authorize(principal, Action::Create, &self.policy_target(ctx, rt, Some(&compartment)))?;
+        let permit =
+            self.policies.authorize(principal, Action::Create, &self.policy_target(ctx, rt, Some(&compartment)))?;
         let spec = VersionSpec {
             rt,
             id: id.clone(),
@@ -187,10 +188,10 @@ impl Engine {
             && let Some(old) = Compartment::parse_key_ref(&row.compartment)
             && old != compartment
         {
-            policy::authorize(principal, Action::Update, &self.policy_target(ctx, rt, Some(&old)))?;
+            self.policies.authorize(principal, Action::Update, &self.policy_target(ctx, rt, Some(&old)))?;
         }
         let action = if live { Action::Update } else { Action::Create };
-        let permit = policy::authorize(principal, action, &self.policy_target(ctx, rt, Some(&compartment)))?;
+        let permit = self.policies.authorize(principal, action, &self.policy_target(ctx, rt, Some(&compartment)))?;
         let version = match current {
             Some(row) => row.version.next().ok_or(EngineError::Conflict)?,
             None => VersionId::FIRST,
@@ -235,7 +236,11 @@ impl Engine {
         check_if_match(if_match, current.as_ref())?;
         let Some(current) = current else {
             // Deleting what never existed changes nothing (FHIR: 200/204). Still decided and audited.
-            policy::authorize(principal, Action::Delete, &self.policy_target(ctx, rt, None).with_tenant_compartment())?;
+            self.policies.authorize(
+                principal,
+                Action::Delete,
+                &self.policy_target(ctx, rt, None).with_tenant_compartment(),
+            )?;
             self.audit_ok(ctx, principal, AuditAction::Delete, rt, id, None, None, 204).await?;
             return Ok(None);
         };

@@ -1,16 +1,40 @@
-//! Access decisions. Every interaction asks `authorize` before it touches data.
+//! Access decisions. Every interaction asks `Policies::authorize` before it touches data.
 //!
 //! **Architecture Invariant:** a `Permit` can only be constructed in this module; functions that
 //! read or write protected data take `&Permit`, so no path reaches data without a decision.
-//! This module does no IO.
+//! This module does no IO except `Policies::load_dir`.
 //!
-//! The rules here are the skeleton's: tenant isolation, role, SMART scopes, patient compartment.
-//! They move to Cedar policies (`policies/*.cedar`) with the policy-engine issue; each rule has
-//! a stable id that the audit log records.
+//! The rules are Cedar policies (`policies/*.cedar`, compiled in; `fhirvault policy check`
+//! validates a directory of them), checked against `policies/schema.cedarschema` in strict mode
+//! before the first decision. Each policy has an `@id` (recorded in the audit log), a `@reason`
+//! (the refusal's message; `{tenant}`, `{token_tenant}`, `{type}` and `{permission}` are filled
+//! in) and may have `@hide_existence("true")` (refuse with 404, not 403). A policy that fails to
+//! evaluate denies (Cedar would skip it: a `forbid` that errors would let the request through).
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::str::FromStr;
+
+use cedar_policy::{
+    Authorizer, Context, Decision, Entities, Entity, EntityId, EntityTypeName, EntityUid, Policy, PolicyId, PolicySet,
+    Request, RestrictedExpression, Schema, ValidationMode, Validator,
+};
 
 use crate::auth::{Permission, Principal, Role, ScopeContext};
 use crate::fhir::Compartment;
 use crate::ids::{ResourceType, TenantId};
+
+/// The schema and the policies shipped with the server (file name, text), in file-name order.
+const SCHEMA: &str = include_str!("../../policies/schema.cedarschema");
+const SHIPPED: [(&str, &str); 6] = [
+    ("10-tenant-isolation.cedar", include_str!("../../policies/10-tenant-isolation.cedar")),
+    ("20-researchers.cedar", include_str!("../../policies/20-researchers.cedar")),
+    ("30-auditors.cedar", include_str!("../../policies/30-auditors.cedar")),
+    ("40-smart-scopes.cedar", include_str!("../../policies/40-smart-scopes.cedar")),
+    ("50-patient-compartment.cedar", include_str!("../../policies/50-patient-compartment.cedar")),
+    ("90-clinical-access.cedar", include_str!("../../policies/90-clinical-access.cedar")),
+];
+const SCHEMA_FILE: &str = "schema.cedarschema";
 
 /// What the principal wants to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,6 +50,18 @@ pub enum Action {
 }
 
 impl Action {
+    /// The action's name in the policies (`FhirVault::Action::"read"`).
+    fn cedar_name(self) -> &'static str {
+        match self {
+            Self::Create => "create",
+            Self::Read => "read",
+            Self::Update => "update",
+            Self::Delete => "delete",
+            Self::HistoryType => "history-type",
+            Self::Search => "search",
+        }
+    }
+
     fn permission(self) -> Permission {
         match self {
             Self::Create => Permission::Create,
@@ -46,83 +82,243 @@ pub struct Resource<'a> {
     pub compartment: Option<&'a Compartment>,
 }
 
-/// Permission to proceed. Only `authorize` makes one.
+/// Permission to proceed. Only `Policies::authorize` makes one.
 #[derive(Debug)]
 pub struct Permit {
-    rule: &'static str,
+    /// The ids of the policies that permitted, comma-separated.
+    rule: String,
 }
 
 /// A refusal, with the rule that refused and whether the resource's existence must stay hidden.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Deny {
-    pub rule: &'static str,
+    pub rule: String,
     pub reason: String,
     /// Answer 404 rather than 403: saying "forbidden" would confirm the resource exists.
     pub hide_existence: bool,
 }
 
 impl Permit {
-    pub fn rule(&self) -> &'static str {
-        self.rule
+    pub fn rule(&self) -> &str {
+        &self.rule
     }
 }
 
-/// Decide whether `principal` may perform `action` on `resource`.
-pub fn authorize(principal: &Principal, action: Action, resource: &Resource<'_>) -> Result<Permit, Deny> {
-    if principal.tenant() != resource.tenant {
-        return Err(Deny {
-            rule: "tenant-isolation",
-            reason: format!("the token is for tenant `{}`, not `{}`", principal.tenant(), resource.tenant),
-            hide_existence: false,
-        });
+/// A policy set that is not fit to decide: the message names the file and the problem.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("cannot read {path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("{file}: {message}")]
+    Invalid { file: String, message: String },
+    #[error("the policies do not match the schema:\n{0}")]
+    Validation(String),
+}
+
+fn invalid(file: &str, message: impl std::fmt::Display) -> PolicyError {
+    PolicyError::Invalid { file: file.to_owned(), message: message.to_string() }
+}
+
+/// The access policies, validated, ready to decide.
+pub struct Policies {
+    set: PolicySet,
+    /// Debug builds (the tests) check every request and its entities against it.
+    schema: Schema,
+    /// Forbid policies in file order: a refusal names the first of them that applied.
+    forbids: Vec<PolicyId>,
+    authorizer: Authorizer,
+    types: EntityTypes,
+}
+
+/// The entity types and the one principal and resource uid a request uses.
+struct EntityTypes {
+    tenant: EntityTypeName,
+    action: EntityTypeName,
+    principal: EntityUid,
+    resource: EntityUid,
+}
+
+impl EntityTypes {
+    fn new() -> Result<Self, PolicyError> {
+        let name = |n: &str| EntityTypeName::from_str(n).map_err(|e| invalid(SCHEMA_FILE, e));
+        Ok(Self {
+            tenant: name("FhirVault::Tenant")?,
+            action: name("FhirVault::Action")?,
+            principal: EntityUid::from_type_name_and_id(name("FhirVault::Principal")?, EntityId::new("request")),
+            resource: EntityUid::from_type_name_and_id(name("FhirVault::Resource")?, EntityId::new("request")),
+        })
     }
-    let contexts: &[ScopeContext] = match principal.role() {
-        Role::Researcher => {
-            return Err(Deny {
-                rule: "researcher-bulk-export-only",
-                reason: "researchers access pseudonymized data through bulk export, not the clinical API".into(),
-                hide_existence: false,
-            });
-        }
-        Role::Auditor => {
-            return Err(Deny {
-                rule: "auditor-no-clinical-data",
-                reason: "auditors read the audit log, not clinical records".into(),
-                hide_existence: false,
-            });
-        }
-        Role::Patient => &[ScopeContext::Patient],
-        Role::Service => &[ScopeContext::System],
-        Role::Practitioner | Role::Admin => &[ScopeContext::User],
-    };
-    let permission = action.permission();
-    if !principal.scopes().allows(contexts, resource.resource_type, permission) {
-        return Err(Deny {
-            rule: "smart-scopes",
-            reason: format!(
-                "the token's scopes do not grant `{}` on `{}`",
-                permission.letter(),
-                resource.resource_type
-            ),
-            hide_existence: false,
-        });
+
+    fn tenant(&self, tenant: &TenantId) -> EntityUid {
+        EntityUid::from_type_name_and_id(self.tenant.clone(), EntityId::new(tenant.as_str()))
     }
-    if principal.role() == Role::Patient {
-        let own = principal.patient().map(|p| Compartment::Patient(p.clone()));
-        match (resource.compartment, own) {
-            // Type-level listings are filtered entry by entry.
-            (None, Some(_)) if matches!(action, Action::HistoryType | Action::Search) => {}
-            (Some(c), Some(own)) if *c == own => {}
-            _ => {
-                return Err(Deny {
-                    rule: "patient-compartment",
-                    reason: "a patient may only access their own records".into(),
-                    hide_existence: true,
-                });
+}
+
+impl Policies {
+    /// The policies shipped in `policies/`, compiled into the server.
+    pub fn shipped() -> Result<Self, PolicyError> {
+        Self::from_sources(SCHEMA, SHIPPED.iter().map(|(file, text)| ((*file).to_owned(), (*text).to_owned())))
+    }
+
+    /// `schema.cedarschema` and every `*.cedar` file of `dir`, in file-name order.
+    pub fn load_dir(dir: &Path) -> Result<Self, PolicyError> {
+        let read = |path: &Path| {
+            std::fs::read_to_string(path).map_err(|source| PolicyError::Io { path: path.display().to_string(), source })
+        };
+        let schema = read(&dir.join(SCHEMA_FILE))?;
+        let entries =
+            std::fs::read_dir(dir).map_err(|source| PolicyError::Io { path: dir.display().to_string(), source })?;
+        let mut files = Vec::new();
+        for entry in entries {
+            let path = entry.map_err(|source| PolicyError::Io { path: dir.display().to_string(), source })?.path();
+            if path.extension().is_some_and(|e| e == "cedar") {
+                let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                files.push((name, read(&path)?));
             }
         }
+        files.sort();
+        Self::from_sources(&schema, files.into_iter())
     }
-    Ok(Permit { rule: "clinical-access" })
+
+    fn from_sources(schema: &str, files: impl Iterator<Item = (String, String)>) -> Result<Self, PolicyError> {
+        let (schema, _warnings) = Schema::from_cedarschema_str(schema).map_err(|e| invalid(SCHEMA_FILE, e))?;
+        let mut set = PolicySet::new();
+        let mut forbids = Vec::new();
+        for (file, text) in files {
+            let parsed = PolicySet::from_str(&text).map_err(|e| invalid(&file, e))?;
+            if parsed.policies().next().is_none() {
+                return Err(invalid(&file, "holds no policy"));
+            }
+            for policy in parsed.policies() {
+                let id = policy.annotation("id").ok_or_else(|| invalid(&file, "a policy has no @id"))?;
+                if policy.annotation("reason").is_none() {
+                    return Err(invalid(&file, format!("policy `{id}` has no @reason")));
+                }
+                let policy: Policy = policy.new_id(PolicyId::new(id));
+                if policy.effect() == cedar_policy::Effect::Forbid {
+                    forbids.push(policy.id().clone());
+                }
+                set.add(policy).map_err(|_| invalid(&file, format!("policy id `{id}` is used twice")))?;
+            }
+        }
+        if set.is_empty() {
+            return Err(invalid("policies", "no policy: nothing would ever be permitted"));
+        }
+        let result = Validator::new(schema.clone()).validate(&set, ValidationMode::Strict);
+        if !result.validation_passed() {
+            return Err(PolicyError::Validation(result.to_string()));
+        }
+        Ok(Self { set, schema, forbids, authorizer: Authorizer::new(), types: EntityTypes::new()? })
+    }
+
+    /// The ids of the policies, in file order.
+    pub fn ids(&self) -> impl Iterator<Item = &str> {
+        self.set.policies().map(|p| p.id().as_ref())
+    }
+
+    /// Decide whether `principal` may perform `action` on `resource`.
+    pub fn authorize(&self, principal: &Principal, action: Action, resource: &Resource<'_>) -> Result<Permit, Deny> {
+        let permission = action.permission();
+        let contexts: &[ScopeContext] = match principal.role() {
+            Role::Researcher | Role::Auditor => &[],
+            Role::Patient => &[ScopeContext::Patient],
+            Role::Service => &[ScopeContext::System],
+            Role::Practitioner | Role::Admin => &[ScopeContext::User],
+        };
+        let scopes_allow =
+            !contexts.is_empty() && principal.scopes().allows(contexts, resource.resource_type, permission);
+        let decided = self.decide(principal, action, resource, scopes_allow).unwrap_or_else(|error| Decided {
+            decision: Decision::Deny,
+            reasons: HashSet::new(),
+            failed: Some(error),
+        });
+        if decided.decision == Decision::Allow && decided.failed.is_none() {
+            let mut ids: Vec<&str> = decided.reasons.iter().map(AsRef::as_ref).collect();
+            ids.sort_unstable();
+            return Ok(Permit { rule: ids.join(",") });
+        }
+        if let Some(error) = decided.failed {
+            tracing::error!(%error, "an access policy failed to evaluate: denied");
+            return Err(Deny {
+                rule: "policy-evaluation-error".into(),
+                reason: "the access policies could not decide this request".into(),
+                hide_existence: false,
+            });
+        }
+        let Some(id) = self.forbids.iter().find(|id| decided.reasons.contains(*id)) else {
+            return Err(Deny {
+                rule: "no-permit".into(),
+                reason: "no access policy permits this request".into(),
+                hide_existence: false,
+            });
+        };
+        let annotation = |key: &str| self.set.annotation(id, key).unwrap_or_default();
+        let reason = annotation("reason")
+            .replace("{tenant}", resource.tenant.as_str())
+            .replace("{token_tenant}", principal.tenant().as_str())
+            .replace("{type}", resource.resource_type.as_str())
+            .replace("{permission}", &permission.letter().to_string());
+        Err(Deny { rule: id.to_string(), reason, hide_existence: annotation("hide_existence") == "true" })
+    }
+
+    fn decide(
+        &self,
+        principal: &Principal,
+        action: Action,
+        resource: &Resource<'_>,
+        scopes_allow: bool,
+    ) -> Result<Decided, String> {
+        let t = &self.types;
+        // What this code builds matches the schema; the tests check it, a release build trusts it.
+        let schema = cfg!(debug_assertions).then_some(&self.schema);
+        let string = |s: &str| RestrictedExpression::new_string(s.to_owned());
+        let mut who = HashMap::from([
+            ("tenant".to_owned(), RestrictedExpression::new_entity_uid(t.tenant(principal.tenant()))),
+            ("role".to_owned(), string(principal.role().as_str())),
+        ]);
+        if let Some(patient) = principal.patient() {
+            who.insert("patient".to_owned(), string(&Compartment::Patient(patient.clone()).key_ref()));
+        }
+        let mut what = HashMap::from([
+            ("tenant".to_owned(), RestrictedExpression::new_entity_uid(t.tenant(resource.tenant))),
+            ("type".to_owned(), string(resource.resource_type.as_str())),
+        ]);
+        if let Some(compartment) = resource.compartment {
+            what.insert("compartment".to_owned(), string(&compartment.key_ref()));
+        }
+        let mut tenants = vec![t.tenant(resource.tenant)];
+        if principal.tenant() != resource.tenant {
+            tenants.push(t.tenant(principal.tenant()));
+        }
+        let entities = tenants
+            .into_iter()
+            .map(|uid| Ok(Entity::new_no_attrs(uid, HashSet::new())))
+            .chain([
+                Entity::new(t.principal.clone(), who, HashSet::new()).map_err(|e| e.to_string()),
+                Entity::new(t.resource.clone(), what, HashSet::new()).map_err(|e| e.to_string()),
+            ])
+            .collect::<Result<Vec<_>, String>>()?;
+        let entities = Entities::from_entities(entities, schema).map_err(|e| e.to_string())?;
+        let context = Context::from_pairs([("scopes_allow".to_owned(), RestrictedExpression::new_bool(scopes_allow))])
+            .map_err(|e| e.to_string())?;
+        let action = EntityUid::from_type_name_and_id(t.action.clone(), EntityId::new(action.cedar_name()));
+        let request = Request::new(t.principal.clone(), action, t.resource.clone(), context, schema)
+            .map_err(|e| e.to_string())?;
+        let response = self.authorizer.is_authorized(&request, &self.set, &entities);
+        let failed = response.diagnostics().errors().next().map(ToString::to_string);
+        Ok(Decided {
+            decision: response.decision(),
+            reasons: response.diagnostics().reason().cloned().collect(),
+            failed,
+        })
+    }
+}
+
+struct Decided {
+    decision: Decision,
+    reasons: HashSet<PolicyId>,
+    /// A policy that failed to evaluate (the request is denied).
+    failed: Option<String>,
 }
 
 #[cfg(test)]
@@ -165,6 +361,7 @@ mod tests {
     #[test]
     fn decisions_table() {
         let f = Fixture::new();
+        let policies = Policies::shipped().unwrap();
         let demo = TenantId::parse("demo").unwrap();
         let patient = ResourceType::PATIENT;
         let obs = ResourceType::parse("Observation").unwrap();
@@ -228,12 +425,105 @@ mod tests {
         ];
         for (tenant, role, scope, pat, action, rt, compartment, expected) in cases {
             let principal = f.principal(tenant, role, scope, pat);
-            let decision = authorize(&principal, action, &Resource { tenant: &demo, resource_type: rt, compartment });
+            let decision =
+                policies.authorize(&principal, action, &Resource { tenant: &demo, resource_type: rt, compartment });
             match (&decision, expected) {
                 (Ok(_), Ok(())) => {}
                 (Err(deny), Err(rule)) => assert_eq!(deny.rule, rule, "{tenant} {role} {scope:?} {action:?} {rt}"),
                 _ => panic!("{tenant} {role} {scope:?} {action:?} {rt} {compartment:?}: got {decision:?}"),
             }
         }
+    }
+
+    /// A policy set of the shipped schema and these files.
+    fn with(files: &[(&str, &str)]) -> Result<Policies, PolicyError> {
+        Policies::from_sources(SCHEMA, files.iter().map(|(f, t)| ((*f).to_owned(), (*t).to_owned())))
+    }
+
+    #[test]
+    fn the_compiled_in_policies_are_the_files_of_the_policies_directory() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+        let on_disk = Policies::load_dir(&dir).unwrap();
+        let shipped = Policies::shipped().unwrap();
+        assert_eq!(on_disk.ids().collect::<Vec<_>>(), shipped.ids().collect::<Vec<_>>());
+        assert_eq!(
+            shipped.ids().collect::<Vec<_>>(),
+            [
+                "tenant-isolation",
+                "researcher-bulk-export-only",
+                "auditor-no-clinical-data",
+                "smart-scopes",
+                "patient-compartment",
+                "clinical-access"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_policy_set_that_cannot_decide_is_refused_with_the_file_and_the_problem() {
+        let permit = "@id(\"p\") @reason(\"r\") permit (principal, action, resource);";
+        assert!(with(&[("a.cedar", permit)]).is_ok());
+        let cases = [
+            ("a.cedar", "permit (principal, action, resource);", "a.cedar: a policy has no @id"),
+            ("a.cedar", "@id(\"p\") permit (principal, action, resource);", "a.cedar: policy `p` has no @reason"),
+            ("a.cedar", "@id(\"p\") @reason(\"r\") permit (principal, action, resource", "a.cedar: "),
+            ("a.cedar", "// nothing but a comment", "a.cedar: holds no policy"),
+            (
+                "b.cedar",
+                "@id(\"p\") @reason(\"r\") forbid (principal, action, resource) when { principal.rol == \"x\" };",
+                "do not match the schema",
+            ),
+        ];
+        for (file, text, expected) in cases {
+            let error = with(&[(file, text)]).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(error.contains(expected), "{text}: {error}");
+        }
+        let twice = with(&[("a.cedar", permit), ("b.cedar", permit)]).err().map(|e| e.to_string());
+        assert_eq!(twice.as_deref(), Some("b.cedar: policy id `p` is used twice"));
+        let none = with(&[]).err().map(|e| e.to_string());
+        assert_eq!(none.as_deref(), Some("policies: no policy: nothing would ever be permitted"));
+    }
+
+    #[test]
+    fn a_refusal_names_its_policy_and_says_why_in_the_policy_s_words() {
+        let f = Fixture::new();
+        let policies = Policies::shipped().unwrap();
+        let demo = TenantId::parse("demo").unwrap();
+        let obs = ResourceType::parse("Observation").unwrap();
+        let p2 = Compartment::Patient(ResourceId::parse("p2").unwrap());
+        let resource = Resource { tenant: &demo, resource_type: obs, compartment: Some(&p2) };
+
+        let other = f.principal("other", Role::Practitioner, None, None);
+        let deny = policies.authorize(&other, Action::Read, &resource).unwrap_err();
+        assert_eq!(
+            deny,
+            Deny {
+                rule: "tenant-isolation".into(),
+                reason: "the token is for tenant `other`, not `demo`".into(),
+                hide_existence: false
+            }
+        );
+        let scoped = f.principal("demo", Role::Practitioner, Some("user/Patient.rs"), None);
+        let deny = policies.authorize(&scoped, Action::Read, &resource).unwrap_err();
+        assert_eq!(deny.reason, "the token's scopes do not grant `r` on `Observation`");
+        let patient = f.principal("demo", Role::Patient, None, Some("p1"));
+        let deny = policies.authorize(&patient, Action::Read, &resource).unwrap_err();
+        assert_eq!((deny.rule.as_str(), deny.hide_existence), ("patient-compartment", true));
+        // A patient of another tenant reading another patient's record: isolation is named first.
+        let elsewhere = f.principal("other", Role::Patient, None, Some("p1"));
+        assert_eq!(policies.authorize(&elsewhere, Action::Read, &resource).unwrap_err().rule, "tenant-isolation");
+        let practitioner = f.principal("demo", Role::Practitioner, None, None);
+        assert_eq!(policies.authorize(&practitioner, Action::Read, &resource).unwrap().rule(), "clinical-access");
+    }
+
+    #[test]
+    fn without_a_permit_nothing_is_allowed() {
+        let f = Fixture::new();
+        let forbid_only = "@id(\"f\") @reason(\"r\") forbid (principal, action, resource) when { false };";
+        let policies = with(&[("a.cedar", forbid_only)]).unwrap();
+        let demo = TenantId::parse("demo").unwrap();
+        let resource = Resource { tenant: &demo, resource_type: ResourceType::PATIENT, compartment: None };
+        let admin = f.principal("demo", Role::Admin, None, None);
+        assert_eq!(policies.authorize(&admin, Action::Search, &resource).unwrap_err().rule, "no-permit");
     }
 }

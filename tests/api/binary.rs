@@ -135,3 +135,31 @@ fn an_unknown_configuration_key_stops_the_server_and_is_named() {
     assert!(stderr.contains("listen_port"), "{stderr}");
     assert!(!dir.path().join("fhirvault-data").exists(), "a refused configuration writes nothing");
 }
+
+#[test]
+fn policy_check_validates_a_policy_directory_and_names_what_is_wrong() {
+    let shipped = Command::new(BIN).args(["policy", "check"]).output().unwrap();
+    assert!(shipped.status.success(), "{}", String::from_utf8_lossy(&shipped.stderr));
+    let stdout = String::from_utf8_lossy(&shipped.stdout);
+    assert!(stdout.starts_with("6 policies valid: tenant-isolation,"), "{stdout}");
+
+    // The project's directory, as an operator would check a copy before deploying it.
+    let project = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    let output = Command::new(BIN).args(["policy", "check"]).arg(&project).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&output.stdout), stdout);
+
+    // A copy with a misspelt attribute is refused, naming the policy's problem.
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(&project).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+    }
+    let auditors = dir.path().join("30-auditors.cedar");
+    let text = std::fs::read_to_string(&auditors).unwrap().replace("principal.role", "principal.rol");
+    std::fs::write(&auditors, text).unwrap();
+    let output = Command::new(BIN).args(["policy", "check"]).arg(dir.path()).output().unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("do not match the schema"), "{stderr}");
+    assert!(stderr.contains("for policy `auditor-no-clinical-data`, attribute `rol`"), "{stderr}");
+}
