@@ -350,9 +350,11 @@ impl Engine {
         principal: &Principal,
         rows: Vec<VersionRow>,
     ) -> Result<Vec<(Permit, VersionRow)>, EngineError> {
+        let mut decisions = self.policies.decisions(principal, Action::Read);
         let mut permitted = Vec::with_capacity(rows.len());
         for row in rows {
-            if let Ok((permit, _)) = self.decide_row(ctx, principal, Action::Read, &row)? {
+            let compartment = compartment_of(&row)?;
+            if let Ok(permit) = decisions.authorize(&self.policy_target(ctx, row.resource_type, Some(&compartment))) {
                 permitted.push((permit, row));
             }
         }

@@ -73,8 +73,9 @@ impl Action {
     }
 }
 
-/// What the decision is about.
-#[derive(Debug, Clone, Copy)]
+/// What the decision is about: everything the policies are shown of the resource (`Decisions`
+/// remembers a decision by it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Resource<'a> {
     pub tenant: &'a TenantId,
     pub resource_type: ResourceType,
@@ -216,6 +217,11 @@ impl Policies {
         self.set.policies().map(|p| p.id().as_ref())
     }
 
+    /// The decisions of one listing (`principal` doing `action` to many resources).
+    pub fn decisions<'a>(&'a self, principal: &'a Principal, action: Action) -> Decisions<'a> {
+        Decisions { policies: self, principal, action, seen: HashMap::new() }
+    }
+
     /// Decide whether `principal` may perform `action` on `resource`.
     pub fn authorize(&self, principal: &Principal, action: Action, resource: &Resource<'_>) -> Result<Permit, Deny> {
         let permission = action.permission();
@@ -311,6 +317,30 @@ impl Policies {
             reasons: response.diagnostics().reason().cloned().collect(),
             failed,
         })
+    }
+}
+
+/// The decisions of one listing: one principal and action over many resources. A resource the
+/// policies would be shown exactly as one already decided (same tenant, type and compartment:
+/// the entries of one patient's search) gets that decision without asking the policies again.
+pub struct Decisions<'a> {
+    policies: &'a Policies,
+    principal: &'a Principal,
+    action: Action,
+    seen: HashMap<(TenantId, ResourceType, Option<Compartment>), Result<String, Deny>>,
+}
+
+impl Decisions<'_> {
+    pub fn authorize(&mut self, resource: &Resource<'_>) -> Result<Permit, Deny> {
+        // Every field of `Resource`, owned: a field added to it must be added here.
+        let Resource { tenant, resource_type, compartment } = *resource;
+        let key = (tenant.clone(), resource_type, compartment.cloned());
+        if let Some(decided) = self.seen.get(&key) {
+            return decided.clone().map(|rule| Permit { rule });
+        }
+        let decided = self.policies.authorize(self.principal, self.action, resource);
+        self.seen.insert(key, decided.as_ref().map(|permit| permit.rule.clone()).map_err(Clone::clone));
+        decided
     }
 }
 
@@ -525,5 +555,33 @@ mod tests {
         let resource = Resource { tenant: &demo, resource_type: ResourceType::PATIENT, compartment: None };
         let admin = f.principal("demo", Role::Admin, None, None);
         assert_eq!(policies.authorize(&admin, Action::Search, &resource).unwrap_err().rule, "no-permit");
+    }
+
+    #[test]
+    fn a_listing_decides_each_distinct_resource_once_and_as_alone() {
+        let f = Fixture::new();
+        let policies = Policies::shipped().unwrap();
+        let demo = TenantId::parse("demo").unwrap();
+        let obs = ResourceType::parse("Observation").unwrap();
+        let (p1, p2) = (
+            Compartment::Patient(ResourceId::parse("p1").unwrap()),
+            Compartment::Patient(ResourceId::parse("p2").unwrap()),
+        );
+        let tenant_c = Compartment::Tenant;
+        let entries = [&p1, &p2, &p1, &tenant_c, &p2, &p1];
+        for principal in [
+            f.principal("demo", Role::Patient, None, Some("p1")),
+            f.principal("demo", Role::Practitioner, Some("user/Observation.rs"), None),
+            f.principal("other", Role::Practitioner, None, None),
+        ] {
+            let mut decisions = policies.decisions(&principal, Action::Read);
+            for compartment in entries {
+                let resource = Resource { tenant: &demo, resource_type: obs, compartment: Some(compartment) };
+                let alone = policies.authorize(&principal, Action::Read, &resource);
+                let listed = decisions.authorize(&resource);
+                assert_eq!(listed.map(|p| p.rule).map_err(|d| d.rule), alone.map(|p| p.rule).map_err(|d| d.rule));
+            }
+            assert_eq!(decisions.seen.len(), 3, "p1, p2 and the tenant compartment, once each");
+        }
     }
 }
