@@ -33,6 +33,21 @@ const PATIENT: &str = include_str!("fixtures/synthea-Patient.json");
 const OBSERVATION: &str = include_str!("fixtures/synthea-Observation.json");
 const ENCOUNTER: &str = include_str!("fixtures/synthea-Encounter.json");
 
+/// A practitioner's development token for `tenant`, valid for an hour.
+fn practitioner_token(issuer: &DevIssuer, tenant: &str) -> String {
+    let request = TokenRequest {
+        tenant: TenantId::parse(tenant).unwrap(),
+        role: Role::Practitioner,
+        subject: None,
+        jurisdiction: None,
+        scope: None,
+        patient: None,
+        purpose: None,
+        ttl: Duration::from_secs(3600),
+    };
+    issuer.issue(&request).unwrap()
+}
+
 fn runtime() -> Runtime {
     tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap()
 }
@@ -119,19 +134,7 @@ fn request(c: &mut Criterion) {
     let settings = Settings { data_dir: dir.path().to_path_buf(), ..Settings::default() };
     let (state, _) = rt.block_on(build_state(&settings)).unwrap();
     let issuer = DevIssuer::load(&dev_issuer_key_path(dir.path()), &settings.auth.audience, 0).unwrap();
-    let token = issuer
-        .issue(&TokenRequest {
-            tenant: TenantId::parse("demo").unwrap(),
-            role: Role::Practitioner,
-            subject: None,
-            jurisdiction: None,
-            scope: None,
-            patient: None,
-            purpose: None,
-            ttl: Duration::from_secs(3600),
-        })
-        .unwrap();
-    let auth = format!("Bearer {token}");
+    let auth = format!("Bearer {}", practitioner_token(&issuer, "demo"));
     let app = rt.block_on(actix_test::init_service(
         App::new()
             .app_data(state)
@@ -175,21 +178,7 @@ fn policy(c: &mut Criterion) {
     let path = dir.path().join("issuer.key");
     DevIssuer::ensure_key(&path).unwrap();
     let issuer = DevIssuer::load(&path, "fhirvault", 0).unwrap();
-    let principal = |tenant: &str| {
-        let token = issuer
-            .issue(&TokenRequest {
-                tenant: TenantId::parse(tenant).unwrap(),
-                role: Role::Practitioner,
-                subject: None,
-                jurisdiction: None,
-                scope: None,
-                patient: None,
-                purpose: None,
-                ttl: Duration::from_secs(3600),
-            })
-            .unwrap();
-        issuer.verify(&token).unwrap()
-    };
+    let principal = |tenant: &str| issuer.verify(&practitioner_token(&issuer, tenant)).unwrap();
     let policies = Policies::shipped().unwrap();
     let demo = TenantId::parse("demo").unwrap();
     let compartment = Compartment::Patient(ResourceId::parse("p1").unwrap());

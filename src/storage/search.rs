@@ -24,7 +24,8 @@ impl SearchRows {
         self.tokens.is_empty() && self.dates.is_empty() && self.numbers.is_empty() && self.refs.is_empty()
     }
 
-    /// The tokens as one value (`search_token_sets.tokens`): what removes them when the resource changes.
+    /// The tokens as one value: `search_token_sets.tokens` on SQLite (what removes its token rows
+    /// when the resource changes); on PostgreSQL the input of `fhirvault_token_array`.
     pub(super) fn token_set(&self) -> Vec<u8> {
         self.tokens.concat()
     }
