@@ -231,6 +231,124 @@ pub struct AuthSettings {
     pub audience: String,
     /// Clock leeway for `exp` and `nbf`, in seconds.
     pub leeway_seconds: u64,
+    /// OpenID providers whose access tokens (JWT, RFC 9068) are trusted, by a name of your choice.
+    pub issuers: BTreeMap<String, IssuerSettings>,
+}
+
+/// An OpenID provider: where it runs, which tenants trust it, and how its claims read.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerSettings {
+    /// The issuer identifier, exactly as its tokens' `iss` and its discovery document say
+    /// (`https://idp.example.eu/realms/hospital`). Plain `http` only on a loopback address.
+    pub issuer: String,
+    /// The tenants that accept this issuer's tokens; a token naming another tenant is refused.
+    pub tenants: Vec<String>,
+    /// ISO 3166-1 alpha-2 code of the country where the identity provider runs.
+    pub jurisdiction: String,
+    pub operator: OperatorSettings,
+    /// The `aud` values accepted. Empty: `auth.audience`, and the tenant's FHIR base URL when
+    /// `http.public_base_url` is set.
+    #[serde(default)]
+    pub audience: Vec<String>,
+    /// Hosts other than the issuer's own that may serve its keys (`jwks_uri`); they are declared
+    /// to be in the issuer's jurisdiction, under the same operator.
+    #[serde(default)]
+    pub jwks_hosts: Vec<String>,
+    /// The least time between two key-set fetches triggered by an unknown `kid`, in seconds.
+    #[serde(default = "default_jwks_min_refresh")]
+    pub jwks_min_refresh_seconds: u64,
+    /// The longest a fetched key set is used before it is fetched again, in seconds.
+    #[serde(default = "default_jwks_max_age")]
+    pub jwks_max_age_seconds: u64,
+    /// Where the principal's attributes are in the token.
+    #[serde(default)]
+    pub claims: ClaimSettings,
+}
+
+fn default_jwks_min_refresh() -> u64 {
+    30
+}
+
+fn default_jwks_max_age() -> u64 {
+    3600
+}
+
+/// Claim names (a dotted path reaches into objects: `realm_access.roles`). Unset fields take
+/// the preset's value.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClaimSettings {
+    /// `generic` (flat claims named as below) or `keycloak` (roles in `realm_access.roles`).
+    pub preset: ClaimPreset,
+    /// The user or client identifier (default `sub`).
+    pub subject: Option<String>,
+    /// The FHIR resource of the user, such as `Practitioner/123` (default `fhirUser`).
+    pub fhir_user: Option<String>,
+    /// The requesting organization (default `organization`).
+    pub organization: Option<String>,
+    /// The tenant; may be absent when the issuer serves one tenant only (default `tenant`).
+    pub tenant: Option<String>,
+    /// The role, a string or a list of which the first known role counts (default `role`;
+    /// `realm_access.roles` for Keycloak).
+    pub role: Option<String>,
+    /// Role names of the provider mapped to ours (`practitioner`, `service`, `researcher`,
+    /// `auditor`, `patient`, `admin`), e.g. `{ doctor = "practitioner" }`.
+    pub role_names: BTreeMap<String, String>,
+    /// The country the requesting organization operates from (default `jurisdiction`).
+    pub jurisdiction: Option<String>,
+    /// Purpose of use, such as `TREAT` (default `purpose_of_use`).
+    pub purpose_of_use: Option<String>,
+    /// The granted scopes, space-separated or a list (default `scope`).
+    pub scope: Option<String>,
+    /// For patient tokens, the patient's id in this tenant (default `patient`).
+    pub patient: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClaimPreset {
+    #[default]
+    Generic,
+    Keycloak,
+}
+
+impl ClaimSettings {
+    /// The claim path of each attribute, preset defaults filled in.
+    pub fn resolved(&self) -> ResolvedClaims {
+        let pick = |set: &Option<String>, default: &str| set.clone().unwrap_or_else(|| default.to_owned());
+        let role_default = match self.preset {
+            ClaimPreset::Generic => "role",
+            ClaimPreset::Keycloak => "realm_access.roles",
+        };
+        ResolvedClaims {
+            subject: pick(&self.subject, "sub"),
+            fhir_user: pick(&self.fhir_user, "fhirUser"),
+            organization: pick(&self.organization, "organization"),
+            tenant: pick(&self.tenant, "tenant"),
+            role: pick(&self.role, role_default),
+            role_names: self.role_names.clone(),
+            jurisdiction: pick(&self.jurisdiction, "jurisdiction"),
+            purpose_of_use: pick(&self.purpose_of_use, "purpose_of_use"),
+            scope: pick(&self.scope, "scope"),
+            patient: pick(&self.patient, "patient"),
+        }
+    }
+}
+
+/// Claim paths with the preset's defaults applied.
+#[derive(Debug, Clone)]
+pub struct ResolvedClaims {
+    pub subject: String,
+    pub fhir_user: String,
+    pub organization: String,
+    pub tenant: String,
+    pub role: String,
+    pub role_names: BTreeMap<String, String>,
+    pub jurisdiction: String,
+    pub purpose_of_use: String,
+    pub scope: String,
+    pub patient: String,
 }
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -435,7 +553,12 @@ impl Default for KeySettings {
 
 impl Default for AuthSettings {
     fn default() -> Self {
-        Self { insecure_dev_issuer: None, audience: "fhirvault".to_owned(), leeway_seconds: 30 }
+        Self {
+            insecure_dev_issuer: None,
+            audience: "fhirvault".to_owned(),
+            leeway_seconds: 30,
+            issuers: BTreeMap::new(),
+        }
     }
 }
 

@@ -8,7 +8,9 @@
 
 use serde::Serialize;
 
-use crate::config::{BackendSettings, KeyProviderSettings, OperatorSettings, Profile, Settings, Sovereignty};
+use crate::config::{
+    BackendSettings, IssuerSettings, KeyProviderSettings, OperatorSettings, Profile, Settings, Sovereignty,
+};
 use crate::ids::CountryCode;
 
 /// The European Economic Area: the 27 EU member states, Iceland, Liechtenstein and Norway
@@ -124,21 +126,84 @@ pub fn check(settings: &Settings) -> Result<(), Violation> {
             }
         }
     }
+    for (name, issuer) in &settings.auth.issuers {
+        check_issuer(settings, name, issuer)?;
+    }
     Ok(())
 }
 
-/// Tenants whose records are at a site whose operator a non-EU law can reach (allowed for
-/// `standard` tenants; the server logs a warning for each at start).
+/// An identity provider vouches for who reads the records: `strict` tenants accept only one
+/// that runs in the EEA under an operator no non-EU law reaches.
+fn check_issuer(settings: &Settings, name: &str, issuer: &IssuerSettings) -> Result<(), Violation> {
+    let key = |field: &str| format!("auth.issuers.{name}.{field}");
+    country(&key("jurisdiction"), &issuer.jurisdiction)?;
+    country(&key("operator.country"), &issuer.operator.country)?;
+    match url::Url::parse(&issuer.issuer) {
+        Ok(url) if url.scheme() == "https" => {}
+        Ok(url) if url.scheme() == "http" && is_loopback(&url) => {}
+        Ok(_) => {
+            return Err(violation(key("issuer"), "an issuer must be an `https` URL (plain `http` only on loopback)"));
+        }
+        Err(e) => return Err(violation(key("issuer"), format!("`{}` is not a URL: {e}", issuer.issuer))),
+    }
+    if issuer.tenants.is_empty() {
+        return Err(violation(key("tenants"), "name the tenants that accept this issuer's tokens"));
+    }
+    for tenant_id in &issuer.tenants {
+        let Some(tenant) = settings.tenants.get(tenant_id) else {
+            return Err(violation(key("tenants"), format!("no tenant `{tenant_id}` is declared under `tenants`")));
+        };
+        if tenant.sovereignty != Sovereignty::Strict {
+            continue;
+        }
+        if !in_eea(&issuer.jurisdiction) {
+            return Err(violation(
+                key("jurisdiction"),
+                format!(
+                    "tenant `{tenant_id}` is `strict` but identity provider `{name}` runs in {}, outside the EEA",
+                    issuer.jurisdiction
+                ),
+            ));
+        }
+        if let Some(why) = strict_objection(&issuer.operator) {
+            return Err(violation(
+                key("operator"),
+                format!("tenant `{tenant_id}` is `strict` but the operator of identity provider `{name}` {why}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn is_loopback(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d == "localhost",
+        None => false,
+    }
+}
+
+/// Tenants whose records are at a site, or whose users are vouched for by an identity
+/// provider, that a non-EU law can reach (allowed for `standard` tenants; the server logs a
+/// warning for each at start).
 pub fn exposed_tenants(settings: &Settings) -> Vec<(String, String)> {
-    settings
-        .tenants
-        .iter()
-        .filter_map(|(id, t)| {
-            let location = settings.locations.get(&t.location)?;
-            strict_objection(&location.operator)
-                .map(|why| (id.clone(), format!("location `{}`: operator {why}", t.location)))
+    let locations = settings.tenants.iter().filter_map(|(id, t)| {
+        let location = settings.locations.get(&t.location)?;
+        strict_objection(&location.operator)
+            .map(|why| (id.clone(), format!("location `{}`: operator {why}", t.location)))
+    });
+    let issuers = settings.auth.issuers.iter().flat_map(|(name, issuer)| {
+        let why = if in_eea(&issuer.jurisdiction) {
+            strict_objection(&issuer.operator).map(|why| format!("operator {why}"))
+        } else {
+            Some(format!("runs in {}, outside the EEA", issuer.jurisdiction))
+        };
+        why.into_iter().flat_map(move |why| {
+            issuer.tenants.iter().map(move |t| (t.clone(), format!("identity provider `{name}`: {why}")))
         })
-        .collect()
+    });
+    locations.chain(issuers).collect()
 }
 
 /// The residency map HDS asks hosts to publish, built from the configuration alone.
@@ -218,7 +283,7 @@ pub fn report(settings: &Settings) -> Report {
                     &host.operator,
                 ),
             };
-            let identity = if settings.dev_issuer_enabled() {
+            let mut identity = if settings.dev_issuer_enabled() {
                 vec![Placement::new(
                     "development token issuer on the server (development only)".to_owned(),
                     &host.jurisdiction,
@@ -227,6 +292,15 @@ pub fn report(settings: &Settings) -> Report {
             } else {
                 Vec::new()
             };
+            identity.extend(settings.auth.issuers.iter().filter(|(_, i)| i.tenants.contains(id)).map(
+                |(name, issuer)| {
+                    Placement::new(
+                        format!("identity provider `{name}` ({})", issuer.issuer),
+                        &issuer.jurisdiction,
+                        &issuer.operator,
+                    )
+                },
+            ));
             let server = server();
             let reachable = records.reachable_from_outside_eea
                 || keys.reachable_from_outside_eea

@@ -13,8 +13,8 @@ use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
 
 use crate::api::{self, AppState, BodyLimit};
-use crate::auth::Authenticator;
 use crate::auth::dev_issuer::{DevIssuer, DevIssuerError};
+use crate::auth::{Audiences, Authenticator, OidcIssuer};
 use crate::config::{BackendSettings, KeyProviderSettings, Settings};
 use crate::engine::{Engine, Limits};
 use crate::fhir::model;
@@ -39,6 +39,8 @@ pub enum StartupError {
     Policies(#[from] crate::policy::PolicyError),
     #[error("cannot load the development token issuer")]
     DevIssuer(#[from] DevIssuerError),
+    #[error("cannot set up identity provider `{name}`")]
+    Issuer { name: String, source: crate::auth::oidc::FetchError },
     #[error("cannot listen on `{addr}`")]
     Listen { addr: String, source: std::io::Error },
 }
@@ -122,6 +124,8 @@ pub async fn build_state(settings: &Settings) -> Result<(web::Data<AppState>, Ar
         None
     };
 
+    let issuers = oidc_issuers(settings).await?;
+
     let limits = Limits {
         paging_link_ttl: Duration::from_secs(settings.http.paging_link_ttl_seconds),
         default_page_size: settings.http.default_page_size,
@@ -133,13 +137,42 @@ pub async fn build_state(settings: &Settings) -> Result<(web::Data<AppState>, Ar
     };
     let state = web::Data::new(AppState {
         engine: Engine::new(index.clone(), locations, keys, policies, (model, search_params), limits),
-        auth: Authenticator::new(dev),
+        auth: Authenticator::new(dev, issuers),
         tenants: settings.tenant_ids().into_iter().collect::<BTreeSet<_>>(),
         public_base_url: settings.http.public_base_url.clone(),
         body_limit: BodyLimit { bytes: settings.http.max_body_bytes, setting: "http.max_body_bytes" },
         bundle_limit: BodyLimit { bytes: settings.writes.bundle_max_bytes, setting: "writes.bundle_max_bytes" },
     });
     Ok((state, index))
+}
+
+/// The trusted OpenID providers, each discovered now if it answers. One that does not is not
+/// fatal: its tokens are refused (401) until discovery succeeds on a later request.
+async fn oidc_issuers(settings: &Settings) -> Result<Vec<OidcIssuer>, StartupError> {
+    let mut issuers = Vec::new();
+    for (name, issuer) in &settings.auth.issuers {
+        let audiences = if issuer.audience.is_empty() {
+            Audiences::Default {
+                audience: settings.auth.audience.clone(),
+                public_base_url: settings.http.public_base_url.clone(),
+            }
+        } else {
+            Audiences::Listed(issuer.audience.clone())
+        };
+        let oidc = OidcIssuer::new(name, issuer, audiences, settings.auth.leeway_seconds)
+            .map_err(|source| StartupError::Issuer { name: name.clone(), source })?;
+        match oidc.refresh().await {
+            Ok(()) => tracing::info!(issuer = %name, url = %issuer.issuer, "identity provider discovered"),
+            Err(e) => tracing::warn!(
+                issuer = %name,
+                url = %issuer.issuer,
+                error = %e,
+                "identity provider not reachable at start; its tokens are refused until it is"
+            ),
+        }
+        issuers.push(oidc);
+    }
+    Ok(issuers)
 }
 
 /// Open the index and every storage location the configuration declares.

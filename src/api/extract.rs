@@ -85,7 +85,7 @@ impl FromRequest for Authenticated {
         Box::pin(async move {
             let state = state(&req)?;
             let authorization = req.headers().get(header::AUTHORIZATION).map(|v| v.to_str().unwrap_or("\u{0}"));
-            match state.auth.authenticate(authorization) {
+            match state.auth.authenticate(authorization).await {
                 Ok(principal) => Ok(Self(principal)),
                 Err(e) => {
                     let tenant = tenant(&req, &state).ok();

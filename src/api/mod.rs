@@ -16,6 +16,7 @@ mod negotiate;
 mod read;
 mod response;
 mod search;
+mod smart;
 mod write;
 
 use std::collections::BTreeSet;
@@ -49,6 +50,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(web::resource("/readyz").route(web::get().to(health::readyz)).default_service(not_allowed("GET")))
         .service(
             web::scope("/fhir/{tenant}")
+                .service(
+                    web::resource("/.well-known/smart-configuration")
+                        .route(web::get().to(smart::configuration))
+                        .default_service(not_allowed("GET")),
+                )
                 .service(
                     web::resource("/metadata")
                         .route(web::get().to(metadata::capabilities))

@@ -95,9 +95,7 @@ impl DevIssuer {
         }
         let pkcs8 = Zeroizing::new(fs::read(path).map_err(|e| fail(e.to_string()))?);
         let pair = Ed25519KeyPair::from_pkcs8(&pkcs8).map_err(|_| fail("not an Ed25519 PKCS#8 key".into()))?;
-        // jsonwebtoken selects its crypto backend from crate features; pin the RustCrypto one.
-        let _ =
-            jsonwebtoken::crypto::CryptoProvider::install_default(&jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER);
+        super::install_jwt_provider();
         Ok(Self {
             encoding: EncodingKey::from_ed_der(&pkcs8),
             decoding: DecodingKey::from_ed_der(pair.public_key().as_ref()),
@@ -144,18 +142,8 @@ impl DevIssuer {
         validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
         validation.validate_nbf = true;
         validation.leeway = self.leeway;
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation).map_err(|e| {
-            use jsonwebtoken::errors::ErrorKind;
-            match e.kind() {
-                ErrorKind::ExpiredSignature => AuthError::Expired,
-                ErrorKind::InvalidAudience => AuthError::Invalid("wrong audience".into()),
-                ErrorKind::InvalidIssuer => AuthError::Invalid("untrusted issuer".into()),
-                ErrorKind::InvalidSignature => AuthError::Invalid("bad signature".into()),
-                ErrorKind::InvalidAlgorithm => AuthError::Invalid("algorithm not accepted".into()),
-                ErrorKind::ImmatureSignature => AuthError::Invalid("not valid yet".into()),
-                _ => AuthError::Invalid("malformed token".into()),
-            }
-        })?;
+        let data =
+            jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation).map_err(|e| super::jwt_error(&e))?;
         let c = data.claims;
         let invalid = |what: &str| AuthError::Invalid(format!("claim `{what}` is invalid"));
         let role = Role::parse(&c.role).ok_or_else(|| invalid("role"))?;
@@ -177,6 +165,8 @@ impl DevIssuer {
             purpose: c.purpose_of_use,
             scopes: Scopes::parse(&c.scope),
             patient,
+            fhir_user: None,
+            organization: None,
             token_id: Some(if c.jti.is_empty() { token_tail(token) } else { c.jti }),
         };
         Ok(Verified {

@@ -1,10 +1,13 @@
 //! Authentication: a bearer token becomes a `Principal`, or the request is refused (401).
 //!
-//! Today the only trusted issuer is the development issuer (`fhirvault token`), enabled by
-//! default in the embedded profile only. OpenID providers plug in behind the same
-//! `Authenticator::authenticate`, producing the same `Principal`.
+//! Two kinds of issuer are trusted: OpenID providers named in `auth.issuers` (access tokens,
+//! RFC 9068, checked against the provider's published keys), and the development issuer
+//! (`fhirvault token`), on by default in the embedded profile only. Both produce the same
+//! `Principal`. A token is routed to its issuer by its (not yet verified) `iss`; the chosen
+//! issuer then checks the signature and `iss` itself.
 
 pub mod dev_issuer;
+pub mod oidc;
 pub mod scopes;
 
 use std::fmt;
@@ -14,6 +17,7 @@ use std::time::Duration;
 use crate::ids::{CountryCode, ResourceId, TenantId};
 
 pub use dev_issuer::{DevIssuer, TokenRequest};
+pub use oidc::{Audiences, OidcIssuer};
 pub use scopes::{Permission, ScopeContext, Scopes};
 
 /// Why a request could not be authenticated. Every variant is a 401.
@@ -96,6 +100,8 @@ pub struct Principal {
     purpose: Option<String>,
     scopes: Scopes,
     patient: Option<ResourceId>,
+    fhir_user: Option<String>,
+    organization: Option<String>,
     token_id: Option<String>,
 }
 
@@ -126,6 +132,14 @@ impl Principal {
     /// For a patient, their own Patient id.
     pub fn patient(&self) -> Option<&ResourceId> {
         self.patient.as_ref()
+    }
+    /// The user's own FHIR resource (`Practitioner/123`), when the token says.
+    pub fn fhir_user(&self) -> Option<&str> {
+        self.fhir_user.as_deref()
+    }
+    /// The requesting organization, when the token says.
+    pub fn organization(&self) -> Option<&str> {
+        self.organization.as_deref()
     }
     /// The token's `jti` (or its last 32 characters): what the audit log keeps.
     pub fn token_id(&self) -> Option<&str> {
@@ -159,17 +173,25 @@ const VERIFIED_TTL: Duration = Duration::from_secs(300);
 /// successes are remembered, so a forged token is verified (and refused) every time.
 pub struct Authenticator {
     dev: Option<DevIssuer>,
+    issuers: oidc::Issuers,
     verified: moka::sync::Cache<[u8; 32], Arc<Verified>>,
 }
 
 impl Authenticator {
-    pub fn new(dev: Option<DevIssuer>) -> Self {
+    pub fn new(dev: Option<DevIssuer>, issuers: impl IntoIterator<Item = OidcIssuer>) -> Self {
+        install_jwt_provider();
         let verified = moka::sync::Cache::builder().max_capacity(VERIFIED_CAPACITY).time_to_live(VERIFIED_TTL).build();
-        Self { dev, verified }
+        let issuers = issuers.into_iter().map(|i| (i.issuer().to_owned(), Arc::new(i))).collect();
+        Self { dev, issuers, verified }
+    }
+
+    /// The trusted OpenID providers.
+    pub fn issuers(&self) -> impl Iterator<Item = &Arc<OidcIssuer>> {
+        self.issuers.values()
     }
 
     /// Verify a bearer token from any trusted issuer.
-    pub fn authenticate(&self, authorization: Option<&str>) -> Result<Principal, AuthError> {
+    pub async fn authenticate(&self, authorization: Option<&str>) -> Result<Principal, AuthError> {
         let header = authorization.ok_or(AuthError::Missing)?;
         let token = match header.split_once(' ') {
             Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() => token.trim(),
@@ -183,16 +205,63 @@ impl Authenticator {
             }
             self.verified.invalidate(&key);
         }
-        let verified = match &self.dev {
-            Some(dev) => dev.verify_token(token)?,
-            None => return Err(AuthError::NoIssuer),
-        };
+        let verified = self.verify(token).await?;
         let principal = verified.principal.clone();
         if verified.holds_at(now) {
             self.verified.insert(key, Arc::new(verified));
         }
         Ok(principal)
     }
+
+    async fn verify(&self, token: &str) -> Result<Verified, AuthError> {
+        if self.dev.is_none() && self.issuers.is_empty() {
+            return Err(AuthError::NoIssuer);
+        }
+        let header = unverified_part(token, 0)?;
+        if header.get("alg").and_then(serde_json::Value::as_str).is_some_and(|alg| alg.eq_ignore_ascii_case("none")) {
+            return Err(AuthError::Invalid("unsigned tokens (`alg: none`) are not accepted".into()));
+        }
+        let header = jsonwebtoken::decode_header(token).map_err(|e| jwt_error(&e))?;
+        let claims = unverified_part(token, 1)?;
+        let iss = claims.get("iss").and_then(serde_json::Value::as_str).unwrap_or_default();
+        if let Some(issuer) = self.issuers.get(iss) {
+            return issuer.verify(token, &header).await;
+        }
+        match &self.dev {
+            Some(dev) if iss == dev_issuer::ISSUER => dev.verify_token(token),
+            _ => Err(AuthError::Invalid("untrusted issuer".into())),
+        }
+    }
+}
+
+/// A part of a compact JWS decoded as JSON, before any check: only to choose the issuer.
+fn unverified_part(token: &str, index: usize) -> Result<serde_json::Value, AuthError> {
+    use base64::Engine as _;
+    let malformed = || AuthError::Invalid("malformed token".into());
+    let part = token.split('.').nth(index).ok_or_else(malformed)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(part).map_err(|_| malformed())?;
+    serde_json::from_slice(&bytes).map_err(|_| malformed())
+}
+
+/// What a failed `jsonwebtoken` check means for the client.
+fn jwt_error(e: &jsonwebtoken::errors::Error) -> AuthError {
+    use jsonwebtoken::errors::ErrorKind;
+    match e.kind() {
+        ErrorKind::ExpiredSignature => AuthError::Expired,
+        ErrorKind::InvalidAudience => AuthError::Invalid("wrong audience".into()),
+        ErrorKind::InvalidIssuer => AuthError::Invalid("untrusted issuer".into()),
+        ErrorKind::InvalidSignature => AuthError::Invalid("bad signature".into()),
+        ErrorKind::InvalidAlgorithm => AuthError::Invalid("algorithm not accepted".into()),
+        ErrorKind::ImmatureSignature => AuthError::Invalid("not valid yet".into()),
+        ErrorKind::MissingRequiredClaim(claim) => AuthError::Invalid(format!("claim `{claim}` is missing")),
+        _ => AuthError::Invalid("malformed token".into()),
+    }
+}
+
+/// jsonwebtoken selects its crypto backend from crate features; pin the RustCrypto one.
+pub(crate) fn install_jwt_provider() {
+    let _already_installed =
+        jsonwebtoken::crypto::CryptoProvider::install_default(&jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER);
 }
 
 fn token_digest(token: &str) -> [u8; 32] {
@@ -230,39 +299,39 @@ mod tests {
             ttl: Duration::from_secs(60),
         };
         let token = dev.issue(&request).unwrap();
-        (Authenticator::new(Some(dev)), token)
+        (Authenticator::new(Some(dev), []), token)
     }
 
     fn key_of(token: &str) -> [u8; 32] {
         token_digest(token)
     }
 
-    #[test]
-    fn a_verified_token_is_remembered_within_its_window_only() {
+    #[tokio::test]
+    async fn a_verified_token_is_remembered_within_its_window_only() {
         let dir = tempfile::tempdir().unwrap();
         let (auth, token) = authenticator(dir.path());
         let bearer = format!("Bearer {token}");
-        let first = auth.authenticate(Some(&bearer)).unwrap();
+        let first = auth.authenticate(Some(&bearer)).await.unwrap();
         assert!(auth.verified.contains_key(&key_of(&token)));
-        assert_eq!(auth.authenticate(Some(&bearer)).unwrap().subject(), first.subject());
+        assert_eq!(auth.authenticate(Some(&bearer)).await.unwrap().subject(), first.subject());
 
         // A remembered answer whose window has passed is not honoured: the token is verified
         // again (here a forged one, which fails).
         let forged = "eyJhbGciOiJFZERTQSJ9.e30.AAAA";
         let stale = Verified { principal: first, valid_from: 0, valid_until: now_seconds() - 1 };
         auth.verified.insert(key_of(forged), Arc::new(stale));
-        let refused = auth.authenticate(Some(&format!("Bearer {forged}")));
+        let refused = auth.authenticate(Some(&format!("Bearer {forged}"))).await;
         assert!(matches!(refused, Err(AuthError::Invalid(_))), "{refused:?}");
         assert!(!auth.verified.contains_key(&key_of(forged)));
     }
 
-    #[test]
-    fn refused_tokens_are_not_remembered() {
+    #[tokio::test]
+    async fn refused_tokens_are_not_remembered() {
         let dir = tempfile::tempdir().unwrap();
         let (auth, token) = authenticator(dir.path());
         let tampered = format!("{}x", token);
-        assert!(auth.authenticate(Some(&format!("Bearer {tampered}"))).is_err());
+        assert!(auth.authenticate(Some(&format!("Bearer {tampered}"))).await.is_err());
         assert!(!auth.verified.contains_key(&key_of(&tampered)));
-        assert!(auth.authenticate(Some(&format!("Bearer {tampered}"))).is_err());
+        assert!(auth.authenticate(Some(&format!("Bearer {tampered}"))).await.is_err());
     }
 }

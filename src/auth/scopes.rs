@@ -6,6 +6,20 @@
 
 use crate::ids::ResourceType;
 
+/// The scope forms understood, as published in `/.well-known/smart-configuration`; any
+/// resource type may stand in place of `*`.
+pub const SUPPORTED_FORMS: [&str; 9] = [
+    "patient/*.cruds",
+    "user/*.cruds",
+    "system/*.cruds",
+    "patient/*.read",
+    "user/*.read",
+    "system/*.read",
+    "patient/*.write",
+    "user/*.write",
+    "system/*.write",
+];
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ScopeContext {
     Patient,

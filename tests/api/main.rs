@@ -21,6 +21,7 @@ mod gc;
 mod health;
 mod helpers;
 mod history;
+mod oidc;
 mod readme;
 mod residency;
 mod roundtrip;

@@ -33,6 +33,9 @@ fn the_example_configuration_loads_and_passes_the_residency_rules() {
         assert!(settings.database_url().expose_secret().starts_with("postgres://"));
         assert!(matches!(settings.locations["paris"].backend, BackendSettings::S3(_)));
         assert_eq!(settings.tenants["chu-exemple"].sovereignty, Sovereignty::Strict);
+        let keycloak = &settings.auth.issuers["chu-keycloak"];
+        assert_eq!(keycloak.claims.resolved().role, "realm_access.roles");
+        assert_eq!(keycloak.tenants, ["chu-exemple"]);
         let report = fhirvault::residency::report(&settings);
         let reachable: BTreeMap<&str, bool> =
             report.tenants.iter().map(|t| (t.tenant.as_str(), t.reachable_from_outside_eea)).collect();
