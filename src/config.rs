@@ -451,6 +451,12 @@ pub struct TenantSettings {
     pub sovereignty: Sovereignty,
     /// The storage location of this tenant's records (a key of `locations`).
     pub location: String,
+    /// Also serve organizations operating from a country with an EU adequacy decision (GDPR
+    /// art. 45), not only from the EEA.
+    pub allow_adequacy_countries: bool,
+    /// Answer every refused read, update or delete 404 rather than 403, so that a refusal never
+    /// confirms that a resource exists. Off: only policies marked `@hide_existence` answer 404.
+    pub hide_denied_existence: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
@@ -470,6 +476,8 @@ impl Default for TenantSettings {
             residency: "EEA".to_owned(),
             sovereignty: Sovereignty::Standard,
             location: DEFAULT_LOCATION.to_owned(),
+            allow_adequacy_countries: false,
+            hide_denied_existence: false,
         }
     }
 }

@@ -24,6 +24,24 @@ pub fn in_eea(country: &str) -> bool {
     EEA.contains(&country)
 }
 
+/// Countries with an EU adequacy decision under GDPR art. 45, as of 2026: Andorra, Argentina,
+/// Canada, the Faroe Islands, Guernsey, Israel, the Isle of Man, Japan, Jersey, New Zealand, the
+/// Republic of Korea, Switzerland, the United Kingdom and Uruguay. The United States is left
+/// out: its decision (the Data Privacy Framework) covers only certified organizations, which a
+/// token cannot show; Canada's covers organizations under PIPEDA.
+pub const ADEQUACY: [&str; 14] = ["AD", "AR", "CA", "FO", "GG", "IL", "IM", "JP", "JE", "NZ", "KR", "CH", "GB", "UY"];
+
+/// The zone of a country for the access policies: `EEA`, `adequacy` or `other`.
+pub fn zone(country: &str) -> &'static str {
+    if in_eea(country) {
+        "EEA"
+    } else if ADEQUACY.contains(&country) {
+        "adequacy"
+    } else {
+        "other"
+    }
+}
+
 /// A configuration the residency rules refuse: the key at fault and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Violation {

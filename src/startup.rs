@@ -18,6 +18,7 @@ use crate::auth::{Audiences, Authenticator, OidcIssuer};
 use crate::config::{BackendSettings, KeyProviderSettings, Settings};
 use crate::engine::{Engine, Limits};
 use crate::fhir::model;
+use crate::ids::{CountryCode, TenantId};
 use crate::keys::{KeyError, KeyService, LocalFileProvider};
 use crate::storage::{self, Index, Locations, ObjectStorage, StorageError};
 
@@ -93,7 +94,17 @@ impl Application {
 pub async fn build_state(settings: &Settings) -> Result<(web::Data<AppState>, Arc<dyn Index>), StartupError> {
     let model = model::r4().map_err(StartupError::Model)?;
     let search_params = crate::fhir::search_params::r4().map_err(StartupError::SearchParams)?;
-    let policies = Arc::new(crate::policy::Policies::shipped()?);
+    let mut policies = crate::policy::Policies::shipped()?;
+    for (id, tenant) in &settings.tenants {
+        if let Ok(id) = TenantId::parse(id) {
+            let facts = crate::policy::TenantFacts {
+                allows_adequacy: tenant.allow_adequacy_countries,
+                hide_denied_existence: tenant.hide_denied_existence,
+            };
+            policies = policies.with_tenant(id, facts);
+        }
+    }
+    let policies = Arc::new(policies);
     prepare_data_dir(settings)?;
 
     let (index, locations) = open_storage(settings).await?;
@@ -119,7 +130,12 @@ pub async fn build_state(settings: &Settings) -> Result<(web::Data<AppState>, Ar
             "DEVELOPMENT TOKEN ISSUER ENABLED: anyone who can read this key can mint tokens for any role. \
              Disable it (auth.insecure_dev_issuer = false) outside development."
         );
-        Some(DevIssuer::load(&path, &settings.auth.audience, settings.auth.leeway_seconds)?)
+        let dev = DevIssuer::load(&path, &settings.auth.audience, settings.auth.leeway_seconds)?;
+        // A development token that names no country speaks for the server's own site.
+        match CountryCode::parse(&settings.hosting().jurisdiction) {
+            Ok(country) => Some(dev.with_default_jurisdiction(country)),
+            Err(_) => Some(dev),
+        }
     } else {
         None
     };

@@ -67,6 +67,8 @@ pub struct DevIssuer {
     decoding: DecodingKey,
     audience: String,
     leeway: u64,
+    /// The jurisdiction of tokens that state none.
+    default_jurisdiction: Option<CountryCode>,
 }
 
 impl DevIssuer {
@@ -101,7 +103,15 @@ impl DevIssuer {
             decoding: DecodingKey::from_ed_der(pair.public_key().as_ref()),
             audience: audience.to_owned(),
             leeway: leeway_seconds,
+            default_jurisdiction: None,
         })
+    }
+
+    /// Tokens minted without `--jurisdiction` speak for an organization operating from
+    /// `country` (the server's own site, for the development issuer).
+    #[must_use]
+    pub fn with_default_jurisdiction(self, country: CountryCode) -> Self {
+        Self { default_jurisdiction: Some(country), ..self }
     }
 
     /// Sign a token for `req`.
@@ -161,7 +171,8 @@ impl DevIssuer {
                 .as_deref()
                 .map(CountryCode::parse)
                 .transpose()
-                .map_err(|_| invalid("jurisdiction"))?,
+                .map_err(|_| invalid("jurisdiction"))?
+                .or(self.default_jurisdiction),
             purpose: c.purpose_of_use,
             scopes: Scopes::parse(&c.scope),
             patient,

@@ -116,6 +116,8 @@ pub struct OidcIssuer {
     tenants: BTreeSet<TenantId>,
     audiences: Audiences,
     claims: ResolvedClaims,
+    /// Where the provider runs: the jurisdiction of tokens that state none.
+    jurisdiction: Option<CountryCode>,
     jwks_hosts: Vec<String>,
     leeway: u64,
     min_refresh: Duration,
@@ -174,6 +176,7 @@ impl OidcIssuer {
             tenants,
             audiences,
             claims: settings.claims.resolved(),
+            jurisdiction: CountryCode::parse(&settings.jurisdiction).ok(),
             jwks_hosts: settings.jwks_hosts.clone(),
             leeway: leeway_seconds,
             min_refresh: Duration::from_secs(settings.jwks_min_refresh_seconds),
@@ -394,7 +397,8 @@ impl OidcIssuer {
         let jurisdiction = text(&map.jurisdiction)
             .map(|c| CountryCode::parse(&c))
             .transpose()
-            .map_err(|_| invalid(&map.jurisdiction))?;
+            .map_err(|_| invalid(&map.jurisdiction))?
+            .or(self.jurisdiction);
         let scope = strings(claim(claims, &map.scope)).join(" ");
         Ok(Principal {
             tenant,

@@ -22,12 +22,14 @@ use cedar_policy::{
 
 use crate::auth::{Permission, Principal, Role, ScopeContext};
 use crate::fhir::Compartment;
-use crate::ids::{ResourceType, TenantId};
+use crate::ids::{CountryCode, ResourceType, TenantId};
+use crate::residency;
 
 /// The schema and the policies shipped with the server (file name, text), in file-name order.
 const SCHEMA: &str = include_str!("../../policies/schema.cedarschema");
-const SHIPPED: [(&str, &str); 6] = [
+const SHIPPED: [(&str, &str); 7] = [
     ("10-tenant-isolation.cedar", include_str!("../../policies/10-tenant-isolation.cedar")),
+    ("15-jurisdiction.cedar", include_str!("../../policies/15-jurisdiction.cedar")),
     ("20-researchers.cedar", include_str!("../../policies/20-researchers.cedar")),
     ("30-auditors.cedar", include_str!("../../policies/30-auditors.cedar")),
     ("40-smart-scopes.cedar", include_str!("../../policies/40-smart-scopes.cedar")),
@@ -105,6 +107,15 @@ impl Permit {
     }
 }
 
+/// What the policies are told about a tenant, from its configuration.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TenantFacts {
+    /// Organizations in countries with an EU adequacy decision may be served.
+    pub allows_adequacy: bool,
+    /// Every refusal answers 404, not only those of `@hide_existence` policies.
+    pub hide_denied_existence: bool,
+}
+
 /// A policy set that is not fit to decide: the message names the file and the problem.
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
@@ -129,11 +140,15 @@ pub struct Policies {
     forbids: Vec<PolicyId>,
     authorizer: Authorizer,
     types: EntityTypes,
+    /// Tenants not listed have the default facts (nothing beyond the EEA, 403 refusals).
+    tenants: HashMap<TenantId, TenantFacts>,
 }
 
 /// The entity types and the one principal and resource uid a request uses.
 struct EntityTypes {
     tenant: EntityTypeName,
+    zone: EntityTypeName,
+    jurisdiction: EntityTypeName,
     action: EntityTypeName,
     principal: EntityUid,
     resource: EntityUid,
@@ -144,6 +159,8 @@ impl EntityTypes {
         let name = |n: &str| EntityTypeName::from_str(n).map_err(|e| invalid(SCHEMA_FILE, e));
         Ok(Self {
             tenant: name("FhirVault::Tenant")?,
+            zone: name("FhirVault::Zone")?,
+            jurisdiction: name("FhirVault::Jurisdiction")?,
             action: name("FhirVault::Action")?,
             principal: EntityUid::from_type_name_and_id(name("FhirVault::Principal")?, EntityId::new("request")),
             resource: EntityUid::from_type_name_and_id(name("FhirVault::Resource")?, EntityId::new("request")),
@@ -209,7 +226,25 @@ impl Policies {
         if !result.validation_passed() {
             return Err(PolicyError::Validation(result.to_string()));
         }
-        Ok(Self { set, schema, forbids, authorizer: Authorizer::new(), types: EntityTypes::new()? })
+        Ok(Self {
+            set,
+            schema,
+            forbids,
+            authorizer: Authorizer::new(),
+            types: EntityTypes::new()?,
+            tenants: HashMap::new(),
+        })
+    }
+
+    /// Tell the policies what a tenant's configuration says.
+    #[must_use]
+    pub fn with_tenant(mut self, tenant: TenantId, facts: TenantFacts) -> Self {
+        self.tenants.insert(tenant, facts);
+        self
+    }
+
+    fn facts(&self, tenant: &TenantId) -> TenantFacts {
+        self.tenants.get(tenant).copied().unwrap_or_default()
     }
 
     /// The ids of the policies, in file order.
@@ -259,12 +294,21 @@ impl Policies {
             });
         };
         let annotation = |key: &str| self.set.annotation(id, key).unwrap_or_default();
+        let facts = self.facts(resource.tenant);
+        let adequacy = if facts.allows_adequacy { " or a country with an EU adequacy decision" } else { "" };
+        let country = principal.jurisdiction();
+        let jurisdiction = country.as_ref().map_or("an undeclared country", CountryCode::as_str);
         let reason = annotation("reason")
             .replace("{tenant}", resource.tenant.as_str())
             .replace("{token_tenant}", principal.tenant().as_str())
             .replace("{type}", resource.resource_type.as_str())
-            .replace("{permission}", &permission.letter().to_string());
-        Err(Deny { rule: id.to_string(), reason, hide_existence: annotation("hide_existence") == "true" })
+            .replace("{permission}", &permission.letter().to_string())
+            .replace("{adequacy}", adequacy)
+            .replace("{jurisdiction}", jurisdiction);
+        // Only reads, updates and deletes name an existing resource whose existence could leak.
+        let names_existing = matches!(action, Action::Read | Action::Update | Action::Delete);
+        let hide_existence = (facts.hide_denied_existence && names_existing) || annotation("hide_existence") == "true";
+        Err(Deny { rule: id.to_string(), reason, hide_existence })
     }
 
     fn decide(
@@ -292,18 +336,28 @@ impl Policies {
         if let Some(compartment) = resource.compartment {
             what.insert("compartment".to_owned(), string(&compartment.key_ref()));
         }
-        let mut tenants = vec![t.tenant(resource.tenant)];
+        let mut tenants = vec![resource.tenant];
         if principal.tenant() != resource.tenant {
-            tenants.push(t.tenant(principal.tenant()));
+            tenants.push(principal.tenant());
         }
-        let entities = tenants
+        let mut entities = tenants
             .into_iter()
-            .map(|uid| Ok(Entity::new_no_attrs(uid, HashSet::new())))
-            .chain([
-                Entity::new(t.principal.clone(), who, HashSet::new()).map_err(|e| e.to_string()),
-                Entity::new(t.resource.clone(), what, HashSet::new()).map_err(|e| e.to_string()),
-            ])
+            .map(|tenant| {
+                let facts = self.facts(tenant);
+                let attrs = [("allows_adequacy".to_owned(), RestrictedExpression::new_bool(facts.allows_adequacy))];
+                Entity::new(t.tenant(tenant), attrs.into_iter().collect(), HashSet::new()).map_err(|e| e.to_string())
+            })
             .collect::<Result<Vec<_>, String>>()?;
+        if let Some(country) = principal.jurisdiction() {
+            let zone =
+                EntityUid::from_type_name_and_id(t.zone.clone(), EntityId::new(residency::zone(country.as_str())));
+            let uid = EntityUid::from_type_name_and_id(t.jurisdiction.clone(), EntityId::new(country.as_str()));
+            who.insert("jurisdiction".to_owned(), RestrictedExpression::new_entity_uid(uid.clone()));
+            entities.push(Entity::new_no_attrs(zone.clone(), HashSet::new()));
+            entities.push(Entity::new_no_attrs(uid, HashSet::from([zone])));
+        }
+        entities.push(Entity::new(t.principal.clone(), who, HashSet::new()).map_err(|e| e.to_string())?);
+        entities.push(Entity::new(t.resource.clone(), what, HashSet::new()).map_err(|e| e.to_string())?);
         let entities = Entities::from_entities(entities, schema).map_err(|e| e.to_string())?;
         let context = Context::from_pairs([("scopes_allow".to_owned(), RestrictedExpression::new_bool(scopes_allow))])
             .map_err(|e| e.to_string())?;
@@ -369,16 +423,29 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("k");
             DevIssuer::ensure_key(&path).unwrap();
-            let dev = DevIssuer::load(&path, "fhirvault", 0).unwrap();
+            // Tokens that name no country speak for an organization in France.
+            let france = CountryCode::parse("FR").unwrap();
+            let dev = DevIssuer::load(&path, "fhirvault", 0).unwrap().with_default_jurisdiction(france);
             Self { _dir: dir, dev }
         }
 
         fn principal(&self, tenant: &str, role: Role, scope: Option<&str>, patient: Option<&str>) -> Principal {
+            self.principal_in(tenant, role, scope, patient, None)
+        }
+
+        fn principal_in(
+            &self,
+            tenant: &str,
+            role: Role,
+            scope: Option<&str>,
+            patient: Option<&str>,
+            country: Option<&str>,
+        ) -> Principal {
             let req = TokenRequest {
                 tenant: TenantId::parse(tenant).unwrap(),
                 role,
                 subject: None,
-                jurisdiction: None,
+                jurisdiction: country.map(|c| CountryCode::parse(c).unwrap()),
                 scope: scope.map(str::to_owned),
                 patient: patient.map(|p| ResourceId::parse(p).unwrap()),
                 purpose: None,
@@ -579,6 +646,7 @@ mod tests {
             shipped.ids().collect::<Vec<_>>(),
             [
                 "tenant-isolation",
+                "eea-jurisdiction",
                 "researcher-bulk-export-only",
                 "auditor-no-clinical-data",
                 "smart-scopes",
@@ -643,6 +711,82 @@ mod tests {
         assert_eq!(policies.authorize(&elsewhere, Action::Read, &resource).unwrap_err().rule, "tenant-isolation");
         let practitioner = f.principal("demo", Role::Practitioner, None, None);
         assert_eq!(policies.authorize(&practitioner, Action::Read, &resource).unwrap().rule(), "clinical-access");
+    }
+
+    /// Each row: the organization's country, whether the tenant allows adequacy countries, and
+    /// the rule expected to refuse (`None`: permitted).
+    #[test]
+    fn health_data_goes_to_the_eea_and_adequacy_countries_only_where_the_tenant_allows() {
+        let f = Fixture::new();
+        let demo = TenantId::parse("demo").unwrap();
+        let p1 = Compartment::Patient(ResourceId::parse("p1").unwrap());
+        let resource = Resource { tenant: &demo, resource_type: ResourceType::PATIENT, compartment: Some(&p1) };
+        let strict = Policies::shipped().unwrap();
+        let open = Policies::shipped()
+            .unwrap()
+            .with_tenant(demo.clone(), TenantFacts { allows_adequacy: true, hide_denied_existence: false });
+        let cases = [
+            ("FR", false, None),
+            ("NO", false, None),
+            ("IS", false, None),
+            ("CH", false, Some("eea-jurisdiction")),
+            ("CH", true, None),
+            ("GB", true, None),
+            ("JP", true, None),
+            ("US", false, Some("eea-jurisdiction")),
+            ("US", true, Some("eea-jurisdiction")),
+            ("CN", true, Some("eea-jurisdiction")),
+        ];
+        for (country, adequacy, expected) in cases {
+            let policies = if adequacy { &open } else { &strict };
+            let principal = f.principal_in("demo", Role::Practitioner, None, None, Some(country));
+            let decision = policies.authorize(&principal, Action::Read, &resource);
+            assert_eq!(decision.as_ref().err().map(|d| d.rule.as_str()), expected, "{country} adequacy={adequacy}");
+        }
+        let us = f.principal_in("demo", Role::Service, None, None, Some("US"));
+        let deny = open.authorize(&us, Action::Read, &resource).unwrap_err();
+        assert_eq!(
+            deny.reason,
+            "health data is served only to organizations operating from the EEA or a country with an EU adequacy \
+             decision; this one operates from US"
+        );
+
+        // A token that says nothing of its country, from an issuer with no default: refused.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k");
+        DevIssuer::ensure_key(&path).unwrap();
+        let bare = DevIssuer::load(&path, "fhirvault", 0).unwrap();
+        let req = TokenRequest {
+            tenant: demo.clone(),
+            role: Role::Practitioner,
+            subject: None,
+            jurisdiction: None,
+            scope: None,
+            patient: None,
+            purpose: None,
+            ttl: Duration::from_secs(60),
+        };
+        let nowhere = bare.verify(&bare.issue(&req).unwrap()).unwrap();
+        let deny = strict.authorize(&nowhere, Action::Read, &resource).unwrap_err();
+        assert_eq!(deny.rule, "eea-jurisdiction");
+        assert!(deny.reason.ends_with("operates from an undeclared country"), "{}", deny.reason);
+    }
+
+    #[test]
+    fn a_tenant_can_hide_the_existence_of_whatever_it_refuses() {
+        let f = Fixture::new();
+        let demo = TenantId::parse("demo").unwrap();
+        let obs = ResourceType::parse("Observation").unwrap();
+        let p1 = Compartment::Patient(ResourceId::parse("p1").unwrap());
+        let resource = Resource { tenant: &demo, resource_type: obs, compartment: Some(&p1) };
+        let scoped = f.principal("demo", Role::Practitioner, Some("user/Patient.rs"), None);
+        let plain = Policies::shipped().unwrap();
+        assert!(!plain.authorize(&scoped, Action::Read, &resource).unwrap_err().hide_existence);
+        let hiding = Policies::shipped()
+            .unwrap()
+            .with_tenant(demo.clone(), TenantFacts { allows_adequacy: false, hide_denied_existence: true });
+        let deny = hiding.authorize(&scoped, Action::Read, &resource).unwrap_err();
+        assert_eq!((deny.rule.as_str(), deny.hide_existence), ("smart-scopes", true));
     }
 
     #[test]

@@ -269,7 +269,14 @@ async fn refusals_by_role_scope_tenant_and_compartment() {
     let my_id = mine["id"].as_str().unwrap().to_owned();
     let theirs = app.create_ok(&patient("Dupont")).await;
     let their_id = theirs["id"].as_str().unwrap().to_owned();
-    let spec = |role, scope, tenant, patient| crate::helpers::TokenSpec { role, scope, tenant, patient, subject: None };
+    let spec = |role, scope, tenant, patient| crate::helpers::TokenSpec {
+        role,
+        scope,
+        tenant,
+        patient,
+        subject: None,
+        jurisdiction: None,
+    };
 
     let checks: Vec<(&str, String, String, StatusCode, &str)> = vec![
         ("researcher", app.token(Role::Researcher), format!("Patient/{my_id}"), StatusCode::FORBIDDEN, "bulk export"),

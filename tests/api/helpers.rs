@@ -79,7 +79,7 @@ impl TestApp {
             tenant: TenantId::parse(spec.tenant).expect("tenant"),
             role: spec.role,
             subject: spec.subject.map(str::to_owned),
-            jurisdiction: None,
+            jurisdiction: spec.jurisdiction.map(|c| fhirvault::ids::CountryCode::parse(c).expect("country")),
             scope: spec.scope.map(str::to_owned),
             patient: spec.patient.map(|p| ResourceId::parse(p).expect("patient id")),
             purpose: None,
@@ -220,11 +220,13 @@ pub struct TokenSpec<'a> {
     pub subject: Option<&'a str>,
     pub scope: Option<&'a str>,
     pub patient: Option<&'a str>,
+    /// The organization's country; none: the server's own site.
+    pub jurisdiction: Option<&'a str>,
 }
 
 impl Default for TokenSpec<'_> {
     fn default() -> Self {
-        Self { tenant: "demo", role: Role::Practitioner, subject: None, scope: None, patient: None }
+        Self { tenant: "demo", role: Role::Practitioner, subject: None, scope: None, patient: None, jurisdiction: None }
     }
 }
 

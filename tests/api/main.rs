@@ -22,6 +22,7 @@ mod health;
 mod helpers;
 mod history;
 mod oidc;
+mod policies;
 mod readme;
 mod residency;
 mod roundtrip;

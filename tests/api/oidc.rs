@@ -231,6 +231,14 @@ async fn backend_service_tokens_work_end_to_end() {
     assert_eq!(refused.status(), StatusCode::FORBIDDEN);
     let made_up = backend_token(&provider, "backend-service", "system/*.* launch/made-up", None).await;
     assert_eq!(app.get_with(&format!("Patient/{id}"), &made_up).await.status(), StatusCode::FORBIDDEN);
+
+    // A genuine token of an organization operating from outside the EEA: authenticated, then
+    // refused by the jurisdiction policy.
+    let foreign = backend_token(&provider, "foreign-service", "system/*.rs", None).await;
+    assert_eq!(claims_of(&foreign)["jurisdiction"], "US");
+    let refused = app.get_with(&format!("Patient/{id}"), &foreign).await;
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    assert!(diagnostics(refused).await.contains("operates from US"));
 }
 
 #[tokio::test]

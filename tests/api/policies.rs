@@ -1,0 +1,110 @@
+//! The main access rules over HTTP, each decided by the shipped Cedar policies and audited with
+//! the id of the policy that decided.
+
+use reqwest::StatusCode;
+use serde_json::Value;
+
+use crate::helpers::{TestApp, TokenSpec, diagnostics, observation, patient, spawn_app, spawn_app_with};
+
+async fn audited_policies(app: &TestApp) -> Vec<(i64, Option<String>)> {
+    sqlx::query_as("SELECT outcome, policy FROM audit_records ORDER BY seq")
+        .fetch_all(&app.index().await)
+        .await
+        .unwrap()
+}
+
+async fn last_audited(app: &TestApp) -> (i64, Option<String>) {
+    audited_policies(app).await.pop().unwrap()
+}
+
+#[tokio::test]
+async fn a_token_of_one_tenant_reaches_nothing_of_another() {
+    let app = spawn_app().await;
+    let created = app.create_ok(&patient("Bolatenant")).await;
+    let id = created["id"].as_str().unwrap();
+    let other = app.token_for(TokenSpec { tenant: "other", ..TokenSpec::default() });
+    let response = app.get_with(&format!("Patient/{id}"), &other).await;
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    assert!(diagnostics(response).await.contains("the token is for tenant `other`, not `demo`"));
+    assert_eq!(last_audited(&app).await, (403, Some("tenant-isolation".to_owned())));
+    let search = app.get_with("Patient?family=Bolatenant", &other).await;
+    assert_eq!(search.status(), StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn a_patient_token_reaches_its_own_record_and_not_even_the_existence_of_another() {
+    let app = spawn_app().await;
+    let mine = app.create_ok(&patient("Compartmentmine")).await;
+    let theirs = app.create_ok(&patient("Compartmenttheirs")).await;
+    let (mine, theirs) = (mine["id"].as_str().unwrap(), theirs["id"].as_str().unwrap());
+    app.create_ok(&observation(theirs)).await;
+    let token =
+        app.token_for(TokenSpec { role: fhirvault::auth::Role::Patient, patient: Some(mine), ..TokenSpec::default() });
+    assert_eq!(app.get_with(&format!("Patient/{mine}"), &token).await.status(), StatusCode::OK);
+    let other = app.get_with(&format!("Patient/{theirs}"), &token).await;
+    assert_eq!(other.status(), StatusCode::NOT_FOUND);
+    assert_eq!(last_audited(&app).await, (404, Some("patient-compartment".to_owned())));
+    // Their observations do not appear in a search either.
+    let search: Value =
+        app.get_with(&format!("Observation?subject=Patient/{theirs}"), &token).await.json().await.unwrap();
+    assert_eq!(search["entry"].as_array().map_or(0, Vec::len), 0, "{search}");
+}
+
+#[tokio::test]
+async fn organizations_outside_the_eea_are_refused() {
+    let app = spawn_app().await;
+    let created = app.create_ok(&patient("Jurisdictionfar")).await;
+    let id = created["id"].as_str().unwrap();
+    let from = |country| app.token_for(TokenSpec { jurisdiction: Some(country), ..TokenSpec::default() });
+
+    assert_eq!(app.get_with(&format!("Patient/{id}"), &from("DE")).await.status(), StatusCode::OK);
+    assert_eq!(app.get_with(&format!("Patient/{id}"), &from("NO")).await.status(), StatusCode::OK);
+    for country in ["US", "CH", "CN"] {
+        let response = app.get_with(&format!("Patient/{id}"), &from(country)).await;
+        assert_eq!(response.status(), StatusCode::FORBIDDEN, "{country}");
+        let text = diagnostics(response).await;
+        assert!(text.contains(&format!("operates from {country}")), "{text}");
+        assert_eq!(last_audited(&app).await, (403, Some("eea-jurisdiction".to_owned())));
+    }
+    // Writes and searches too.
+    let write = app
+        .client
+        .post(format!("{}/Patient", app.base))
+        .bearer_auth(from("US"))
+        .header("content-type", "application/fhir+json")
+        .json(&patient("Jurisdictionwrite"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(write.status(), StatusCode::FORBIDDEN);
+    assert_eq!(app.get_with("Patient?family=Jurisdictionfar", &from("US")).await.status(), StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn a_tenant_may_serve_adequacy_countries_and_hide_what_it_refuses() {
+    let app = spawn_app_with(|s| {
+        let demo = s.tenants.get_mut("demo").unwrap();
+        demo.allow_adequacy_countries = true;
+        demo.hide_denied_existence = true;
+    })
+    .await;
+    let created = app.create_ok(&patient("Adequacy")).await;
+    let id = created["id"].as_str().unwrap();
+    let from = |country| app.token_for(TokenSpec { jurisdiction: Some(country), ..TokenSpec::default() });
+    assert_eq!(app.get_with(&format!("Patient/{id}"), &from("CH")).await.status(), StatusCode::OK);
+    assert_eq!(app.get_with(&format!("Patient/{id}"), &from("JP")).await.status(), StatusCode::OK);
+    // Refused, and answered as if the record did not exist.
+    let us = app.get_with(&format!("Patient/{id}"), &from("US")).await;
+    assert_eq!(us.status(), StatusCode::NOT_FOUND);
+    assert_eq!(last_audited(&app).await, (404, Some("eea-jurisdiction".to_owned())));
+    let scoped = app.token_for(TokenSpec { scope: Some("user/Observation.rs"), ..TokenSpec::default() });
+    assert_eq!(app.get_with(&format!("Patient/{id}"), &scoped).await.status(), StatusCode::NOT_FOUND);
+    assert_eq!(last_audited(&app).await, (404, Some("smart-scopes".to_owned())));
+}
+
+#[tokio::test]
+async fn permitted_interactions_are_audited_with_the_policies_that_permitted() {
+    let app = spawn_app().await;
+    app.create_ok(&patient("Auditedpermit")).await;
+    assert_eq!(last_audited(&app).await, (201, Some("clinical-access".to_owned())));
+}
