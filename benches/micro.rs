@@ -177,7 +177,8 @@ fn policy(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("issuer.key");
     DevIssuer::ensure_key(&path).unwrap();
-    let issuer = DevIssuer::load(&path, "fhirvault", 0).unwrap();
+    let france = fhirvault::ids::CountryCode::parse("FR").unwrap();
+    let issuer = DevIssuer::load(&path, "fhirvault", 0).unwrap().with_default_jurisdiction(france);
     let principal = |tenant: &str| issuer.verify(&practitioner_token(&issuer, tenant)).unwrap();
     let policies = Policies::shipped().unwrap();
     let demo = TenantId::parse("demo").unwrap();
@@ -188,6 +189,8 @@ fn policy(c: &mut Criterion) {
         compartment: Some(&compartment),
     };
     let (own, other) = (principal("demo"), principal("other"));
+    assert!(policies.authorize(&own, Action::Read, &resource).is_ok(), "the permit case permits");
+    assert!(policies.authorize(&other, Action::Read, &resource).is_err(), "the deny case denies");
     let mut group = c.benchmark_group("access decision (shipped policies)");
     group.bench_function("permit: practitioner reads an Observation", |b| {
         b.iter(|| black_box(policies.authorize(&own, Action::Read, &resource).is_ok()));

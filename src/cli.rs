@@ -101,7 +101,9 @@ pub struct TokenArgs {
     /// Subject (`sub`); defaults to `dev-{role}`.
     #[arg(long)]
     pub subject: Option<String>,
-    /// Country the requesting organization operates from (ISO 3166 alpha-2, e.g. `FR`).
+    /// Country the requesting organization operates from (ISO 3166 alpha-2, e.g. `FR`); the
+    /// server takes its own site's country when none is given. Outside the EEA (and adequacy
+    /// countries, where the tenant allows them) the token is refused access.
     #[arg(long)]
     pub jurisdiction: Option<String>,
     /// SMART scopes, e.g. "user/*.cruds"; defaults depend on the role.

@@ -150,13 +150,20 @@ pub fn statement(
             "security": {
                 "cors": false,
                 "service": [{
-                    "coding": [{
-                        "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
-                        "code": "OAuth",
-                    }],
+                    "coding": [
+                        {
+                            "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+                            "code": "SMART-on-FHIR",
+                        },
+                        {
+                            "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+                            "code": "OAuth",
+                        },
+                    ],
                 }],
-                "description": "Bearer access tokens (JWT) with SMART v2 scopes (`user/`, `patient/`, \
-                    `system/` with `cruds`).",
+                "description": "Bearer access tokens (JWT, RFC 9068) from the tenant's OpenID provider, \
+                    with SMART scopes (v2 `user/`, `patient/`, `system/` with `cruds`; v1 `.read`, `.write`, \
+                    `.*`). Endpoints: `.well-known/smart-configuration` under this base.",
             },
             "resource": resources,
         }],
