@@ -27,10 +27,11 @@ use crate::residency;
 
 /// The schema and the policies shipped with the server (file name, text), in file-name order.
 const SCHEMA: &str = include_str!("../../policies/schema.cedarschema");
-const SHIPPED: [(&str, &str); 7] = [
+const SHIPPED: [(&str, &str); 8] = [
     ("10-tenant-isolation.cedar", include_str!("../../policies/10-tenant-isolation.cedar")),
     ("15-jurisdiction.cedar", include_str!("../../policies/15-jurisdiction.cedar")),
     ("20-researchers.cedar", include_str!("../../policies/20-researchers.cedar")),
+    ("25-purpose-of-use.cedar", include_str!("../../policies/25-purpose-of-use.cedar")),
     ("30-auditors.cedar", include_str!("../../policies/30-auditors.cedar")),
     ("40-smart-scopes.cedar", include_str!("../../policies/40-smart-scopes.cedar")),
     ("50-patient-compartment.cedar", include_str!("../../policies/50-patient-compartment.cedar")),
@@ -304,7 +305,8 @@ impl Policies {
             .replace("{type}", resource.resource_type.as_str())
             .replace("{permission}", &permission.letter().to_string())
             .replace("{adequacy}", adequacy)
-            .replace("{jurisdiction}", jurisdiction);
+            .replace("{jurisdiction}", jurisdiction)
+            .replace("{purpose}", principal.purpose().unwrap_or("none"));
         // Only reads, updates and deletes name an existing resource whose existence could leak.
         let names_existing = matches!(action, Action::Read | Action::Update | Action::Delete);
         let hide_existence = (facts.hide_denied_existence && names_existing) || annotation("hide_existence") == "true";
@@ -328,6 +330,9 @@ impl Policies {
         ]);
         if let Some(patient) = principal.patient() {
             who.insert("patient".to_owned(), string(&Compartment::Patient(patient.clone()).key_ref()));
+        }
+        if let Some(purpose) = principal.purpose() {
+            who.insert("purpose_of_use".to_owned(), string(purpose));
         }
         let mut what = HashMap::from([
             ("tenant".to_owned(), RestrictedExpression::new_entity_uid(t.tenant(resource.tenant))),
@@ -648,6 +653,7 @@ mod tests {
                 "tenant-isolation",
                 "eea-jurisdiction",
                 "researcher-bulk-export-only",
+                "practitioner-treatment-purpose",
                 "auditor-no-clinical-data",
                 "smart-scopes",
                 "patient-compartment",
@@ -770,6 +776,46 @@ mod tests {
         let deny = strict.authorize(&nowhere, Action::Read, &resource).unwrap_err();
         assert_eq!(deny.rule, "eea-jurisdiction");
         assert!(deny.reason.ends_with("operates from an undeclared country"), "{}", deny.reason);
+    }
+
+    #[test]
+    fn practitioners_use_the_clinical_api_for_treatment() {
+        let f = Fixture::new();
+        let policies = Policies::shipped().unwrap();
+        let demo = TenantId::parse("demo").unwrap();
+        let p1 = Compartment::Patient(ResourceId::parse("p1").unwrap());
+        let resource = Resource { tenant: &demo, resource_type: ResourceType::PATIENT, compartment: Some(&p1) };
+        let with_purpose = |role: Role, purpose: Option<&str>| {
+            let req = TokenRequest {
+                tenant: demo.clone(),
+                role,
+                subject: None,
+                jurisdiction: None,
+                scope: None,
+                patient: None,
+                purpose: purpose.map(str::to_owned),
+                ttl: Duration::from_secs(60),
+            };
+            f.dev.verify(&f.dev.issue(&req).unwrap()).unwrap()
+        };
+        let cases = [
+            (Role::Practitioner, None, None),
+            (Role::Practitioner, Some("TREAT"), None),
+            (Role::Practitioner, Some("ETREAT"), None),
+            (Role::Practitioner, Some("BTG"), None),
+            (Role::Practitioner, Some("HRESCH"), Some("practitioner-treatment-purpose")),
+            (Role::Practitioner, Some("HMARKT"), Some("practitioner-treatment-purpose")),
+            (Role::Service, Some("HOPERAT"), None),
+        ];
+        for (role, purpose, expected) in cases {
+            let decision = policies.authorize(&with_purpose(role, purpose), Action::Read, &resource);
+            assert_eq!(decision.as_ref().err().map(|d| d.rule.as_str()), expected, "{role} {purpose:?}");
+        }
+        let deny = policies.authorize(&with_purpose(Role::Practitioner, Some("HRESCH")), Action::Read, &resource);
+        assert_eq!(
+            deny.unwrap_err().reason,
+            "practitioners use the clinical API for treatment; this token's purpose of use is `HRESCH`"
+        );
     }
 
     #[test]

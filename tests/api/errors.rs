@@ -276,6 +276,7 @@ async fn refusals_by_role_scope_tenant_and_compartment() {
         patient,
         subject: None,
         jurisdiction: None,
+        purpose: None,
     };
 
     let checks: Vec<(&str, String, String, StatusCode, &str)> = vec![

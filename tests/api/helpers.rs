@@ -82,7 +82,7 @@ impl TestApp {
             jurisdiction: spec.jurisdiction.map(|c| fhirvault::ids::CountryCode::parse(c).expect("country")),
             scope: spec.scope.map(str::to_owned),
             patient: spec.patient.map(|p| ResourceId::parse(p).expect("patient id")),
-            purpose: None,
+            purpose: spec.purpose.map(str::to_owned),
             ttl: Duration::from_secs(600),
         };
         self.issuer.issue(&req).expect("token")
@@ -222,11 +222,21 @@ pub struct TokenSpec<'a> {
     pub patient: Option<&'a str>,
     /// The organization's country; none: the server's own site.
     pub jurisdiction: Option<&'a str>,
+    /// Purpose of use (`TREAT`, `HRESCH`...); none: unstated.
+    pub purpose: Option<&'a str>,
 }
 
 impl Default for TokenSpec<'_> {
     fn default() -> Self {
-        Self { tenant: "demo", role: Role::Practitioner, subject: None, scope: None, patient: None, jurisdiction: None }
+        Self {
+            tenant: "demo",
+            role: Role::Practitioner,
+            subject: None,
+            scope: None,
+            patient: None,
+            jurisdiction: None,
+            purpose: None,
+        }
     }
 }
 

@@ -103,6 +103,19 @@ async fn a_tenant_may_serve_adequacy_countries_and_hide_what_it_refuses() {
 }
 
 #[tokio::test]
+async fn a_practitioner_token_issued_for_research_is_refused() {
+    let app = spawn_app().await;
+    let created = app.create_ok(&patient("Purposeful")).await;
+    let id = created["id"].as_str().unwrap();
+    let for_purpose = |purpose| app.token_for(TokenSpec { purpose: Some(purpose), ..TokenSpec::default() });
+    assert_eq!(app.get_with(&format!("Patient/{id}"), &for_purpose("TREAT")).await.status(), StatusCode::OK);
+    let research = app.get_with(&format!("Patient/{id}"), &for_purpose("HRESCH")).await;
+    assert_eq!(research.status(), StatusCode::FORBIDDEN);
+    assert!(diagnostics(research).await.contains("purpose of use is `HRESCH`"));
+    assert_eq!(last_audited(&app).await, (403, Some("practitioner-treatment-purpose".to_owned())));
+}
+
+#[tokio::test]
 async fn permitted_interactions_are_audited_with_the_policies_that_permitted() {
     let app = spawn_app().await;
     app.create_ok(&patient("Auditedpermit")).await;
