@@ -12,7 +12,7 @@ use crate::audit::{Agent, AuditAction, AuditRecord, Target};
 use crate::auth::{Principal, Role};
 use crate::fhir::bundle;
 use crate::ids::{ResourceId, ResourceType};
-use crate::policy::Action;
+use crate::policy::{self, Action};
 use crate::storage::{Direction, VersionRow};
 
 use super::include::MAX_INCLUDED;
@@ -59,7 +59,7 @@ impl Engine {
         let patient = ResourceType::PATIENT;
         let row = self.index.current(&ctx.tenant, patient, &req.id).await?;
         let row = row.ok_or_else(|| EngineError::NotFound { rt: patient, id: req.id.clone() })?;
-        let (_, compartment) = self.authorize_row(ctx, principal, Action::Read, &row)?;
+        let (patient_permit, compartment) = self.authorize_row(ctx, principal, Action::Read, &row)?;
         if row.is_deletion() {
             return Err(EngineError::Gone {
                 rt: patient,
@@ -151,7 +151,10 @@ impl Engine {
 
         let record = AuditRecord::new(&ctx.meta, Some(&ctx.tenant), Agent::of(principal), AuditAction::Everything)
             .target(&Target { compartment: Some(compartment.key_ref()), ..target.clone() })
-            .outcome(200, Some(format!("{} members, {} referenced", permitted.len(), referenced.len())));
+            .outcome(200, Some(format!("{} members, {} referenced", permitted.len(), referenced.len())))
+            .policy(Some(&policy::rules(
+                std::iter::once(&patient_permit).chain(permitted.iter().chain(&referenced).map(|(p, _)| p)),
+            )));
         self.commits.append_audit(record).await?;
         Ok(bytes)
     }
@@ -163,7 +166,7 @@ impl Engine {
         principal: &Principal,
         on_page: &[&VersionRow],
         members: &BTreeSet<(ResourceType, String)>,
-    ) -> Result<Vec<(crate::policy::Permit, VersionRow)>, EngineError> {
+    ) -> Result<Vec<(policy::Permit, VersionRow)>, EngineError> {
         let mut by_type: std::collections::BTreeMap<ResourceType, Vec<String>> = std::collections::BTreeMap::new();
         for row in on_page {
             by_type.entry(row.resource_type).or_default().push(row.id.to_string());

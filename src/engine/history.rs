@@ -7,7 +7,7 @@ use crate::audit::{Agent, AuditAction, AuditRecord, Target};
 use crate::auth::{Principal, Role};
 use crate::fhir::bundle;
 use crate::ids::{ResourceId, ResourceType};
-use crate::policy::Action;
+use crate::policy::{self, Action};
 use crate::storage::{HistoryQuery, Method, VersionRow};
 use crate::time::Timestamp;
 
@@ -71,16 +71,17 @@ impl Engine {
     ) -> Result<Vec<u8>, EngineError> {
         let rt = req.resource_type;
         // Instance history is a read of that resource; type history is a listing.
-        let instance_compartment = match &req.id {
+        let (listing_permit, instance_compartment) = match &req.id {
             Some(id) => {
                 let current = self.index.current(&ctx.tenant, rt, id).await?;
                 let current = current.ok_or_else(|| EngineError::NotFound { rt, id: id.clone() })?;
-                let (_, compartment) = self.authorize_row(ctx, principal, Action::Read, &current)?;
-                Some(compartment)
+                let (permit, compartment) = self.authorize_row(ctx, principal, Action::Read, &current)?;
+                (permit, Some(compartment))
             }
             None => {
-                self.policies.authorize(principal, Action::HistoryType, &self.policy_target(ctx, rt, None))?;
-                None
+                let permit =
+                    self.policies.authorize(principal, Action::HistoryType, &self.policy_target(ctx, rt, None))?;
+                (permit, None)
             }
         };
 
@@ -135,7 +136,8 @@ impl Engine {
 
         let record = AuditRecord::new(&ctx.meta, Some(&ctx.tenant), Agent::of(principal), action)
             .target(&Target { compartment: instance_compartment.map(|c| c.key_ref()), ..target.clone() })
-            .outcome(200, Some(format!("{} entries", entries.len())));
+            .outcome(200, Some(format!("{} entries", entries.len())))
+            .policy(Some(&policy::rules(std::iter::once(&listing_permit).chain(permitted.iter().map(|(p, _)| p)))));
         self.commits.append_audit(record).await?;
         Ok(bytes)
     }

@@ -91,6 +91,7 @@ impl Engine {
             Some(row.version),
             Some(&row.compartment),
             200,
+            &permit,
         )
         .await?;
         Ok(ReadResult { version: row.version, last_updated: row.last_updated, body })

@@ -10,7 +10,7 @@ use crate::auth::{Principal, Role};
 use crate::fhir::bundle;
 use crate::fhir::search_params::ParamType;
 use crate::ids::{ResourceId, ResourceType};
-use crate::policy::{Action, Permit};
+use crate::policy::{self, Action, Permit};
 use crate::search::{self, Blind, Total};
 use crate::storage::search::{Filter, Linked, SortBy, SortKey};
 use crate::storage::{Order, Position, SearchQuery, StorageError, VersionRow};
@@ -127,7 +127,7 @@ impl Engine {
         target: &Target,
     ) -> Result<Vec<u8>, EngineError> {
         let rt = req.resource_type;
-        self.policies.authorize(principal, Action::Search, &self.policy_target(ctx, rt, None))?;
+        let listing_permit = self.policies.authorize(principal, Action::Search, &self.policy_target(ctx, rt, None))?;
         let search_key = self.keys.mac_key(&ctx.tenant, SEARCH_KEY).await?;
         let blind_index = search_key.blind_index();
         let blind = Blind::new(&blind_index, rt.as_str());
@@ -225,7 +225,10 @@ impl Engine {
 
         let record = AuditRecord::new(&ctx.meta, Some(&ctx.tenant), Agent::of(principal), AuditAction::SearchType)
             .target(target)
-            .outcome(200, Some(format!("{} matches, {} included", permitted.len(), included.len())));
+            .outcome(200, Some(format!("{} matches, {} included", permitted.len(), included.len())))
+            .policy(Some(&policy::rules(
+                std::iter::once(&listing_permit).chain(permitted.iter().chain(&included).map(|(p, _)| p)),
+            )));
         self.commits.append_audit(record).await?;
         Ok(bytes)
     }

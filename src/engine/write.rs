@@ -236,19 +236,29 @@ impl Engine {
         check_if_match(if_match, current.as_ref())?;
         let Some(current) = current else {
             // Deleting what never existed changes nothing (FHIR: 200/204). Still decided and audited.
-            self.policies.authorize(
+            let permit = self.policies.authorize(
                 principal,
                 Action::Delete,
                 &self.policy_target(ctx, rt, None).with_tenant_compartment(),
             )?;
-            self.audit_ok(ctx, principal, AuditAction::Delete, rt, id, None, None, 204).await?;
+            self.audit_ok(ctx, principal, AuditAction::Delete, rt, id, None, None, 204, &permit).await?;
             return Ok(None);
         };
         let (permit, compartment) = self.authorize_row(ctx, principal, Action::Delete, &current)?;
         if current.is_deletion() {
             let version = Some(current.version);
-            self.audit_ok(ctx, principal, AuditAction::Delete, rt, id, version, Some(&current.compartment), 204)
-                .await?;
+            self.audit_ok(
+                ctx,
+                principal,
+                AuditAction::Delete,
+                rt,
+                id,
+                version,
+                Some(&current.compartment),
+                204,
+                &permit,
+            )
+            .await?;
             return Ok(Some(Written {
                 id: id.clone(),
                 version: current.version,
@@ -416,6 +426,7 @@ impl Engine {
         version: Option<VersionId>,
         compartment: Option<&str>,
         status: u16,
+        permit: &Permit,
     ) -> Result<(), EngineError> {
         let target = Target {
             resource_type: Some(rt),
@@ -425,7 +436,8 @@ impl Engine {
         };
         let record = AuditRecord::new(&ctx.meta, Some(&ctx.tenant), Agent::of(principal), action)
             .target(&target)
-            .outcome(status, None);
+            .outcome(status, None)
+            .policy(Some(permit.rule()));
         self.commits.append_audit(record).await?;
         Ok(())
     }

@@ -108,6 +108,14 @@ impl Permit {
     }
 }
 
+/// The ids of the policies behind several permits (a listing's, and its entries'), each once,
+/// sorted and comma-separated: what the audit record of the listing keeps.
+pub fn rules<'a>(permits: impl IntoIterator<Item = &'a Permit>) -> String {
+    let ids: std::collections::BTreeSet<&str> =
+        permits.into_iter().flat_map(|p| p.rule.split(',')).filter(|id| !id.is_empty()).collect();
+    ids.into_iter().collect::<Vec<_>>().join(",")
+}
+
 /// What the policies are told about a tenant, from its configuration.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TenantFacts {
@@ -833,6 +841,13 @@ mod tests {
             .with_tenant(demo.clone(), TenantFacts { allows_adequacy: false, hide_denied_existence: true });
         let deny = hiding.authorize(&scoped, Action::Read, &resource).unwrap_err();
         assert_eq!((deny.rule.as_str(), deny.hide_existence), ("smart-scopes", true));
+    }
+
+    #[test]
+    fn a_listing_names_each_deciding_policy_once() {
+        let permits = [Permit { rule: "b,a".into() }, Permit { rule: "a".into() }, Permit { rule: "c".into() }];
+        assert_eq!(rules(&permits), "a,b,c");
+        assert_eq!(rules(&[]), "");
     }
 
     #[test]

@@ -48,6 +48,12 @@ async fn each_interaction_and_refusal_is_recorded() {
         ]
     );
     assert!(rows.iter().filter(|r| r.0 != "authenticate").all(|r| r.2.is_some()), "agents are recorded");
+    // Every decision is recorded with the policies that took it: permits and refusals alike.
+    for (action, outcome, _, _, policy) in &rows {
+        if *outcome < 300 {
+            assert_eq!(policy.as_deref(), Some("clinical-access"), "{action} {outcome}");
+        }
+    }
     assert_eq!(rows[0].3.as_deref(), Some(id.as_str()));
     assert_eq!(rows[11].4.as_deref(), Some("researcher-bulk-export-only"));
     let request_ids: i64 =

@@ -118,6 +118,13 @@ async fn a_practitioner_token_issued_for_research_is_refused() {
 #[tokio::test]
 async fn permitted_interactions_are_audited_with_the_policies_that_permitted() {
     let app = spawn_app().await;
-    app.create_ok(&patient("Auditedpermit")).await;
+    let created = app.create_ok(&patient("Auditedpermit")).await;
     assert_eq!(last_audited(&app).await, (201, Some("clinical-access".to_owned())));
+    let id = created["id"].as_str().unwrap();
+    for path in
+        [format!("Patient/{id}"), "Patient?family=Auditedpermit".to_owned(), format!("Patient/{id}/$everything")]
+    {
+        assert_eq!(app.get(&path).await.status(), StatusCode::OK, "{path}");
+        assert_eq!(last_audited(&app).await, (200, Some("clinical-access".to_owned())), "{path}");
+    }
 }
