@@ -43,6 +43,7 @@ fn practitioner_token(issuer: &DevIssuer, tenant: &str) -> String {
         scope: None,
         patient: None,
         purpose: None,
+        grants: Vec::new(),
         ttl: Duration::from_secs(3600),
     };
     issuer.issue(&request).unwrap()
@@ -187,6 +188,8 @@ fn policy(c: &mut Criterion) {
         tenant: &demo,
         resource_type: ResourceType::parse("Observation").unwrap(),
         compartment: Some(&compartment),
+        labels: None,
+        break_glass: false,
     };
     let (own, other) = (principal("demo"), principal("other"));
     assert!(policies.authorize(&own, Action::Read, &resource).is_ok(), "the permit case permits");

@@ -115,6 +115,10 @@ pub struct TokenArgs {
     /// Purpose of use (e.g. `TREAT`, `HRESCH`).
     #[arg(long)]
     pub purpose: Option<String>,
+    /// A sensitivity label the token is cleared for (`PSY`, `HIV`, `ETH`, `SUD`, `R`, `V`);
+    /// repeat for several.
+    #[arg(long = "grant")]
+    pub grants: Vec<String>,
     /// Lifetime in seconds.
     #[arg(long, default_value_t = 3600)]
     pub ttl_seconds: u64,
@@ -232,6 +236,7 @@ fn issue_token(settings: &Settings, args: &TokenArgs) -> Result<String, CliError
         scope: args.scope.clone(),
         patient: args.patient.as_deref().map(ResourceId::parse).transpose().map_err(|e| usage(e.to_string()))?,
         purpose: args.purpose.clone(),
+        grants: args.grants.clone(),
         ttl: Duration::from_secs(args.ttl_seconds),
     };
     let path = settings.dev_issuer_key_path();

@@ -303,6 +303,8 @@ pub struct ClaimSettings {
     pub scope: Option<String>,
     /// For patient tokens, the patient's id in this tenant (default `patient`).
     pub patient: Option<String>,
+    /// Sensitivity labels the user is cleared for, a list or space-separated (default `grants`).
+    pub grants: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
@@ -332,6 +334,7 @@ impl ClaimSettings {
             purpose_of_use: pick(&self.purpose_of_use, "purpose_of_use"),
             scope: pick(&self.scope, "scope"),
             patient: pick(&self.patient, "patient"),
+            grants: pick(&self.grants, "grants"),
         }
     }
 }
@@ -349,6 +352,7 @@ pub struct ResolvedClaims {
     pub purpose_of_use: String,
     pub scope: String,
     pub patient: String,
+    pub grants: String,
 }
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]

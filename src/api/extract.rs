@@ -5,7 +5,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 use actix_web::dev::Payload;
-use actix_web::http::header;
+use actix_web::http::{StatusCode, header};
 use actix_web::{FromRequest, HttpMessage as _, HttpRequest, web};
 
 use super::AppState;
@@ -14,6 +14,7 @@ use super::negotiate::{self, Format};
 use crate::audit::RequestMeta;
 use crate::auth::Principal;
 use crate::engine::RequestContext;
+use crate::fhir::outcome::IssueType;
 use crate::ids::{TenantId, VersionId};
 
 /// The request id (echoed from `X-Request-Id` when sane, generated otherwise).
@@ -32,8 +33,34 @@ fn state(req: &HttpRequest) -> Result<web::Data<AppState>, ApiError> {
         .ok_or_else(|| ApiError::internal("application state is not configured"))
 }
 
+/// The header in which a practitioner states why they break the glass.
+pub const BREAK_GLASS_HEADER: &str = "x-break-glass-reason";
+const BREAK_GLASS_MAX_CHARS: usize = 500;
+
 fn meta(req: &HttpRequest) -> RequestMeta {
-    RequestMeta { request_id: RequestId::of(req), source_ip: req.peer_addr().map(|a| a.ip().to_string()) }
+    RequestMeta {
+        request_id: RequestId::of(req),
+        source_ip: req.peer_addr().map(|a| a.ip().to_string()),
+        break_glass: break_glass(req).ok().flatten(),
+    }
+}
+
+/// The stated break-glass reason: printable, trimmed, at most 500 characters. A header that
+/// states nothing is an error, never a silent "no".
+fn break_glass(req: &HttpRequest) -> Result<Option<String>, ApiError> {
+    let Some(value) = req.headers().get(BREAK_GLASS_HEADER) else { return Ok(None) };
+    let reason = String::from_utf8_lossy(value.as_bytes()).trim().to_owned();
+    if reason.is_empty() || reason.chars().count() > BREAK_GLASS_MAX_CHARS || reason.chars().any(char::is_control) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            IssueType::Required,
+            format!(
+                "`X-Break-Glass-Reason` must state why the glass is broken, in 1 to {BREAK_GLASS_MAX_CHARS} \
+                 printable characters"
+            ),
+        ));
+    }
+    Ok(Some(reason))
 }
 
 /// The tenant in the path, checked against the configuration (404 if unknown).
@@ -67,6 +94,7 @@ impl FromRequest for Ctx {
         std::future::ready((|| {
             let state = state(req)?;
             let tenant = tenant(req, &state)?;
+            break_glass(req)?;
             let base_url = tenant_base(req, &state, &tenant);
             Ok(Self(RequestContext { meta: meta(req), tenant, base_url }))
         })())

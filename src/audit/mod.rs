@@ -93,7 +93,8 @@ pub struct AuditRecord {
     pub compartment: Option<String>,
     /// The HTTP status of the answer.
     pub outcome: u16,
-    /// Why, in a few words, when it failed or was refused (never user input).
+    /// Why, in a few words, when it failed or was refused (never user input), after the
+    /// break-glass flag and its stated reason when the request broke the glass.
     pub detail: Option<String>,
     /// Which policy rule decided.
     pub policy: Option<String>,
@@ -104,6 +105,9 @@ pub struct AuditRecord {
 pub struct RequestMeta {
     pub request_id: String,
     pub source_ip: Option<String>,
+    /// The reason a practitioner stated to break the glass (`X-Break-Glass-Reason`); every
+    /// record of such a request is flagged with it.
+    pub break_glass: Option<String>,
 }
 
 /// The resource a record is about, when there is one.
@@ -129,7 +133,7 @@ impl AuditRecord {
             version: None,
             compartment: None,
             outcome: 200,
-            detail: None,
+            detail: meta.break_glass.as_ref().map(|reason| format!("break-glass: {reason}")),
             policy: None,
         }
     }
@@ -142,9 +146,14 @@ impl AuditRecord {
         self
     }
 
+    /// The answer's status and, when it failed or was refused, why. A break-glass flag stays
+    /// first in `detail`.
     pub fn outcome(mut self, status: u16, detail: Option<String>) -> Self {
         self.outcome = status;
-        self.detail = detail;
+        self.detail = match (self.detail.take(), detail) {
+            (Some(flag), Some(detail)) => Some(format!("{flag}; {detail}")),
+            (flag, detail) => flag.or(detail),
+        };
         self
     }
 

@@ -47,6 +47,8 @@ struct Claims {
     patient: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     purpose_of_use: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    grants: Vec<String>,
 }
 
 /// What `fhirvault token` asks for.
@@ -59,6 +61,8 @@ pub struct TokenRequest {
     pub scope: Option<String>,
     pub patient: Option<ResourceId>,
     pub purpose: Option<String>,
+    /// Sensitivity labels the token is cleared for (`PSY`, `HIV`...).
+    pub grants: Vec<String>,
     pub ttl: Duration,
 }
 
@@ -134,6 +138,7 @@ impl DevIssuer {
             jurisdiction: req.jurisdiction.map(|c| c.as_str().to_owned()),
             patient: req.patient.as_ref().map(ToString::to_string),
             purpose_of_use: req.purpose.clone(),
+            grants: req.grants.clone(),
         };
         jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), &claims, &self.encoding)
             .map_err(|e| DevIssuerError::Sign(e.to_string()))
@@ -178,6 +183,7 @@ impl DevIssuer {
             patient,
             fhir_user: None,
             organization: None,
+            grants: c.grants,
             token_id: Some(if c.jti.is_empty() { token_tail(token) } else { c.jti }),
         };
         Ok(Verified {
@@ -210,6 +216,7 @@ mod tests {
             scope: None,
             patient: None,
             purpose: Some("TREAT".into()),
+            grants: Vec::new(),
             ttl: Duration::from_secs(60),
         }
     }

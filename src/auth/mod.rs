@@ -102,6 +102,8 @@ pub struct Principal {
     patient: Option<ResourceId>,
     fhir_user: Option<String>,
     organization: Option<String>,
+    /// Sensitivity labels (`PSY`, `HIV`, `R`...) the principal is cleared to see.
+    grants: Vec<String>,
     token_id: Option<String>,
 }
 
@@ -140,6 +142,10 @@ impl Principal {
     /// The requesting organization, when the token says.
     pub fn organization(&self) -> Option<&str> {
         self.organization.as_deref()
+    }
+    /// Sensitivity and confidentiality labels the principal is cleared for.
+    pub fn grants(&self) -> &[String] {
+        &self.grants
     }
     /// The token's `jti` (or its last 32 characters): what the audit log keeps.
     pub fn token_id(&self) -> Option<&str> {
@@ -296,6 +302,7 @@ mod tests {
             scope: None,
             patient: None,
             purpose: None,
+            grants: Vec::new(),
             ttl: Duration::from_secs(60),
         };
         let token = dev.issue(&request).unwrap();

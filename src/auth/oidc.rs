@@ -411,6 +411,7 @@ impl OidcIssuer {
             patient,
             fhir_user: text(&map.fhir_user),
             organization: text(&map.organization),
+            grants: strings(claim(claims, &map.grants)).into_iter().map(str::to_owned).collect(),
             token_id: Some(text("jti").unwrap_or_else(|| token_tail(token))),
         })
     }

@@ -240,6 +240,7 @@ impl Engine {
             return Err(EngineError::Gone { rt, id: id.clone(), version: row.version, last_updated: row.last_updated });
         }
         let stored = self.open_row(&permit, &row).await?;
+        self.screen(ctx, principal, &row, &stored)?;
         let mut document: serde_json::Value = serde_json::from_slice(&stored)
             .map_err(|_| StorageError::Corrupt("a stored resource is not JSON".into()))?;
         json_patch::patch(&mut document, patch).map_err(|e| EngineError::Unprocessable(e.to_string()))?;

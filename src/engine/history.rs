@@ -113,6 +113,9 @@ impl Engine {
             .buffered(FETCH_CONCURRENCY)
             .try_collect()
             .await?;
+        let keep =
+            self.screened(ctx, principal, permitted.iter().map(|(_, r)| r).zip(bodies.iter().map(Option::as_deref)))?;
+        let (permitted, bodies) = (super::kept(permitted, &keep), super::kept(bodies, &keep));
 
         let entries: Vec<bundle::HistoryEntry<'_>> = permitted
             .iter()

@@ -342,6 +342,46 @@ impl Engine {
         Ok(self.decide_row(ctx, principal, action, row)??)
     }
 
+    /// The second decision on an opened record: its security labels are inside the sealed
+    /// object (the index never shows which records are sensitive), so the policies see them
+    /// only now. A record without labels needs nothing more.
+    fn screen(
+        &self,
+        ctx: &RequestContext,
+        principal: &Principal,
+        row: &VersionRow,
+        body: &[u8],
+    ) -> Result<(), EngineError> {
+        let labels = security_labels(body)?;
+        if labels.is_empty() {
+            return Ok(());
+        }
+        let compartment = compartment_of(row)?;
+        let resource = crate::policy::Resource {
+            labels: Some(&labels),
+            ..self.policy_target(ctx, row.resource_type, Some(&compartment))
+        };
+        self.policies.authorize(principal, Action::Read, &resource)?;
+        Ok(())
+    }
+
+    /// Which entries of an opened listing pass `screen` (a listing leaves the others out, as
+    /// it leaves out what the first decision refused). Entries without a body (deletions) pass.
+    fn screened<'b>(
+        &self,
+        ctx: &RequestContext,
+        principal: &Principal,
+        entries: impl Iterator<Item = (&'b VersionRow, Option<&'b [u8]>)>,
+    ) -> Result<Vec<bool>, EngineError> {
+        entries
+            .map(|(row, body)| match body.map(|body| self.screen(ctx, principal, row, body)) {
+                None | Some(Ok(())) => Ok(true),
+                Some(Err(EngineError::Forbidden(_))) => Ok(false),
+                Some(Err(other)) => Err(other),
+            })
+            .collect()
+    }
+
     /// The rows of a listing (history, search) that `principal` may read, each decided on its
     /// own compartment, with their permits; what is refused is left out.
     fn readable(
@@ -400,6 +440,37 @@ impl Engine {
 }
 
 /// The compartment a stored row belongs to.
+/// The items whose `keep` flag is set.
+fn kept<T>(items: Vec<T>, keep: &[bool]) -> Vec<T> {
+    items.into_iter().zip(keep).filter(|(_, keep)| **keep).map(|(item, _)| item).collect()
+}
+
+/// The codes of a stored resource's security labels (`meta.security[].code`). Most records
+/// have none, which a byte search tells before any parsing. A body that cannot be read is
+/// corrupt: refused, never taken as unlabelled.
+fn security_labels(body: &[u8]) -> Result<Vec<String>, StorageError> {
+    const NEEDLE: &[u8] = b"\"security\"";
+    #[derive(serde::Deserialize)]
+    struct Doc {
+        meta: Option<Meta>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Meta {
+        #[serde(default)]
+        security: Vec<Coding>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Coding {
+        code: Option<String>,
+    }
+    if !body.windows(NEEDLE.len()).any(|w| w == NEEDLE) {
+        return Ok(Vec::new());
+    }
+    let doc: Doc =
+        serde_json::from_slice(body).map_err(|_| StorageError::Corrupt("a stored resource is not JSON".into()))?;
+    Ok(doc.meta.map(|m| m.security.into_iter().filter_map(|c| c.code).collect()).unwrap_or_default())
+}
+
 fn compartment_of(row: &VersionRow) -> Result<Compartment, StorageError> {
     Compartment::parse_key_ref(&row.compartment).ok_or_else(|| StorageError::Corrupt("compartment".into()))
 }

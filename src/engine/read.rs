@@ -82,6 +82,7 @@ impl Engine {
             });
         }
         let body = self.open_row(&permit, &row).await?;
+        self.screen(ctx, principal, &row, &body)?;
         self.audit_ok(
             ctx,
             principal,

@@ -448,7 +448,13 @@ impl Engine {
         rt: ResourceType,
         compartment: Option<&'a Compartment>,
     ) -> policy::Resource<'a> {
-        policy::Resource { tenant: &ctx.tenant, resource_type: rt, compartment }
+        policy::Resource {
+            tenant: &ctx.tenant,
+            resource_type: rt,
+            compartment,
+            labels: None,
+            break_glass: ctx.meta.break_glass.is_some(),
+        }
     }
 }
 

@@ -27,7 +27,7 @@ use crate::residency;
 
 /// The schema and the policies shipped with the server (file name, text), in file-name order.
 const SCHEMA: &str = include_str!("../../policies/schema.cedarschema");
-const SHIPPED: [(&str, &str); 8] = [
+const SHIPPED: [(&str, &str); 9] = [
     ("10-tenant-isolation.cedar", include_str!("../../policies/10-tenant-isolation.cedar")),
     ("15-jurisdiction.cedar", include_str!("../../policies/15-jurisdiction.cedar")),
     ("20-researchers.cedar", include_str!("../../policies/20-researchers.cedar")),
@@ -35,6 +35,7 @@ const SHIPPED: [(&str, &str); 8] = [
     ("30-auditors.cedar", include_str!("../../policies/30-auditors.cedar")),
     ("40-smart-scopes.cedar", include_str!("../../policies/40-smart-scopes.cedar")),
     ("50-patient-compartment.cedar", include_str!("../../policies/50-patient-compartment.cedar")),
+    ("60-sensitive-labels.cedar", include_str!("../../policies/60-sensitive-labels.cedar")),
     ("90-clinical-access.cedar", include_str!("../../policies/90-clinical-access.cedar")),
 ];
 const SCHEMA_FILE: &str = "schema.cedarschema";
@@ -84,6 +85,10 @@ pub struct Resource<'a> {
     pub resource_type: ResourceType,
     /// `None` for type-level actions (history of a type).
     pub compartment: Option<&'a Compartment>,
+    /// The codes of the record's security labels, once it is opened; `None` before.
+    pub labels: Option<&'a [String]>,
+    /// The request's circumstance: the requester broke the glass, stating a reason.
+    pub break_glass: bool,
 }
 
 /// Permission to proceed. Only `Policies::authorize` makes one.
@@ -314,7 +319,8 @@ impl Policies {
             .replace("{permission}", &permission.letter().to_string())
             .replace("{adequacy}", adequacy)
             .replace("{jurisdiction}", jurisdiction)
-            .replace("{purpose}", principal.purpose().unwrap_or("none"));
+            .replace("{purpose}", principal.purpose().unwrap_or("none"))
+            .replace("{labels}", &resource.labels.unwrap_or_default().join(", "));
         // Only reads, updates and deletes name an existing resource whose existence could leak.
         let names_existing = matches!(action, Action::Read | Action::Update | Action::Delete);
         let hide_existence = (facts.hide_denied_existence && names_existing) || annotation("hide_existence") == "true";
@@ -342,12 +348,17 @@ impl Policies {
         if let Some(purpose) = principal.purpose() {
             who.insert("purpose_of_use".to_owned(), string(purpose));
         }
+        let strings = |items: &[String]| RestrictedExpression::new_set(items.iter().map(|s| string(s)));
+        who.insert("grants".to_owned(), strings(principal.grants()));
         let mut what = HashMap::from([
             ("tenant".to_owned(), RestrictedExpression::new_entity_uid(t.tenant(resource.tenant))),
             ("type".to_owned(), string(resource.resource_type.as_str())),
         ]);
         if let Some(compartment) = resource.compartment {
             what.insert("compartment".to_owned(), string(&compartment.key_ref()));
+        }
+        if let Some(labels) = resource.labels {
+            what.insert("labels".to_owned(), strings(labels));
         }
         let mut tenants = vec![resource.tenant];
         if principal.tenant() != resource.tenant {
@@ -372,8 +383,11 @@ impl Policies {
         entities.push(Entity::new(t.principal.clone(), who, HashSet::new()).map_err(|e| e.to_string())?);
         entities.push(Entity::new(t.resource.clone(), what, HashSet::new()).map_err(|e| e.to_string())?);
         let entities = Entities::from_entities(entities, schema).map_err(|e| e.to_string())?;
-        let context = Context::from_pairs([("scopes_allow".to_owned(), RestrictedExpression::new_bool(scopes_allow))])
-            .map_err(|e| e.to_string())?;
+        let context = Context::from_pairs([
+            ("scopes_allow".to_owned(), RestrictedExpression::new_bool(scopes_allow)),
+            ("break_glass".to_owned(), RestrictedExpression::new_bool(resource.break_glass)),
+        ])
+        .map_err(|e| e.to_string())?;
         let action = EntityUid::from_type_name_and_id(t.action.clone(), EntityId::new(action.cedar_name()));
         let request = Request::new(t.principal.clone(), action, t.resource.clone(), context, schema)
             .map_err(|e| e.to_string())?;
@@ -394,14 +408,14 @@ pub struct Decisions<'a> {
     policies: &'a Policies,
     principal: &'a Principal,
     action: Action,
-    seen: HashMap<(TenantId, ResourceType, Option<Compartment>), Result<String, Deny>>,
+    seen: HashMap<DecisionKey, Result<String, Deny>>,
 }
 
 impl Decisions<'_> {
     pub fn authorize(&mut self, resource: &Resource<'_>) -> Result<Permit, Deny> {
         // Every field of `Resource`, owned: a field added to it must be added here.
-        let Resource { tenant, resource_type, compartment } = *resource;
-        let key = (tenant.clone(), resource_type, compartment.cloned());
+        let Resource { tenant, resource_type, compartment, labels, break_glass } = *resource;
+        let key = (tenant.clone(), resource_type, compartment.cloned(), labels.map(<[String]>::to_vec), break_glass);
         if let Some(decided) = self.seen.get(&key) {
             return decided.clone().map(|rule| Permit { rule });
         }
@@ -410,6 +424,9 @@ impl Decisions<'_> {
         decided
     }
 }
+
+/// Everything a decision of a listing depends on besides its principal and action.
+type DecisionKey = (TenantId, ResourceType, Option<Compartment>, Option<Vec<String>>, bool);
 
 struct Decided {
     decision: Decision,
@@ -462,6 +479,7 @@ mod tests {
                 scope: scope.map(str::to_owned),
                 patient: patient.map(|p| ResourceId::parse(p).unwrap()),
                 purpose: None,
+                grants: Vec::new(),
                 ttl: Duration::from_secs(60),
             };
             self.dev.verify(&self.dev.issue(&req).unwrap()).unwrap()
@@ -634,8 +652,11 @@ mod tests {
         assert!(cases.len() >= 40, "{} rows", cases.len());
         for (tenant, role, scope, pat, action, rt, compartment, expected) in cases {
             let principal = f.principal(tenant, role, scope, pat);
-            let decision =
-                policies.authorize(&principal, action, &Resource { tenant: &demo, resource_type: rt, compartment });
+            let decision = policies.authorize(
+                &principal,
+                action,
+                &Resource { tenant: &demo, resource_type: rt, compartment, labels: None, break_glass: false },
+            );
             match (&decision, expected) {
                 (Ok(_), Ok(())) => {}
                 (Err(deny), Err(rule)) => assert_eq!(deny.rule, rule, "{tenant} {role} {scope:?} {action:?} {rt}"),
@@ -665,6 +686,7 @@ mod tests {
                 "auditor-no-clinical-data",
                 "smart-scopes",
                 "patient-compartment",
+                "sensitive-labels",
                 "clinical-access"
             ]
         );
@@ -702,7 +724,8 @@ mod tests {
         let demo = TenantId::parse("demo").unwrap();
         let obs = ResourceType::parse("Observation").unwrap();
         let p2 = Compartment::Patient(ResourceId::parse("p2").unwrap());
-        let resource = Resource { tenant: &demo, resource_type: obs, compartment: Some(&p2) };
+        let resource =
+            Resource { tenant: &demo, resource_type: obs, compartment: Some(&p2), labels: None, break_glass: false };
 
         let other = f.principal("other", Role::Practitioner, None, None);
         let deny = policies.authorize(&other, Action::Read, &resource).unwrap_err();
@@ -734,7 +757,13 @@ mod tests {
         let f = Fixture::new();
         let demo = TenantId::parse("demo").unwrap();
         let p1 = Compartment::Patient(ResourceId::parse("p1").unwrap());
-        let resource = Resource { tenant: &demo, resource_type: ResourceType::PATIENT, compartment: Some(&p1) };
+        let resource = Resource {
+            tenant: &demo,
+            resource_type: ResourceType::PATIENT,
+            compartment: Some(&p1),
+            labels: None,
+            break_glass: false,
+        };
         let strict = Policies::shipped().unwrap();
         let open = Policies::shipped()
             .unwrap()
@@ -778,6 +807,7 @@ mod tests {
             scope: None,
             patient: None,
             purpose: None,
+            grants: Vec::new(),
             ttl: Duration::from_secs(60),
         };
         let nowhere = bare.verify(&bare.issue(&req).unwrap()).unwrap();
@@ -792,7 +822,13 @@ mod tests {
         let policies = Policies::shipped().unwrap();
         let demo = TenantId::parse("demo").unwrap();
         let p1 = Compartment::Patient(ResourceId::parse("p1").unwrap());
-        let resource = Resource { tenant: &demo, resource_type: ResourceType::PATIENT, compartment: Some(&p1) };
+        let resource = Resource {
+            tenant: &demo,
+            resource_type: ResourceType::PATIENT,
+            compartment: Some(&p1),
+            labels: None,
+            break_glass: false,
+        };
         let with_purpose = |role: Role, purpose: Option<&str>| {
             let req = TokenRequest {
                 tenant: demo.clone(),
@@ -802,6 +838,7 @@ mod tests {
                 scope: None,
                 patient: None,
                 purpose: purpose.map(str::to_owned),
+                grants: Vec::new(),
                 ttl: Duration::from_secs(60),
             };
             f.dev.verify(&f.dev.issue(&req).unwrap()).unwrap()
@@ -826,13 +863,68 @@ mod tests {
         );
     }
 
+    /// Each row: the record's labels, the principal's role and grants, break-glass, and the
+    /// rule expected to refuse (`None`: permitted).
+    #[test]
+    fn sensitive_records_need_a_grant_or_break_glass() {
+        let f = Fixture::new();
+        let policies = Policies::shipped().unwrap();
+        let demo = TenantId::parse("demo").unwrap();
+        let p1 = Compartment::Patient(ResourceId::parse("p1").unwrap());
+        let obs = ResourceType::parse("Observation").unwrap();
+        let principal = |role: Role, grants: &[&str]| {
+            let req = TokenRequest {
+                tenant: demo.clone(),
+                role,
+                subject: None,
+                jurisdiction: None,
+                scope: None,
+                patient: (role == Role::Patient).then(|| ResourceId::parse("p1").unwrap()),
+                purpose: None,
+                grants: grants.iter().map(|g| (*g).to_owned()).collect(),
+                ttl: Duration::from_secs(60),
+            };
+            f.dev.verify(&f.dev.issue(&req).unwrap()).unwrap()
+        };
+        let refused = Some("sensitive-labels");
+        type Case<'a> = (&'a [&'a str], Role, &'a [&'a str], bool, Option<&'a str>);
+        let cases: [Case<'_>; 12] = [
+            (&[], Role::Practitioner, &[], false, None),
+            (&["N"], Role::Practitioner, &[], false, None),
+            (&["PSY"], Role::Practitioner, &[], false, refused),
+            (&["PSY"], Role::Practitioner, &["PSY"], false, None),
+            (&["PSY", "HIV"], Role::Practitioner, &["PSY"], false, refused),
+            (&["PSY", "HIV", "N"], Role::Practitioner, &["PSY", "HIV"], false, None),
+            (&["R"], Role::Service, &[], false, refused),
+            (&["V"], Role::Practitioner, &["R"], false, refused),
+            (&["SUD"], Role::Practitioner, &[], true, None),
+            (&["ETH"], Role::Service, &[], true, refused),
+            (&["HIV"], Role::Patient, &[], true, refused),
+            (&["HIV"], Role::Patient, &["HIV"], false, None),
+        ];
+        for (labels, role, grants, break_glass, expected) in cases {
+            let labels: Vec<String> = labels.iter().map(|l| (*l).to_owned()).collect();
+            let resource = Resource {
+                tenant: &demo,
+                resource_type: obs,
+                compartment: Some(&p1),
+                labels: Some(&labels),
+                break_glass,
+            };
+            let decision = policies.authorize(&principal(role, grants), Action::Read, &resource);
+            let got = decision.as_ref().err().map(|d| d.rule.as_str());
+            assert_eq!(got, expected, "{labels:?} {role} {grants:?} break-glass={break_glass}");
+        }
+    }
+
     #[test]
     fn a_tenant_can_hide_the_existence_of_whatever_it_refuses() {
         let f = Fixture::new();
         let demo = TenantId::parse("demo").unwrap();
         let obs = ResourceType::parse("Observation").unwrap();
         let p1 = Compartment::Patient(ResourceId::parse("p1").unwrap());
-        let resource = Resource { tenant: &demo, resource_type: obs, compartment: Some(&p1) };
+        let resource =
+            Resource { tenant: &demo, resource_type: obs, compartment: Some(&p1), labels: None, break_glass: false };
         let scoped = f.principal("demo", Role::Practitioner, Some("user/Patient.rs"), None);
         let plain = Policies::shipped().unwrap();
         assert!(!plain.authorize(&scoped, Action::Read, &resource).unwrap_err().hide_existence);
@@ -856,7 +948,13 @@ mod tests {
         let forbid_only = "@id(\"f\") @reason(\"r\") forbid (principal, action, resource) when { false };";
         let policies = with(&[("a.cedar", forbid_only)]).unwrap();
         let demo = TenantId::parse("demo").unwrap();
-        let resource = Resource { tenant: &demo, resource_type: ResourceType::PATIENT, compartment: None };
+        let resource = Resource {
+            tenant: &demo,
+            resource_type: ResourceType::PATIENT,
+            compartment: None,
+            labels: None,
+            break_glass: false,
+        };
         let admin = f.principal("demo", Role::Admin, None, None);
         assert_eq!(policies.authorize(&admin, Action::Search, &resource).unwrap_err().rule, "no-permit");
     }
@@ -880,7 +978,13 @@ mod tests {
         ] {
             let mut decisions = policies.decisions(&principal, Action::Read);
             for compartment in entries {
-                let resource = Resource { tenant: &demo, resource_type: obs, compartment: Some(compartment) };
+                let resource = Resource {
+                    tenant: &demo,
+                    resource_type: obs,
+                    compartment: Some(compartment),
+                    labels: None,
+                    break_glass: false,
+                };
                 let alone = policies.authorize(&principal, Action::Read, &resource);
                 let listed = decisions.authorize(&resource);
                 assert_eq!(listed.map(|p| p.rule).map_err(|d| d.rule), alone.map(|p| p.rule).map_err(|d| d.rule));

@@ -277,6 +277,7 @@ async fn refusals_by_role_scope_tenant_and_compartment() {
         subject: None,
         jurisdiction: None,
         purpose: None,
+        grants: &[],
     };
 
     let checks: Vec<(&str, String, String, StatusCode, &str)> = vec![

@@ -83,6 +83,7 @@ impl TestApp {
             scope: spec.scope.map(str::to_owned),
             patient: spec.patient.map(|p| ResourceId::parse(p).expect("patient id")),
             purpose: spec.purpose.map(str::to_owned),
+            grants: spec.grants.iter().map(|g| (*g).to_owned()).collect(),
             ttl: Duration::from_secs(600),
         };
         self.issuer.issue(&req).expect("token")
@@ -224,6 +225,8 @@ pub struct TokenSpec<'a> {
     pub jurisdiction: Option<&'a str>,
     /// Purpose of use (`TREAT`, `HRESCH`...); none: unstated.
     pub purpose: Option<&'a str>,
+    /// Sensitivity labels the token is cleared for.
+    pub grants: &'a [&'a str],
 }
 
 impl Default for TokenSpec<'_> {
@@ -236,6 +239,7 @@ impl Default for TokenSpec<'_> {
             patient: None,
             jurisdiction: None,
             purpose: None,
+            grants: &[],
         }
     }
 }

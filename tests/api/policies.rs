@@ -128,3 +128,92 @@ async fn permitted_interactions_are_audited_with_the_policies_that_permitted() {
         assert_eq!(last_audited(&app).await, (200, Some("clinical-access".to_owned())), "{path}");
     }
 }
+
+/// A psychiatric note: an Observation labelled `PSY` (HL7 v3 ActCode) in `meta.security`.
+fn psychiatric(patient_id: &str) -> Value {
+    let mut resource = observation(patient_id);
+    resource["meta"] = serde_json::json!({
+        "security": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "PSY"}]
+    });
+    resource
+}
+
+async fn last_detail(app: &TestApp) -> Option<String> {
+    sqlx::query_scalar("SELECT detail FROM audit_records ORDER BY seq DESC LIMIT 1")
+        .fetch_one(&app.index().await)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn sensitive_records_need_a_grant_or_a_stated_break_glass() {
+    let app = spawn_app().await;
+    let subject = app.create_ok(&patient("Sensitive")).await;
+    let subject = subject["id"].as_str().unwrap();
+    let note = app.create_ok(&psychiatric(subject)).await;
+    let note = note["id"].as_str().unwrap();
+    let plain = app.create_ok(&observation(subject)).await;
+    let path = format!("Observation/{note}");
+
+    let uncleared = app.practitioner();
+    let refused = app.get_with(&path, &uncleared).await;
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    assert!(diagnostics(refused).await.contains("labelled restricted or sensitive (PSY)"));
+    assert_eq!(last_audited(&app).await, (403, Some("sensitive-labels".to_owned())));
+
+    let cleared = app.token_for(TokenSpec { grants: &["PSY"], ..TokenSpec::default() });
+    assert_eq!(app.get_with(&path, &cleared).await.status(), StatusCode::OK);
+
+    // Break-glass: allowed for a practitioner who states a reason; flagged in the audit record.
+    let broken = app
+        .client
+        .get(format!("{}/{path}", app.base))
+        .bearer_auth(&uncleared)
+        .header("X-Break-Glass-Reason", "unconscious patient in the emergency department")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(broken.status(), StatusCode::OK);
+    assert_eq!(
+        last_detail(&app).await.as_deref(),
+        Some("break-glass: unconscious patient in the emergency department")
+    );
+    let no_reason = app
+        .client
+        .get(format!("{}/{path}", app.base))
+        .bearer_auth(&uncleared)
+        .header("X-Break-Glass-Reason", "  ")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(no_reason.status(), StatusCode::BAD_REQUEST);
+    assert!(diagnostics(no_reason).await.contains("must state why"));
+    let service = app.token(fhirvault::auth::Role::Service);
+    let by_service = app
+        .client
+        .get(format!("{}/{path}", app.base))
+        .bearer_auth(&service)
+        .header("X-Break-Glass-Reason", "batch job")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(by_service.status(), StatusCode::FORBIDDEN, "only practitioners break the glass");
+
+    // Listings leave the note out for the uncleared, and keep it for the cleared.
+    let ids = |bundle: &Value| -> Vec<String> {
+        bundle["entry"]
+            .as_array()
+            .map(|e| e.iter().map(|e| e["resource"]["id"].as_str().unwrap().to_owned()).collect())
+            .unwrap_or_default()
+    };
+    let search = format!("Observation?subject=Patient/{subject}");
+    let seen: Value = app.get_with(&search, &uncleared).await.json().await.unwrap();
+    assert_eq!(ids(&seen), vec![plain["id"].as_str().unwrap().to_owned()]);
+    let seen: Value = app.get_with(&search, &cleared).await.json().await.unwrap();
+    assert_eq!(ids(&seen).len(), 2);
+    let history: Value = app.get_with(&format!("{path}/_history"), &uncleared).await.json().await.unwrap();
+    assert!(ids(&history).is_empty(), "{history}");
+    let everything: Value =
+        app.get_with(&format!("Patient/{subject}/$everything"), &uncleared).await.json().await.unwrap();
+    assert!(!ids(&everything).contains(&note.to_owned()), "{everything}");
+}

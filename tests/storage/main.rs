@@ -82,7 +82,7 @@ fn new_version(id: &str, version: u32, expected: Option<u32>, millis: i64) -> Ne
 }
 
 fn audit(request: &str) -> AuditRecord {
-    let meta = RequestMeta { request_id: request.to_owned(), source_ip: None };
+    let meta = RequestMeta { request_id: request.to_owned(), source_ip: None, break_glass: None };
     AuditRecord::new(&meta, Some(&tenant()), Agent::default(), AuditAction::Create)
 }
 
