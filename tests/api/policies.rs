@@ -217,3 +217,80 @@ async fn sensitive_records_need_a_grant_or_a_stated_break_glass() {
         app.get_with(&format!("Patient/{subject}/$everything"), &uncleared).await.json().await.unwrap();
     assert!(!ids(&everything).contains(&note.to_owned()), "{everything}");
 }
+
+/// SMART scopes hold on every interaction: a token scoped to Observations reads no Patient,
+/// whether asked directly, through `_include`/`_revinclude`, a history, or a bundle entry.
+#[tokio::test]
+async fn nothing_outside_the_granted_scopes_leaks() {
+    let app = spawn_app().await;
+    let subject = app.create_ok(&patient("Scopedleak")).await;
+    let subject = subject["id"].as_str().unwrap();
+    app.create_ok(&observation(subject)).await;
+    let observations = app.token_for(TokenSpec { scope: Some("user/Observation.rs"), ..TokenSpec::default() });
+    let patients = app.token_for(TokenSpec { scope: Some("user/Patient.rs"), ..TokenSpec::default() });
+    let types = |bundle: &Value| -> Vec<String> {
+        bundle["entry"]
+            .as_array()
+            .map(|e| e.iter().map(|e| e["resource"]["resourceType"].as_str().unwrap().to_owned()).collect())
+            .unwrap_or_default()
+    };
+
+    // Included and revincluded resources of types outside the scopes are left out.
+    let included: Value = app
+        .get_with(&format!("Observation?subject=Patient/{subject}&_include=Observation:subject"), &observations)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(types(&included), ["Observation"], "{included}");
+    let revincluded: Value = app
+        .get_with(&format!("Patient?_id={subject}&_revinclude=Observation:subject"), &patients)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(types(&revincluded), ["Patient"], "{revincluded}");
+
+    // Direct reads, searches and histories of other types are refused.
+    for path in [format!("Patient/{subject}"), format!("Patient/{subject}/_history"), "Patient/_history".to_owned()] {
+        assert_eq!(app.get_with(&path, &observations).await.status(), StatusCode::FORBIDDEN, "{path}");
+    }
+    assert_eq!(app.get_with("Patient?family=Scopedleak", &observations).await.status(), StatusCode::FORBIDDEN);
+    let history: Value = app.get_with("Observation/_history", &observations).await.json().await.unwrap();
+    assert_eq!(types(&history), ["Observation"]);
+
+    // Bundle entries are decided one by one: a batch reads what the scopes grant, no more, and
+    // a read-only token writes nothing.
+    let batch = serde_json::json!({"resourceType": "Bundle", "type": "batch", "entry": [
+        {"request": {"method": "GET", "url": format!("Patient/{subject}")}},
+        {"request": {"method": "GET", "url": format!("Observation?subject=Patient/{subject}")}},
+        {"request": {"method": "POST", "url": "Observation"}, "resource": observation(subject)},
+    ]});
+    let answer: Value = app
+        .client
+        .post(&app.base)
+        .bearer_auth(&observations)
+        .header("content-type", "application/fhir+json")
+        .json(&batch)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let statuses: Vec<&str> =
+        answer["entry"].as_array().unwrap().iter().map(|e| e["response"]["status"].as_str().unwrap()).collect();
+    assert_eq!(statuses, ["403 Forbidden", "200 OK", "403 Forbidden"], "{answer}");
+    let mut transaction = batch.clone();
+    transaction["type"] = "transaction".into();
+    let refused = app
+        .client
+        .post(&app.base)
+        .bearer_auth(&observations)
+        .header("content-type", "application/fhir+json")
+        .json(&transaction)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+}
