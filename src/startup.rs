@@ -97,9 +97,11 @@ pub async fn build_state(settings: &Settings) -> Result<(web::Data<AppState>, Ar
     let mut policies = crate::policy::Policies::shipped()?;
     for (id, tenant) in &settings.tenants {
         if let Ok(id) = TenantId::parse(id) {
+            let location = settings.locations.get(&tenant.location);
             let facts = crate::policy::TenantFacts {
                 allows_adequacy: tenant.allow_adequacy_countries,
                 hide_denied_existence: tenant.hide_denied_existence,
+                location_jurisdiction: location.and_then(|l| CountryCode::parse(&l.jurisdiction).ok()),
             };
             policies = policies.with_tenant(id, facts);
         }

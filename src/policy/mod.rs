@@ -91,6 +91,13 @@ pub struct Resource<'a> {
     pub break_glass: bool,
 }
 
+impl<'a> Resource<'a> {
+    /// A whole type of `tenant` (a search, a history of the type), in no special circumstance.
+    pub fn type_level(tenant: &'a TenantId, resource_type: ResourceType) -> Self {
+        Self { tenant, resource_type, compartment: None, labels: None, break_glass: false }
+    }
+}
+
 /// Permission to proceed. Only `Policies::authorize` makes one.
 #[derive(Debug)]
 pub struct Permit {
@@ -128,6 +135,8 @@ pub struct TenantFacts {
     pub allows_adequacy: bool,
     /// Every refusal answers 404, not only those of `@hide_existence` policies.
     pub hide_denied_existence: bool,
+    /// The country of the data centre holding the tenant's records (ISO 3166 alpha-2).
+    pub location_jurisdiction: Option<CountryCode>,
 }
 
 /// A policy set that is not fit to decide: the message names the file and the problem.
@@ -386,6 +395,11 @@ impl Policies {
         let context = Context::from_pairs([
             ("scopes_allow".to_owned(), RestrictedExpression::new_bool(scopes_allow)),
             ("break_glass".to_owned(), RestrictedExpression::new_bool(resource.break_glass)),
+            ("now".to_owned(), RestrictedExpression::new_long(now_seconds())),
+            (
+                "location_jurisdiction".to_owned(),
+                string(self.facts(resource.tenant).location_jurisdiction.as_ref().map_or("", CountryCode::as_str)),
+            ),
         ])
         .map_err(|e| e.to_string())?;
         let action = EntityUid::from_type_name_and_id(t.action.clone(), EntityId::new(action.cedar_name()));
@@ -423,6 +437,13 @@ impl Decisions<'_> {
         self.seen.insert(key, decided.as_ref().map(|permit| permit.rule.clone()).map_err(Clone::clone));
         decided
     }
+}
+
+/// Seconds since the epoch, for the policies' `context.now`.
+fn now_seconds() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 /// Everything a decision of a listing depends on besides its principal and action.
@@ -767,7 +788,7 @@ mod tests {
         let strict = Policies::shipped().unwrap();
         let open = Policies::shipped()
             .unwrap()
-            .with_tenant(demo.clone(), TenantFacts { allows_adequacy: true, hide_denied_existence: false });
+            .with_tenant(demo.clone(), TenantFacts { allows_adequacy: true, ..TenantFacts::default() });
         let cases = [
             ("FR", false, None),
             ("NO", false, None),
@@ -930,7 +951,7 @@ mod tests {
         assert!(!plain.authorize(&scoped, Action::Read, &resource).unwrap_err().hide_existence);
         let hiding = Policies::shipped()
             .unwrap()
-            .with_tenant(demo.clone(), TenantFacts { allows_adequacy: false, hide_denied_existence: true });
+            .with_tenant(demo.clone(), TenantFacts { hide_denied_existence: true, ..TenantFacts::default() });
         let deny = hiding.authorize(&scoped, Action::Read, &resource).unwrap_err();
         assert_eq!((deny.rule.as_str(), deny.hide_existence), ("smart-scopes", true));
     }
@@ -940,6 +961,26 @@ mod tests {
         let permits = [Permit { rule: "b,a".into() }, Permit { rule: "a".into() }, Permit { rule: "c".into() }];
         assert_eq!(rules(&permits), "a,b,c");
         assert_eq!(rules(&[]), "");
+    }
+
+    /// Time and the storage location's country are in the context for policies an operator
+    /// adds (the shipped ones do not need them).
+    #[test]
+    fn policies_may_use_the_time_and_the_storage_location() {
+        let f = Fixture::new();
+        let permit = "@id(\"p\") @reason(\"r\") permit (principal, action, resource);";
+        let local = "@id(\"l\") @reason(\"records outside {tenant}'s country\") forbid (principal, action, resource) \
+                     unless { context.location_jurisdiction == \"FR\" && context.now > 1700000000 };";
+        let demo = TenantId::parse("demo").unwrap();
+        let at = |country: &str| {
+            let facts =
+                TenantFacts { location_jurisdiction: CountryCode::parse(country).ok(), ..TenantFacts::default() };
+            with(&[("a.cedar", permit), ("b.cedar", local)]).unwrap().with_tenant(demo.clone(), facts)
+        };
+        let resource = Resource::type_level(&demo, ResourceType::PATIENT);
+        let reader = f.principal("demo", Role::Practitioner, None, None);
+        assert!(at("FR").authorize(&reader, Action::Search, &resource).is_ok());
+        assert_eq!(at("DE").authorize(&reader, Action::Search, &resource).unwrap_err().rule, "l");
     }
 
     #[test]
