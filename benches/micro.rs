@@ -44,6 +44,7 @@ fn practitioner_token(issuer: &DevIssuer, tenant: &str) -> String {
         patient: None,
         purpose: None,
         grants: Vec::new(),
+        organization: None,
         ttl: Duration::from_secs(3600),
     };
     issuer.issue(&request).unwrap()

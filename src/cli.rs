@@ -119,6 +119,9 @@ pub struct TokenArgs {
     /// repeat for several.
     #[arg(long = "grant")]
     pub grants: Vec<String>,
+    /// The requesting organization, e.g. `Organization/chu-exemple`.
+    #[arg(long)]
+    pub organization: Option<String>,
     /// Lifetime in seconds.
     #[arg(long, default_value_t = 3600)]
     pub ttl_seconds: u64,
@@ -237,6 +240,7 @@ fn issue_token(settings: &Settings, args: &TokenArgs) -> Result<String, CliError
         patient: args.patient.as_deref().map(ResourceId::parse).transpose().map_err(|e| usage(e.to_string()))?,
         purpose: args.purpose.clone(),
         grants: args.grants.clone(),
+        organization: args.organization.clone(),
         ttl: Duration::from_secs(args.ttl_seconds),
     };
     let path = settings.dev_issuer_key_path();

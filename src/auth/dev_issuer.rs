@@ -49,6 +49,8 @@ struct Claims {
     purpose_of_use: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     grants: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    organization: Option<String>,
 }
 
 /// What `fhirvault token` asks for.
@@ -63,6 +65,8 @@ pub struct TokenRequest {
     pub purpose: Option<String>,
     /// Sensitivity labels the token is cleared for (`PSY`, `HIV`...).
     pub grants: Vec<String>,
+    /// The requesting organization (`Organization/123`).
+    pub organization: Option<String>,
     pub ttl: Duration,
 }
 
@@ -139,6 +143,7 @@ impl DevIssuer {
             patient: req.patient.as_ref().map(ToString::to_string),
             purpose_of_use: req.purpose.clone(),
             grants: req.grants.clone(),
+            organization: req.organization.clone(),
         };
         jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), &claims, &self.encoding)
             .map_err(|e| DevIssuerError::Sign(e.to_string()))
@@ -182,7 +187,7 @@ impl DevIssuer {
             scopes: Scopes::parse(&c.scope),
             patient,
             fhir_user: None,
-            organization: None,
+            organization: c.organization,
             grants: c.grants,
             token_id: Some(if c.jti.is_empty() { token_tail(token) } else { c.jti }),
         };
@@ -217,6 +222,7 @@ mod tests {
             patient: None,
             purpose: Some("TREAT".into()),
             grants: Vec::new(),
+            organization: None,
             ttl: Duration::from_secs(60),
         }
     }

@@ -303,6 +303,7 @@ mod tests {
             patient: None,
             purpose: None,
             grants: Vec::new(),
+            organization: None,
             ttl: Duration::from_secs(60),
         };
         let token = dev.issue(&request).unwrap();

@@ -172,6 +172,7 @@ struct EntityTypes {
     tenant: EntityTypeName,
     zone: EntityTypeName,
     jurisdiction: EntityTypeName,
+    organization: EntityTypeName,
     action: EntityTypeName,
     principal: EntityUid,
     resource: EntityUid,
@@ -184,6 +185,7 @@ impl EntityTypes {
             tenant: name("FhirVault::Tenant")?,
             zone: name("FhirVault::Zone")?,
             jurisdiction: name("FhirVault::Jurisdiction")?,
+            organization: name("FhirVault::Organization")?,
             action: name("FhirVault::Action")?,
             principal: EntityUid::from_type_name_and_id(name("FhirVault::Principal")?, EntityId::new("request")),
             resource: EntityUid::from_type_name_and_id(name("FhirVault::Resource")?, EntityId::new("request")),
@@ -389,6 +391,11 @@ impl Policies {
             entities.push(Entity::new_no_attrs(zone.clone(), HashSet::new()));
             entities.push(Entity::new_no_attrs(uid, HashSet::from([zone])));
         }
+        if let Some(organization) = principal.organization() {
+            let uid = EntityUid::from_type_name_and_id(t.organization.clone(), EntityId::new(organization));
+            who.insert("organization".to_owned(), RestrictedExpression::new_entity_uid(uid.clone()));
+            entities.push(Entity::new_no_attrs(uid, HashSet::new()));
+        }
         entities.push(Entity::new(t.principal.clone(), who, HashSet::new()).map_err(|e| e.to_string())?);
         entities.push(Entity::new(t.resource.clone(), what, HashSet::new()).map_err(|e| e.to_string())?);
         let entities = Entities::from_entities(entities, schema).map_err(|e| e.to_string())?;
@@ -501,6 +508,7 @@ mod tests {
                 patient: patient.map(|p| ResourceId::parse(p).unwrap()),
                 purpose: None,
                 grants: Vec::new(),
+                organization: None,
                 ttl: Duration::from_secs(60),
             };
             self.dev.verify(&self.dev.issue(&req).unwrap()).unwrap()
@@ -829,6 +837,7 @@ mod tests {
             patient: None,
             purpose: None,
             grants: Vec::new(),
+            organization: None,
             ttl: Duration::from_secs(60),
         };
         let nowhere = bare.verify(&bare.issue(&req).unwrap()).unwrap();
@@ -860,6 +869,7 @@ mod tests {
                 patient: None,
                 purpose: purpose.map(str::to_owned),
                 grants: Vec::new(),
+                organization: None,
                 ttl: Duration::from_secs(60),
             };
             f.dev.verify(&f.dev.issue(&req).unwrap()).unwrap()
@@ -903,6 +913,7 @@ mod tests {
                 patient: (role == Role::Patient).then(|| ResourceId::parse("p1").unwrap()),
                 purpose: None,
                 grants: grants.iter().map(|g| (*g).to_owned()).collect(),
+                organization: None,
                 ttl: Duration::from_secs(60),
             };
             f.dev.verify(&f.dev.issue(&req).unwrap()).unwrap()
@@ -981,6 +992,36 @@ mod tests {
         let reader = f.principal("demo", Role::Practitioner, None, None);
         assert!(at("FR").authorize(&reader, Action::Search, &resource).is_ok());
         assert_eq!(at("DE").authorize(&reader, Action::Search, &resource).unwrap_err().rule, "l");
+    }
+
+    #[test]
+    fn policies_may_name_the_requesting_organization() {
+        let f = Fixture::new();
+        let permit = "@id(\"p\") @reason(\"r\") permit (principal, action, resource);";
+        let only = "@id(\"o\") @reason(\"r\") forbid (principal, action, resource) unless { principal has \
+                    organization && principal.organization == FhirVault::Organization::\"Organization/chu\" };";
+        let policies = with(&[("a.cedar", permit), ("b.cedar", only)]).unwrap();
+        let demo = TenantId::parse("demo").unwrap();
+        let from = |organization: Option<&str>| {
+            let req = TokenRequest {
+                tenant: demo.clone(),
+                role: Role::Service,
+                subject: None,
+                jurisdiction: None,
+                scope: None,
+                patient: None,
+                purpose: None,
+                grants: Vec::new(),
+                organization: organization.map(str::to_owned),
+                ttl: Duration::from_secs(60),
+            };
+            f.dev.verify(&f.dev.issue(&req).unwrap()).unwrap()
+        };
+        let resource = Resource::type_level(&demo, ResourceType::PATIENT);
+        assert!(policies.authorize(&from(Some("Organization/chu")), Action::Search, &resource).is_ok());
+        for other in [Some("Organization/elsewhere"), None] {
+            assert_eq!(policies.authorize(&from(other), Action::Search, &resource).unwrap_err().rule, "o");
+        }
     }
 
     #[test]

@@ -84,6 +84,7 @@ impl TestApp {
             patient: spec.patient.map(|p| ResourceId::parse(p).expect("patient id")),
             purpose: spec.purpose.map(str::to_owned),
             grants: spec.grants.iter().map(|g| (*g).to_owned()).collect(),
+            organization: None,
             ttl: Duration::from_secs(600),
         };
         self.issuer.issue(&req).expect("token")
