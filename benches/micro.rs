@@ -35,18 +35,7 @@ const ENCOUNTER: &str = include_str!("fixtures/synthea-Encounter.json");
 
 /// A practitioner's development token for `tenant`, valid for an hour.
 fn practitioner_token(issuer: &DevIssuer, tenant: &str) -> String {
-    let request = TokenRequest {
-        tenant: TenantId::parse(tenant).unwrap(),
-        role: Role::Practitioner,
-        subject: None,
-        jurisdiction: None,
-        scope: None,
-        patient: None,
-        purpose: None,
-        grants: Vec::new(),
-        organization: None,
-        ttl: Duration::from_secs(3600),
-    };
+    let request = TokenRequest::new(TenantId::parse(tenant).unwrap(), Role::Practitioner, Duration::from_secs(3600));
     issuer.issue(&request).unwrap()
 }
 

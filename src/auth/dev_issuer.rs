@@ -70,6 +70,25 @@ pub struct TokenRequest {
     pub ttl: Duration,
 }
 
+impl TokenRequest {
+    /// A token for `role` on `tenant`, valid for `ttl`, stating nothing else (default subject,
+    /// scopes of the role, no country, purpose, grants or organization).
+    pub fn new(tenant: TenantId, role: Role, ttl: Duration) -> Self {
+        Self {
+            tenant,
+            role,
+            subject: None,
+            jurisdiction: None,
+            scope: None,
+            patient: None,
+            purpose: None,
+            grants: Vec::new(),
+            organization: None,
+            ttl,
+        }
+    }
+}
+
 pub struct DevIssuer {
     encoding: EncodingKey,
     decoding: DecodingKey,
@@ -214,16 +233,9 @@ mod tests {
 
     fn request(role: Role) -> TokenRequest {
         TokenRequest {
-            tenant: TenantId::parse("demo").unwrap(),
-            role,
-            subject: None,
             jurisdiction: Some(CountryCode::parse("FR").unwrap()),
-            scope: None,
-            patient: None,
             purpose: Some("TREAT".into()),
-            grants: Vec::new(),
-            organization: None,
-            ttl: Duration::from_secs(60),
+            ..TokenRequest::new(TenantId::parse("demo").unwrap(), role, Duration::from_secs(60))
         }
     }
 

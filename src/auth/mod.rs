@@ -294,18 +294,7 @@ mod tests {
         let path = dir.join("k.pk8");
         DevIssuer::ensure_key(&path).unwrap();
         let dev = DevIssuer::load(&path, "fhirvault", 0).unwrap();
-        let request = TokenRequest {
-            tenant: TenantId::parse("demo").unwrap(),
-            role: Role::Practitioner,
-            subject: None,
-            jurisdiction: None,
-            scope: None,
-            patient: None,
-            purpose: None,
-            grants: Vec::new(),
-            organization: None,
-            ttl: Duration::from_secs(60),
-        };
+        let request = TokenRequest::new(TenantId::parse("demo").unwrap(), Role::Practitioner, Duration::from_secs(60));
         let token = dev.issue(&request).unwrap();
         (Authenticator::new(Some(dev), []), token)
     }

@@ -499,20 +499,23 @@ mod tests {
             patient: Option<&str>,
             country: Option<&str>,
         ) -> Principal {
-            let req = TokenRequest {
-                tenant: TenantId::parse(tenant).unwrap(),
-                role,
-                subject: None,
+            self.verify(&TokenRequest {
                 jurisdiction: country.map(|c| CountryCode::parse(c).unwrap()),
                 scope: scope.map(str::to_owned),
                 patient: patient.map(|p| ResourceId::parse(p).unwrap()),
-                purpose: None,
-                grants: Vec::new(),
-                organization: None,
-                ttl: Duration::from_secs(60),
-            };
-            self.dev.verify(&self.dev.issue(&req).unwrap()).unwrap()
+                ..request(tenant, role)
+            })
         }
+
+        /// The principal of a token minted for `req`.
+        fn verify(&self, req: &TokenRequest) -> Principal {
+            self.dev.verify(&self.dev.issue(req).unwrap()).unwrap()
+        }
+    }
+
+    /// A token request for `role` on `tenant`, stating nothing else.
+    fn request(tenant: &str, role: Role) -> TokenRequest {
+        TokenRequest::new(TenantId::parse(tenant).unwrap(), role, Duration::from_secs(60))
     }
 
     #[test]
@@ -828,19 +831,7 @@ mod tests {
         let path = dir.path().join("k");
         DevIssuer::ensure_key(&path).unwrap();
         let bare = DevIssuer::load(&path, "fhirvault", 0).unwrap();
-        let req = TokenRequest {
-            tenant: demo.clone(),
-            role: Role::Practitioner,
-            subject: None,
-            jurisdiction: None,
-            scope: None,
-            patient: None,
-            purpose: None,
-            grants: Vec::new(),
-            organization: None,
-            ttl: Duration::from_secs(60),
-        };
-        let nowhere = bare.verify(&bare.issue(&req).unwrap()).unwrap();
+        let nowhere = bare.verify(&bare.issue(&request("demo", Role::Practitioner)).unwrap()).unwrap();
         let deny = strict.authorize(&nowhere, Action::Read, &resource).unwrap_err();
         assert_eq!(deny.rule, "eea-jurisdiction");
         assert!(deny.reason.ends_with("operates from an undeclared country"), "{}", deny.reason);
@@ -860,19 +851,7 @@ mod tests {
             break_glass: false,
         };
         let with_purpose = |role: Role, purpose: Option<&str>| {
-            let req = TokenRequest {
-                tenant: demo.clone(),
-                role,
-                subject: None,
-                jurisdiction: None,
-                scope: None,
-                patient: None,
-                purpose: purpose.map(str::to_owned),
-                grants: Vec::new(),
-                organization: None,
-                ttl: Duration::from_secs(60),
-            };
-            f.dev.verify(&f.dev.issue(&req).unwrap()).unwrap()
+            f.verify(&TokenRequest { purpose: purpose.map(str::to_owned), ..request("demo", role) })
         };
         let cases = [
             (Role::Practitioner, None, None),
@@ -904,19 +883,11 @@ mod tests {
         let p1 = Compartment::Patient(ResourceId::parse("p1").unwrap());
         let obs = ResourceType::parse("Observation").unwrap();
         let principal = |role: Role, grants: &[&str]| {
-            let req = TokenRequest {
-                tenant: demo.clone(),
-                role,
-                subject: None,
-                jurisdiction: None,
-                scope: None,
+            f.verify(&TokenRequest {
                 patient: (role == Role::Patient).then(|| ResourceId::parse("p1").unwrap()),
-                purpose: None,
                 grants: grants.iter().map(|g| (*g).to_owned()).collect(),
-                organization: None,
-                ttl: Duration::from_secs(60),
-            };
-            f.dev.verify(&f.dev.issue(&req).unwrap()).unwrap()
+                ..request("demo", role)
+            })
         };
         let refused = Some("sensitive-labels");
         type Case<'a> = (&'a [&'a str], Role, &'a [&'a str], bool, Option<&'a str>);
@@ -1003,19 +974,7 @@ mod tests {
         let policies = with(&[("a.cedar", permit), ("b.cedar", only)]).unwrap();
         let demo = TenantId::parse("demo").unwrap();
         let from = |organization: Option<&str>| {
-            let req = TokenRequest {
-                tenant: demo.clone(),
-                role: Role::Service,
-                subject: None,
-                jurisdiction: None,
-                scope: None,
-                patient: None,
-                purpose: None,
-                grants: Vec::new(),
-                organization: organization.map(str::to_owned),
-                ttl: Duration::from_secs(60),
-            };
-            f.dev.verify(&f.dev.issue(&req).unwrap()).unwrap()
+            f.verify(&TokenRequest { organization: organization.map(str::to_owned), ..request("demo", Role::Service) })
         };
         let resource = Resource::type_level(&demo, ResourceType::PATIENT);
         assert!(policies.authorize(&from(Some("Organization/chu")), Action::Search, &resource).is_ok());

@@ -101,9 +101,17 @@ impl TestApp {
 
     pub async fn create(&self, resource: &Value) -> Response {
         let rt = resource["resourceType"].as_str().expect("resourceType");
-        self.request(Method::POST, rt)
+        self.post_with(rt, resource, &self.practitioner()).await
+    }
+
+    /// `POST {base}/{path}` of a FHIR JSON body with `token` (`path` empty for a Bundle).
+    pub async fn post_with(&self, path: &str, body: &Value, token: &str) -> Response {
+        let url = if path.is_empty() { self.base.clone() } else { format!("{}/{path}", self.base) };
+        self.client
+            .post(url)
+            .bearer_auth(token)
             .header("content-type", FHIR_JSON)
-            .body(resource.to_string())
+            .body(body.to_string())
             .send()
             .await
             .expect("request")

@@ -200,15 +200,7 @@ async fn backend_service_tokens_work_end_to_end() {
     assert_eq!(claims["iss"], provider.issuer.as_str());
     assert_eq!(claims["aud"], provider.audience.as_str());
 
-    let created = app
-        .client
-        .post(format!("{}/Patient", app.base))
-        .bearer_auth(&token)
-        .header("content-type", "application/fhir+json")
-        .json(&patient("Oidcbackend"))
-        .send()
-        .await
-        .unwrap();
+    let created = app.post_with("Patient", &patient("Oidcbackend"), &token).await;
     assert_eq!(created.status(), StatusCode::CREATED);
     let id = created.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
     let read = app.get_with(&format!("Patient/{id}"), &token).await;
@@ -219,15 +211,7 @@ async fn backend_service_tokens_work_end_to_end() {
     let narrow = backend_token(&provider, "backend-service", "system/Patient.rs", None).await;
     assert_eq!(claims_of(&narrow)["scope"], "system/Patient.rs");
     assert_eq!(app.get_with(&format!("Patient/{id}"), &narrow).await.status(), StatusCode::OK);
-    let refused = app
-        .client
-        .post(format!("{}/Patient", app.base))
-        .bearer_auth(&narrow)
-        .header("content-type", "application/fhir+json")
-        .json(&patient("Oidcnarrow"))
-        .send()
-        .await
-        .unwrap();
+    let refused = app.post_with("Patient", &patient("Oidcnarrow"), &narrow).await;
     assert_eq!(refused.status(), StatusCode::FORBIDDEN);
     let made_up = backend_token(&provider, "backend-service", "system/*.* launch/made-up", None).await;
     assert_eq!(app.get_with(&format!("Patient/{id}"), &made_up).await.status(), StatusCode::FORBIDDEN);

@@ -67,15 +67,7 @@ async fn organizations_outside_the_eea_are_refused() {
         assert_eq!(last_audited(&app).await, (403, Some("eea-jurisdiction".to_owned())));
     }
     // Writes and searches too.
-    let write = app
-        .client
-        .post(format!("{}/Patient", app.base))
-        .bearer_auth(from("US"))
-        .header("content-type", "application/fhir+json")
-        .json(&patient("Jurisdictionwrite"))
-        .send()
-        .await
-        .unwrap();
+    let write = app.post_with("Patient", &patient("Jurisdictionwrite"), &from("US")).await;
     assert_eq!(write.status(), StatusCode::FORBIDDEN);
     assert_eq!(app.get_with("Patient?family=Jurisdictionfar", &from("US")).await.status(), StatusCode::FORBIDDEN);
 }
@@ -138,6 +130,12 @@ fn psychiatric(patient_id: &str) -> Value {
     resource
 }
 
+/// `GET {base}/{path}` breaking the glass for `reason`.
+async fn break_glass(app: &TestApp, path: &str, token: &str, reason: &str) -> reqwest::Response {
+    let request = app.client.get(format!("{}/{path}", app.base)).bearer_auth(token);
+    request.header("X-Break-Glass-Reason", reason).send().await.unwrap()
+}
+
 async fn last_detail(app: &TestApp) -> Option<String> {
     sqlx::query_scalar("SELECT detail FROM audit_records ORDER BY seq DESC LIMIT 1")
         .fetch_one(&app.index().await)
@@ -165,38 +163,17 @@ async fn sensitive_records_need_a_grant_or_a_stated_break_glass() {
     assert_eq!(app.get_with(&path, &cleared).await.status(), StatusCode::OK);
 
     // Break-glass: allowed for a practitioner who states a reason; flagged in the audit record.
-    let broken = app
-        .client
-        .get(format!("{}/{path}", app.base))
-        .bearer_auth(&uncleared)
-        .header("X-Break-Glass-Reason", "unconscious patient in the emergency department")
-        .send()
-        .await
-        .unwrap();
+    let broken = break_glass(&app, &path, &uncleared, "unconscious patient in the emergency department").await;
     assert_eq!(broken.status(), StatusCode::OK);
     assert_eq!(
         last_detail(&app).await.as_deref(),
         Some("break-glass: unconscious patient in the emergency department")
     );
-    let no_reason = app
-        .client
-        .get(format!("{}/{path}", app.base))
-        .bearer_auth(&uncleared)
-        .header("X-Break-Glass-Reason", "  ")
-        .send()
-        .await
-        .unwrap();
+    let no_reason = break_glass(&app, &path, &uncleared, "  ").await;
     assert_eq!(no_reason.status(), StatusCode::BAD_REQUEST);
     assert!(diagnostics(no_reason).await.contains("must state why"));
     let service = app.token(fhirvault::auth::Role::Service);
-    let by_service = app
-        .client
-        .get(format!("{}/{path}", app.base))
-        .bearer_auth(&service)
-        .header("X-Break-Glass-Reason", "batch job")
-        .send()
-        .await
-        .unwrap();
+    let by_service = break_glass(&app, &path, &service, "batch job").await;
     assert_eq!(by_service.status(), StatusCode::FORBIDDEN, "only practitioners break the glass");
 
     // Listings leave the note out for the uncleared, and keep it for the cleared.
@@ -266,31 +243,12 @@ async fn nothing_outside_the_granted_scopes_leaks() {
         {"request": {"method": "GET", "url": format!("Observation?subject=Patient/{subject}")}},
         {"request": {"method": "POST", "url": "Observation"}, "resource": observation(subject)},
     ]});
-    let answer: Value = app
-        .client
-        .post(&app.base)
-        .bearer_auth(&observations)
-        .header("content-type", "application/fhir+json")
-        .json(&batch)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let answer: Value = app.post_with("", &batch, &observations).await.json().await.unwrap();
     let statuses: Vec<&str> =
         answer["entry"].as_array().unwrap().iter().map(|e| e["response"]["status"].as_str().unwrap()).collect();
     assert_eq!(statuses, ["403 Forbidden", "200 OK", "403 Forbidden"], "{answer}");
     let mut transaction = batch.clone();
     transaction["type"] = "transaction".into();
-    let refused = app
-        .client
-        .post(&app.base)
-        .bearer_auth(&observations)
-        .header("content-type", "application/fhir+json")
-        .json(&transaction)
-        .send()
-        .await
-        .unwrap();
+    let refused = app.post_with("", &transaction, &observations).await;
     assert_eq!(refused.status(), StatusCode::FORBIDDEN);
 }

@@ -51,6 +51,19 @@ const serviceClaims = {
   'foreign-service': { tenant: 'demo', role: 'service', jurisdiction: 'US', organization: 'Organization/abroad-1' },
 };
 
+// A SMART Backend Services client: client credentials, authenticated by a JWT it signs.
+function backendService(clientId) {
+  return {
+    client_id: clientId,
+    token_endpoint_auth_method: 'private_key_jwt',
+    token_endpoint_auth_signing_alg: 'ES256',
+    jwks: { keys: [clientJwk] },
+    grant_types: ['client_credentials'],
+    response_types: [],
+    redirect_uris: [],
+  };
+}
+
 function accountClaims(accountId) {
   if (accountId.startsWith('patient:')) {
     return { tenant: 'demo', role: 'patient', patient: accountId.slice('patient:'.length), jurisdiction: 'FR' };
@@ -60,24 +73,7 @@ function accountClaims(accountId) {
 
 const provider = new Provider(issuer, {
   clients: [
-    {
-      client_id: 'backend-service',
-      token_endpoint_auth_method: 'private_key_jwt',
-      token_endpoint_auth_signing_alg: 'ES256',
-      jwks: { keys: [clientJwk] },
-      grant_types: ['client_credentials'],
-      response_types: [],
-      redirect_uris: [],
-    },
-    {
-      client_id: 'foreign-service',
-      token_endpoint_auth_method: 'private_key_jwt',
-      token_endpoint_auth_signing_alg: 'ES256',
-      jwks: { keys: [clientJwk] },
-      grant_types: ['client_credentials'],
-      response_types: [],
-      redirect_uris: [],
-    },
+    ...Object.keys(serviceClaims).map(backendService),
     {
       client_id: 'smart-app',
       token_endpoint_auth_method: 'none',
