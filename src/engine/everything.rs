@@ -132,15 +132,8 @@ impl Engine {
 
         let bodies = self.open_rows(&permitted).await?;
         let referenced_bodies = self.open_rows(&referenced).await?;
-        let keep =
-            self.screened(ctx, principal, permitted.iter().map(|(_, r)| r).zip(bodies.iter().map(|b| Some(&b[..]))))?;
-        let (permitted, bodies) = (super::kept(permitted, &keep), super::kept(bodies, &keep));
-        let keep = self.screened(
-            ctx,
-            principal,
-            referenced.iter().map(|(_, r)| r).zip(referenced_bodies.iter().map(|b| Some(&b[..]))),
-        )?;
-        let (referenced, referenced_bodies) = (super::kept(referenced, &keep), super::kept(referenced_bodies, &keep));
+        let (permitted, bodies) = self.screen_listing(ctx, principal, permitted, bodies)?;
+        let (referenced, referenced_bodies) = self.screen_listing(ctx, principal, referenced, referenced_bodies)?;
         let entries = search_entries(ctx, &permitted, &bodies, "match")
             .chain(search_entries(ctx, &referenced, &referenced_bodies, "include"))
             .collect::<Vec<_>>();

@@ -382,6 +382,19 @@ impl Engine {
             .collect()
     }
 
+    /// An opened listing's rows and bodies, without those `screen` refuses.
+    fn screen_listing(
+        &self,
+        ctx: &RequestContext,
+        principal: &Principal,
+        rows: Vec<(Permit, VersionRow)>,
+        bodies: Vec<Vec<u8>>,
+    ) -> Result<Opened, EngineError> {
+        let keep =
+            self.screened(ctx, principal, rows.iter().map(|(_, r)| r).zip(bodies.iter().map(|b| Some(&b[..]))))?;
+        Ok((kept(rows, &keep), kept(bodies, &keep)))
+    }
+
     /// The rows of a listing (history, search) that `principal` may read, each decided on its
     /// own compartment, with their permits; what is refused is left out.
     fn readable(
@@ -440,6 +453,9 @@ impl Engine {
 }
 
 /// The compartment a stored row belongs to.
+/// The rows of an opened listing with their permits, and their bodies, in the same order.
+type Opened = (Vec<(Permit, VersionRow)>, Vec<Vec<u8>>);
+
 /// The items whose `keep` flag is set.
 fn kept<T>(items: Vec<T>, keep: &[bool]) -> Vec<T> {
     items.into_iter().zip(keep).filter(|(_, keep)| **keep).map(|(item, _)| item).collect()

@@ -202,21 +202,14 @@ impl Engine {
         let matched: Vec<&VersionRow> = permitted.iter().map(|(_, row)| row).collect();
         let included = self.included(ctx, principal, &matched, &req.includes).await?;
         let bodies = self.open_rows(&permitted).await?;
-        let keep =
-            self.screened(ctx, principal, permitted.iter().map(|(_, r)| r).zip(bodies.iter().map(|b| Some(&b[..]))))?;
-        let (permitted, mut bodies) = (super::kept(permitted, &keep), super::kept(bodies, &keep));
+        let (permitted, mut bodies) = self.screen_listing(ctx, principal, permitted, bodies)?;
         if let Some(elements) = &req.elements {
             for body in &mut bodies {
                 *body = subset(body, elements)?;
             }
         }
         let included_bodies = self.open_rows(&included).await?;
-        let keep = self.screened(
-            ctx,
-            principal,
-            included.iter().map(|(_, r)| r).zip(included_bodies.iter().map(|b| Some(&b[..]))),
-        )?;
-        let (included, included_bodies) = (super::kept(included, &keep), super::kept(included_bodies, &keep));
+        let (included, included_bodies) = self.screen_listing(ctx, principal, included, included_bodies)?;
         let entries = search_entries(ctx, &permitted, &bodies, "match")
             .chain(search_entries(ctx, &included, &included_bodies, "include"))
             .collect::<Vec<_>>();
