@@ -37,6 +37,45 @@ pub enum Command {
     /// The access policies.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// The tamper-evident audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check the audit logs offline: recompute each tree, check every checkpoint (in the index
+    /// and in the object store) against the log key, and report which entries were altered,
+    /// removed, inserted or reordered. Exits non-zero when anything is found.
+    Verify(VerifyArgs),
+    /// Seal every record waiting in the inbox now, and sign checkpoints.
+    Seal(Common),
+    /// Print the log key's verifier key: what auditors pin and pass to `audit verify --key`.
+    Key(Common),
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// The index to check (`sqlite:...` or `postgres://...`); default: the configuration's.
+    #[arg(long, value_name = "URL")]
+    pub database_url: Option<String>,
+    /// The log key's verifier key (`<name>+<id>+<key>`, from `fhirvault audit key`). Without
+    /// it, it is derived from the signing key file, which proves nothing against whoever can
+    /// replace that file: pin the key.
+    #[arg(long, value_name = "VKEY")]
+    pub key: Option<String>,
+    /// Only this log (a tenant id, or `_server`).
+    #[arg(long, value_name = "LOG")]
+    pub log: Option<String>,
+    /// More checkpoints to hold the log to (files holding one signed note each), such as those
+    /// an auditor kept.
+    #[arg(long = "checkpoint", value_name = "FILE")]
+    pub checkpoints: Vec<PathBuf>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -149,6 +188,12 @@ pub enum CliError {
     Io(#[from] std::io::Error),
     #[error(transparent)]
     Policy(#[from] crate::policy::PolicyError),
+    #[error("audit log storage")]
+    Audit(#[from] crate::storage::StorageError),
+    #[error("the log key")]
+    LogKey(#[from] crate::audit::log::LogError),
+    #[error("the audit log failed verification: {0} finding(s)")]
+    Tampered(usize),
     #[error("orphan sweep of location `{location}` failed")]
     Gc { location: String, source: crate::storage::StorageError },
 }
@@ -208,12 +253,87 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             }
             Ok(())
         }
+        Command::Audit(AuditCommand::Verify(args)) => audit_verify(&args).await,
+        Command::Audit(AuditCommand::Seal(common)) => {
+            let settings = Settings::load(&sources(&common, None))?;
+            crate::telemetry::init(&settings.log);
+            let (index, locations) = startup::open_storage(&settings).await?;
+            let mut sealer = startup::audit_sealer(&settings)?;
+            let sealed = crate::audit::sealer::drain(index.as_ref(), &mut sealer, &locations).await?;
+            writeln!(std::io::stdout(), "{sealed} record(s) sealed")?;
+            Ok(())
+        }
+        Command::Audit(AuditCommand::Key(common)) => {
+            let settings = Settings::load(&sources(&common, None))?;
+            startup::prepare_data_dir(&settings)?;
+            let sealer_key = startup::audit_key(&settings)?;
+            writeln!(std::io::stdout(), "{}", sealer_key.public_key())?;
+            Ok(())
+        }
         Command::Config(ConfigCommand::Check(common)) => {
             let settings = Settings::load(&sources(&common, None))?;
             writeln!(std::io::stdout(), "{settings:#?}")?;
             Ok(())
         }
     }
+}
+
+async fn audit_verify(args: &VerifyArgs) -> Result<(), CliError> {
+    use crate::audit::verify;
+    let mut settings = Settings::load(&sources(&args.common, None))?;
+    if let Some(url) = &args.database_url {
+        settings.database.url = Some(url.clone().into());
+    }
+    let public_key = match &args.key {
+        Some(key) => key.clone(),
+        None => {
+            let key = crate::audit::log::LogKey::load(&settings.audit_key_path())?;
+            let _ = writeln!(
+                std::io::stderr(),
+                "note: checking against the key in {}; pin it with --key {}",
+                settings.audit_key_path().display(),
+                key.public_key()
+            );
+            key.public_key()
+        }
+    };
+    let (index, locations) = startup::open_storage(&settings).await?;
+    let logs = match &args.log {
+        Some(log) => vec![log.clone()],
+        None => index.log_names().await?,
+    };
+    let mut extra = Vec::new();
+    for path in &args.checkpoints {
+        let note = std::fs::read(path)?;
+        extra.push(verify::FoundCheckpoint { source: path.display().to_string(), note });
+    }
+    let mut reports = Vec::new();
+    for log in logs {
+        let mut evidence = verify::gather(index.as_ref(), &locations, &log).await?;
+        let vkey = crate::audit::log::log_verifier_key(&public_key, &log)?;
+        // A checkpoint file belongs to the log whose origin it names.
+        let origin = format!("{}\n", vkey.split('+').next().unwrap_or_default());
+        evidence.checkpoints.extend(extra.iter().filter(|c| c.note.starts_with(origin.as_bytes())).cloned());
+        reports.push(verify::verify_log(&evidence, &vkey));
+    }
+    let mut out = std::io::stdout();
+    if args.json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&reports).unwrap_or_default())?;
+    } else {
+        for r in &reports {
+            let verdict = if r.ok() { "OK" } else { "TAMPERED" };
+            writeln!(
+                out,
+                "log {}: {verdict}: {} entries, {} checkpoints, verified up to {}",
+                r.log, r.entries, r.checkpoints, r.verified_size
+            )?;
+            for f in &r.findings {
+                writeln!(out, "  - {}", verify::describe(f))?;
+            }
+        }
+    }
+    let findings: usize = reports.iter().map(|r| r.findings.len()).sum();
+    if findings > 0 { Err(CliError::Tampered(findings)) } else { Ok(()) }
 }
 
 fn issue_token(settings: &Settings, args: &TokenArgs) -> Result<String, CliError> {

@@ -61,6 +61,7 @@ pub struct Settings {
     pub gc: GcSettings,
     pub search: SearchSettings,
     pub writes: WriteSettings,
+    pub audit: AuditSettings,
     /// Where this server runs. It handles plaintext while serving, so its site falls under the
     /// same residency rules as the storage locations. Required in the production profile; the
     /// embedded profile assumes a development machine in France.
@@ -381,6 +382,50 @@ impl Default for GcSettings {
     }
 }
 
+/// The tamper-evident audit log: how records are sealed into each tenant's Merkle tree, and the
+/// key that signs its checkpoints.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditSettings {
+    /// A file holding the log's Ed25519 signing key as a signed-note private key
+    /// (`PRIVATE+KEY+<name>+<id>+<key>`, as `fhirvault audit keygen` or Go's `note.GenerateKey`
+    /// print it). Defaults to `keys/audit-log.key` in the data directory, generated on first
+    /// start under the name `origin`.
+    pub signing_key_file: Option<PathBuf>,
+    /// The name a generated key gets, and so the prefix of every log's origin
+    /// (`<origin>/<tenant>`), for example `fhir.example.org/audit`.
+    pub origin: String,
+    /// Sign a checkpoint every this many entries of a log...
+    pub checkpoint_every_entries: u64,
+    /// ...and whenever a log has unsigned entries and its last checkpoint is this old.
+    pub checkpoint_every_ms: u64,
+    /// Records moved from the inbox into the logs per transaction.
+    pub seal_batch: u32,
+    /// How long the sealer waits before looking at an empty inbox again (milliseconds).
+    pub seal_idle_ms: u64,
+    /// Run the sealer in this server. Off: records wait in the inbox (still durable, not yet
+    /// in the tree) until a server with the sealer on, or `fhirvault audit seal`, seals them.
+    pub sealer: bool,
+    /// How long sealed entries must be kept, in years (French hospital records: 20). The server
+    /// never deletes sealed entries; this is what an operator's archiving must honour.
+    pub retention_years: u32,
+}
+
+impl Default for AuditSettings {
+    fn default() -> Self {
+        Self {
+            signing_key_file: None,
+            origin: "fhirvault.localhost/audit".into(),
+            checkpoint_every_entries: 1_000,
+            checkpoint_every_ms: 1_000,
+            seal_batch: 5_000,
+            seal_idle_ms: 200,
+            sealer: true,
+            retention_years: 20,
+        }
+    }
+}
+
 /// How string values are indexed for search (their blind index: see SECURITY.md). Changing
 /// these applies to resources written afterwards.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -525,6 +570,7 @@ impl Default for Settings {
             gc: GcSettings::default(),
             search: SearchSettings::default(),
             writes: WriteSettings::default(),
+            audit: AuditSettings::default(),
             hosting: None,
             locations: default_locations(),
             tenants: BTreeMap::from([("demo".to_owned(), TenantSettings::default())]),
@@ -720,6 +766,10 @@ impl Settings {
 
     pub fn dev_issuer_key_path(&self) -> PathBuf {
         dev_issuer_key_path(&self.data_dir)
+    }
+
+    pub fn audit_key_path(&self) -> PathBuf {
+        self.audit.signing_key_file.clone().unwrap_or_else(|| self.data_dir.join("keys").join("audit-log.key"))
     }
 }
 

@@ -13,6 +13,8 @@ use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
 
 use crate::api::{self, AppState, BodyLimit};
+use crate::audit::log::LogKey;
+use crate::audit::sealer::{Cadence, Sealer};
 use crate::auth::dev_issuer::{DevIssuer, DevIssuerError};
 use crate::auth::{Audiences, Authenticator, OidcIssuer};
 use crate::config::{BackendSettings, KeyProviderSettings, Settings};
@@ -42,6 +44,8 @@ pub enum StartupError {
     DevIssuer(#[from] DevIssuerError),
     #[error("cannot set up identity provider `{name}`")]
     Issuer { name: String, source: crate::auth::oidc::FetchError },
+    #[error("cannot load the audit log key")]
+    AuditKey(#[from] crate::audit::log::LogError),
     #[error("cannot listen on `{addr}`")]
     Listen { addr: String, source: std::io::Error },
 }
@@ -68,7 +72,10 @@ impl Application {
         }
         let server = server.listen(listener).map_err(listen_err)?.run();
         if settings.gc.interval_seconds > 0 {
-            spawn_sweeper(&settings, index)?;
+            spawn_sweeper(&settings, index.clone())?;
+        }
+        if settings.audit.sealer {
+            crate::audit::sealer::spawn(index, audit_sealer(&settings)?, open_locations(&settings)?);
         }
         tracing::info!(address = %addr.ip(), port, tenants = settings.tenants.len(), "fhirvault listening");
         Ok(Self { server, port })
@@ -220,6 +227,27 @@ pub fn open_locations(settings: &Settings) -> Result<Locations, StartupError> {
         }
     }
     Ok(locations)
+}
+
+/// The audit log key (generated on first start when it is the default file).
+pub fn audit_key(settings: &Settings) -> Result<LogKey, StartupError> {
+    let path = settings.audit_key_path();
+    if settings.audit.signing_key_file.is_none() {
+        LogKey::ensure_file(&path, &settings.audit.origin)?;
+    }
+    Ok(LogKey::load(&path)?)
+}
+
+/// The audit log sealer, with the log key.
+pub fn audit_sealer(settings: &Settings) -> Result<Sealer, StartupError> {
+    let key = Arc::new(audit_key(settings)?);
+    let cadence = Cadence {
+        batch: settings.audit.seal_batch.max(1),
+        idle: Duration::from_millis(settings.audit.seal_idle_ms),
+        checkpoint_every_entries: settings.audit.checkpoint_every_entries.max(1),
+        checkpoint_every: Duration::from_millis(settings.audit.checkpoint_every_ms),
+    };
+    Ok(Sealer::new(key, cadence, settings.tenant_ids()))
 }
 
 /// The background orphan sweeper: every `gc.interval_seconds`, one sweep of every location.

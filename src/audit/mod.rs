@@ -5,8 +5,14 @@
 //! no update or delete path, and the database triggers refuse both.
 //!
 //! Writes carry their record into the same transaction as the change; reads append theirs
-//! before answering and fail if they cannot (fail closed). The tamper-evident log (Merkle tree,
-//! signed checkpoints) is built over these records by a later component.
+//! before answering and fail if they cannot (fail closed). Records land in an inbox; the
+//! `sealer` moves them into each tenant's tamper-evident log (`log`: an RFC 6962 Merkle tree
+//! with signed checkpoints) as FHIR AuditEvents (`event`), and `verify` checks a log offline.
+
+pub mod event;
+pub mod log;
+pub mod sealer;
+pub mod verify;
 
 use crate::auth::Principal;
 use crate::ids::{ResourceId, ResourceType, TenantId, VersionId};
@@ -35,6 +41,25 @@ pub enum AuditAction {
 }
 
 impl AuditAction {
+    const ALL: [Self; 12] = [
+        Self::Create,
+        Self::Read,
+        Self::Vread,
+        Self::Update,
+        Self::Delete,
+        Self::HistoryInstance,
+        Self::HistoryType,
+        Self::SearchType,
+        Self::Everything,
+        Self::Transaction,
+        Self::Batch,
+        Self::Authenticate,
+    ];
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|a| a.as_str() == s)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Create => "create",

@@ -7,6 +7,7 @@
 //! first. Writers PUT the object, then commit the row; a crash in between leaves an orphan
 //! object (removed by the sweeper), never a dangling row.
 
+pub mod audit_log;
 pub mod commit;
 pub mod gc;
 mod lease;
@@ -28,6 +29,7 @@ use crate::crypto::WrappedKey;
 use crate::ids::{ResourceId, ResourceType, TenantId, VersionId};
 use crate::time::Timestamp;
 
+pub use audit_log::{LogEntry, LogSealer, SealReport, StoredCheckpoint};
 pub use commit::Committer;
 pub use objects::{Locations, ObjectKey, ObjectStorage};
 pub use search::{Direction, Link, LinkQuery, Order, Position, SearchQuery, SearchRows};
@@ -255,6 +257,23 @@ pub trait Index: Send + Sync {
 
     /// Whether some version row names this object key (the orphan sweeper asks).
     async fn knows_object(&self, key: &str) -> Result<bool, StorageError>;
+
+    /// One sealing pass: under the sealer lock, in one transaction, take up to `limit` inbox
+    /// records in order, write what `sealer` makes of them (log entries, tree hashes,
+    /// checkpoints) and remove them from the inbox.
+    async fn seal(&self, limit: u32, sealer: &mut dyn LogSealer) -> Result<SealReport, StorageError>;
+
+    /// The names of the logs that hold entries or checkpoints.
+    async fn log_names(&self) -> Result<Vec<String>, StorageError>;
+
+    /// Up to `limit` entries of `log` from index `from`, in index order.
+    async fn log_entries(&self, log: &str, from: u64, limit: u32) -> Result<Vec<LogEntry>, StorageError>;
+
+    /// Up to `limit` stored tree hashes of `log` from stored-hash index `from`, in order.
+    async fn log_hashes(&self, log: &str, from: u64, limit: u32) -> Result<Vec<(u64, [u8; 32])>, StorageError>;
+
+    /// The signed checkpoints of `log` by size (only the latest with `latest_only`).
+    async fn log_checkpoints(&self, log: &str, latest_only: bool) -> Result<Vec<StoredCheckpoint>, StorageError>;
 }
 
 /// How the index connects.

@@ -145,6 +145,14 @@ impl ObjectStorage {
             .collect())
     }
 
+    /// The keys of the objects under `prefix`, in key order.
+    pub async fn list_keys(&self, prefix: &str) -> Result<Vec<ObjectKey>, StorageError> {
+        let metas: Vec<ObjectMeta> = self.store.list(Some(&StorePath::from(prefix))).try_collect().await?;
+        let mut keys: Vec<ObjectKey> = metas.into_iter().map(|m| ObjectKey(m.location.to_string())).collect();
+        keys.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(keys)
+    }
+
     /// Remove an object. Only the orphan sweeper calls this, for objects no index row names.
     pub async fn delete_orphan(&self, key: &ObjectKey) -> Result<(), StorageError> {
         match self.store.delete(&StorePath::from(key.as_str())).await {

@@ -17,6 +17,9 @@ use sqlx::error::BoxDynError;
 use sqlx::postgres::{PgArguments, PgConnectOptions, PgConnection};
 use sqlx::{Postgres, Transaction};
 
+use std::collections::BTreeMap;
+
+use super::audit_log::{self as log, LogSealer, SealReport};
 use super::lease::Leases;
 use super::search::{DateRow, NumberRow, RefRow, SearchRows};
 use super::sql::{self, InsertedVersion};
@@ -423,4 +426,99 @@ impl PostgresIndex {
 }
 
 // Two committers: one flushes its batch while the other fills the next.
+impl PostgresIndex {
+    /// One sealing pass, under a transaction-scoped advisory lock: a second sealer (another
+    /// replica) finds it taken and skips this pass.
+    async fn seal_in_transaction(&self, limit: u32, sealer: &mut dyn LogSealer) -> Result<SealReport, StorageError> {
+        let mut conn = self.leases.get().await?;
+        let mut tx = Self::begin_write(&mut conn).await?;
+        let locked: bool = sqlx::query_scalar(TRY_SEALER_LOCK).bind(SEALER_LOCK).fetch_one(&mut *tx).await?;
+        if !locked {
+            tx.rollback().await?;
+            conn.done();
+            return Ok(SealReport { busy: true, ..SealReport::default() });
+        }
+        let rows: Vec<log::DbAuditRecord> =
+            sqlx::query_as(log::TAKE_INBOX).bind(i64::from(limit)).fetch_all(&mut *tx).await?;
+        let inbox = rows.into_iter().map(log::InboxEntry::try_from).collect::<Result<Vec<_>, _>>()?;
+        let taken: Vec<i64> = inbox.iter().map(|e| e.seq).collect();
+        let mut heads = BTreeMap::new();
+        for name in log::logs_to_head(&inbox, sealer) {
+            let size: Option<i64> = sqlx::query_scalar(log::LOG_SIZE).bind(&name).fetch_one(&mut *tx).await?;
+            let signed: Option<i64> = sqlx::query_scalar(log::CHECKPOINT_SIZE).bind(&name).fetch_one(&mut *tx).await?;
+            heads.insert(name, super::sqlite::head(size, signed)?);
+        }
+        let mut loaded = Vec::new();
+        for (name, indexes) in sealer.needs(&heads) {
+            let indexes = indexes.into_iter().map(log::to_i64).collect::<Result<Vec<_>, _>>()?;
+            let rows: Vec<(i64, Vec<u8>)> =
+                sqlx::query_as(LOAD_HASHES).bind(&name).bind(&indexes).fetch_all(&mut *tx).await?;
+            for (i, hash) in rows {
+                let (i, hash) = log::hash_from_db(i, &hash)?;
+                loaded.push((name.clone(), i, hash));
+            }
+        }
+        let sealed = sealer.seal(&heads, loaded, inbox)?;
+        if !sealed.entries.is_empty() {
+            let e = &sealed.entries;
+            let args = arguments(|a| {
+                a.add(e.iter().map(|e| e.log.as_str()).collect::<Vec<_>>())?;
+                a.add(e.iter().map(|e| log::to_i64(e.index)).collect::<Result<Vec<_>, _>>()?)?;
+                a.add(e.iter().map(|e| e.recorded.millis()).collect::<Vec<_>>())?;
+                a.add(e.iter().map(|e| e.action.as_str()).collect::<Vec<_>>())?;
+                a.add(e.iter().map(|e| i64::from(e.outcome)).collect::<Vec<_>>())?;
+                a.add(e.iter().map(|e| e.agent.as_deref()).collect::<Vec<_>>())?;
+                a.add(e.iter().map(|e| e.patient.as_deref()).collect::<Vec<_>>())?;
+                a.add(e.iter().map(|e| e.entity.as_deref()).collect::<Vec<_>>())?;
+                a.add(e.iter().map(|e| e.event.as_slice()).collect::<Vec<_>>())
+            })?;
+            sqlx::query_with(INSERT_ENTRIES.as_str(), args).execute(&mut *tx).await?;
+        }
+        if !sealed.hashes.is_empty() {
+            let h = &sealed.hashes;
+            let args = arguments(|a| {
+                a.add(h.iter().map(|(name, _, _)| name.as_str()).collect::<Vec<_>>())?;
+                a.add(h.iter().map(|(_, i, _)| log::to_i64(*i)).collect::<Result<Vec<_>, _>>()?)?;
+                a.add(h.iter().map(|(_, _, hash)| hash.as_slice()).collect::<Vec<_>>())
+            })?;
+            sqlx::query_with(INSERT_HASHES, args).execute(&mut *tx).await?;
+        }
+        for c in &sealed.checkpoints {
+            sqlx::query(log::INSERT_CHECKPOINT)
+                .bind(&c.log)
+                .bind(log::to_i64(c.size)?)
+                .bind(&c.note)
+                .bind(c.created.millis())
+                .execute(&mut *tx)
+                .await?;
+        }
+        if !taken.is_empty() {
+            sqlx::query(DELETE_INBOX).bind(&taken).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        conn.done();
+        Ok(SealReport { sealed: sealed.entries.len(), checkpoints: sealed.checkpoints, busy: false })
+    }
+}
+
+/// The sealer's advisory lock key ("fhirvaul" in ASCII).
+const SEALER_LOCK: i64 = 0x6668_6972_7661_756c;
+/// The lock, and the flag the inbox's delete trigger wants (for this transaction only).
+const TRY_SEALER_LOCK: &str =
+    "SELECT pg_try_advisory_xact_lock($1) AND set_config('fhirvault.sealer', 'on', true) = 'on'";
+const LOAD_HASHES: &str = "SELECT idx, hash FROM audit_hashes WHERE tenant = $1 AND idx = ANY($2)";
+/// By sequence number, not range: a record with a smaller one may commit after this pass read
+/// the inbox, and must wait for the next pass, not vanish.
+const DELETE_INBOX: &str = "DELETE FROM audit_records WHERE seq = ANY($1)";
+static INSERT_ENTRIES: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "INSERT INTO audit_log ({}) SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::text[], \
+         $5::bigint[], $6::text[], $7::text[], $8::text[], $9::bytea[])",
+        log::ENTRY_COLUMNS
+    )
+});
+const INSERT_HASHES: &str =
+    "INSERT INTO audit_hashes (tenant, idx, hash) SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::bytea[])";
+
+super::audit_log::impl_log_reads!(PostgresIndex);
 super::sql::impl_index!(PostgresIndex, Postgres, commit_workers = 2, dialect = super::search::Dialect::Postgres);

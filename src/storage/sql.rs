@@ -623,6 +623,44 @@ macro_rules! impl_index {
                     .ok_or_else(|| $crate::storage::StorageError::Corrupt("tenant key vanished after insert".into()))
             }
 
+            async fn seal(
+                &self,
+                limit: u32,
+                sealer: &mut dyn $crate::storage::audit_log::LogSealer,
+            ) -> Result<$crate::storage::audit_log::SealReport, $crate::storage::StorageError> {
+                self.seal_log(limit, sealer).await
+            }
+
+            async fn log_names(&self) -> Result<Vec<String>, $crate::storage::StorageError> {
+                self.read_log_names().await
+            }
+
+            async fn log_entries(
+                &self,
+                log: &str,
+                from: u64,
+                limit: u32,
+            ) -> Result<Vec<$crate::storage::audit_log::LogEntry>, $crate::storage::StorageError> {
+                self.read_log_entries(log, from, limit).await
+            }
+
+            async fn log_hashes(
+                &self,
+                log: &str,
+                from: u64,
+                limit: u32,
+            ) -> Result<Vec<(u64, [u8; 32])>, $crate::storage::StorageError> {
+                self.read_log_hashes(log, from, limit).await
+            }
+
+            async fn log_checkpoints(
+                &self,
+                log: &str,
+                latest_only: bool,
+            ) -> Result<Vec<$crate::storage::audit_log::StoredCheckpoint>, $crate::storage::StorageError> {
+                self.read_log_checkpoints(log, latest_only).await
+            }
+
             async fn knows_object(&self, key: &str) -> Result<bool, $crate::storage::StorageError> {
                 let mut conn = self.leases.get().await?;
                 let count: i64 =

@@ -8,6 +8,9 @@ use std::sync::LazyLock;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqliteSynchronous};
 use sqlx::{Sqlite, Transaction};
 
+use std::collections::BTreeMap;
+
+use super::audit_log::{self as log, LogSealer, SealReport};
 use super::lease::Leases;
 use super::search::{self, SearchRows};
 use super::sql::{self, InsertedVersion};
@@ -60,7 +63,90 @@ impl SqliteIndex {
         conn.done();
         Ok(())
     }
+
+    /// One sealing pass. `BEGIN IMMEDIATE` is the sealer lock: no other writer, in this process
+    /// or another, commits between reading the heads and writing the entries.
+    async fn seal_in_transaction(&self, limit: u32, sealer: &mut dyn LogSealer) -> Result<SealReport, StorageError> {
+        let mut conn = self.leases.get().await?;
+        let mut tx = Self::begin_write(&mut conn).await?;
+        let rows: Vec<log::DbAuditRecord> =
+            sqlx::query_as(log::TAKE_INBOX).bind(i64::from(limit)).fetch_all(&mut *tx).await?;
+        let inbox = rows.into_iter().map(log::InboxEntry::try_from).collect::<Result<Vec<_>, _>>()?;
+        let last_seq = inbox.last().map(|e| e.seq);
+        let mut heads = BTreeMap::new();
+        for name in log::logs_to_head(&inbox, sealer) {
+            let size: Option<i64> = sqlx::query_scalar(log::LOG_SIZE).bind(&name).fetch_one(&mut *tx).await?;
+            let signed: Option<i64> = sqlx::query_scalar(log::CHECKPOINT_SIZE).bind(&name).fetch_one(&mut *tx).await?;
+            heads.insert(name, head(size, signed)?);
+        }
+        let mut loaded = Vec::new();
+        for (name, indexes) in sealer.needs(&heads) {
+            for i in indexes {
+                let hash: Option<Vec<u8>> =
+                    sqlx::query_scalar(LOAD_HASH).bind(&name).bind(log::to_i64(i)?).fetch_optional(&mut *tx).await?;
+                if let Some(hash) = hash {
+                    let (i, hash) = log::hash_from_db(log::to_i64(i)?, &hash)?;
+                    loaded.push((name.clone(), i, hash));
+                }
+            }
+        }
+        let sealed = sealer.seal(&heads, loaded, inbox)?;
+        for chunk in chunks(&sealed.entries) {
+            let mut query = sqlx::query(INSERT_ENTRIES.sql(chunk.len()));
+            for e in chunk {
+                query = query
+                    .bind(&e.log)
+                    .bind(log::to_i64(e.index)?)
+                    .bind(e.recorded.millis())
+                    .bind(&e.action)
+                    .bind(i64::from(e.outcome))
+                    .bind(&e.agent)
+                    .bind(&e.patient)
+                    .bind(&e.entity)
+                    .bind(&e.event);
+            }
+            query.execute(&mut *tx).await?;
+        }
+        for chunk in chunks(&sealed.hashes) {
+            let mut query = sqlx::query(INSERT_HASHES.sql(chunk.len()));
+            for (name, i, hash) in chunk {
+                query = query.bind(name).bind(log::to_i64(*i)?).bind(hash.as_slice());
+            }
+            query.execute(&mut *tx).await?;
+        }
+        for c in &sealed.checkpoints {
+            sqlx::query(log::INSERT_CHECKPOINT)
+                .bind(&c.log)
+                .bind(log::to_i64(c.size)?)
+                .bind(&c.note)
+                .bind(c.created.millis())
+                .execute(&mut *tx)
+                .await?;
+        }
+        if let Some(last) = last_seq {
+            sqlx::query(DELETE_INBOX).bind(last).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        conn.done();
+        Ok(SealReport { sealed: sealed.entries.len(), checkpoints: sealed.checkpoints, busy: false })
+    }
 }
+
+/// A log's head from `MAX(idx)` and `MAX(size)` (NULL when there is none).
+pub(super) fn head(last_index: Option<i64>, signed: Option<i64>) -> Result<log::LogHead, StorageError> {
+    let size = last_index.map_or(Ok(0), |i| u64::try_from(i).map(|i| i + 1));
+    let signed = signed.map_or(Ok(0), u64::try_from);
+    match (size, signed) {
+        (Ok(size), Ok(checkpoint_size)) => Ok(log::LogHead { size, checkpoint_size }),
+        _ => Err(StorageError::Corrupt("a negative log index".into())),
+    }
+}
+
+const LOAD_HASH: &str = "SELECT hash FROM audit_hashes WHERE tenant = $1 AND idx = $2";
+/// Under `BEGIN IMMEDIATE` nothing was added to the inbox since it was read.
+const DELETE_INBOX: &str = "DELETE FROM audit_records WHERE seq <= $1";
+static INSERT_ENTRIES: LazyLock<MultiRow> = LazyLock::new(|| MultiRow::new("audit_log", log::ENTRY_COLUMNS, ""));
+static INSERT_HASHES: LazyLock<MultiRow> = LazyLock::new(|| MultiRow::new("audit_hashes", "tenant, idx, hash", ""));
 
 /// Multi-row statements: rows are cut into chunks of these sizes, largest first, so that each
 /// connection prepares (and caches) a few statements per table however batches vary.
@@ -291,4 +377,5 @@ async fn replace_search_rows(
 }
 
 // One writer at a time: a second committer would only wait for the lock.
+super::audit_log::impl_log_reads!(SqliteIndex);
 super::sql::impl_index!(SqliteIndex, Sqlite, commit_workers = 1, dialect = search::Dialect::Sqlite);

@@ -43,6 +43,8 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
     let mut settings = Settings { data_dir: data_dir.path().to_path_buf(), ..Settings::default() };
     settings.http.listen = "127.0.0.1:0".parse().expect("address");
     settings.tenants.insert("other".to_owned(), Default::default());
+    // Tests seal the audit inbox when they want to (`seal`), so they read a stable inbox.
+    settings.audit.sealer = false;
     let database = if on_postgres() { Some(PgDatabase::create().await) } else { None };
     if let Some(db) = &database {
         settings.database.url = Some(db.url.clone().into());
@@ -179,6 +181,14 @@ impl TestApp {
     pub async fn index(&self) -> sqlx::AnyPool {
         sqlx::any::install_default_drivers();
         sqlx::AnyPool::connect(&self.index_url).await.expect("index")
+    }
+
+    /// Seal every record in the audit inbox into the logs (what the background sealer does),
+    /// through a second connection to the same index.
+    pub async fn seal(&self) -> usize {
+        let (index, locations) = fhirvault::startup::open_storage(&self.settings).await.expect("storage");
+        let mut sealer = fhirvault::startup::audit_sealer(&self.settings).expect("sealer");
+        fhirvault::audit::sealer::drain(index.as_ref(), &mut sealer, &locations).await.expect("sealing")
     }
 
     pub fn on_postgres(&self) -> bool {

@@ -12,13 +12,16 @@ mod backends;
 use std::sync::Arc;
 use std::time::Duration;
 
+use fhirvault::audit::log::LogKey;
+use fhirvault::audit::sealer::{Cadence, Sealer};
+use fhirvault::audit::verify;
 use fhirvault::audit::{Agent, AuditAction, AuditRecord, RequestMeta};
 use fhirvault::crypto::WrappedKey;
 use fhirvault::ids::{ResourceId, ResourceType, TenantId, VersionId};
 use fhirvault::storage::search::{Bound, Cmp, DateRow, Filter, Linked, NumberRow, RefRow, SortBy, SortKey, Unit};
 use fhirvault::storage::{
-    Committer, Direction, HistoryQuery, Index, IndexOptions, LinkQuery, Method, NewVersion, ObjectKey, ObjectStorage,
-    Order, Position, SearchQuery, SearchRows, StorageError, VersionCommit, open_index,
+    Committer, Direction, HistoryQuery, Index, IndexOptions, LinkQuery, Locations, Method, NewVersion, ObjectKey,
+    ObjectStorage, Order, Position, SearchQuery, SearchRows, StorageError, VersionCommit, open_index,
 };
 use fhirvault::time::Timestamp;
 use secrecy::SecretString;
@@ -213,7 +216,7 @@ async fn a_deletion_has_no_object() {
 }
 
 #[tokio::test]
-async fn the_database_keeps_audit_records_append_only() {
+async fn the_database_keeps_the_audit_inbox_unchangeable_and_the_log_append_only() {
     let t = fresh_index().await;
     t.index.append_audit(&[audit("a"), audit("b").outcome(404, Some("not found".into()))]).await.unwrap();
     t.index.commit_version(&new_version("p1", 1, None, 1), &audit("c")).await.unwrap();
@@ -222,14 +225,147 @@ async fn the_database_keeps_audit_records_append_only() {
     let rows: Vec<(String, i64)> =
         sqlx::query_as("SELECT request_id, outcome FROM audit_records ORDER BY seq").fetch_all(&pool).await.unwrap();
     assert_eq!(rows, [("a", 200), ("b", 404), ("c", 200)].map(|(r, o)| (r.to_owned(), o)));
-    let mut refused = vec!["UPDATE audit_records SET outcome = 500", "DELETE FROM audit_records"];
+    let mut refused = vec!["UPDATE audit_records SET outcome = 500".to_owned()];
     if on_postgres() {
-        refused.push("TRUNCATE audit_records");
+        // Only the sealer's transaction may delete from the inbox.
+        refused.extend(["DELETE FROM audit_records".to_owned(), "TRUNCATE audit_records".to_owned()]);
     }
-    for statement in refused {
-        let err = sqlx::query(statement).execute(&pool).await.unwrap_err();
+    for statement in &refused {
+        let err = sqlx::query(sqlx::AssertSqlSafe(statement.as_str())).execute(&pool).await.unwrap_err();
         assert!(err.to_string().contains("append-only"), "{statement}: {err}");
     }
+
+    let mut sealer = sealer(1);
+    let report = t.index.seal(100, &mut sealer).await.unwrap();
+    assert_eq!(report.sealed, 3);
+    let inbox: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit_records").fetch_one(&pool).await.unwrap();
+    assert_eq!(inbox, 0, "sealed records leave the inbox");
+
+    let mut refused = Vec::new();
+    for table in ["audit_log", "audit_hashes", "audit_checkpoints"] {
+        refused.push(format!("UPDATE {table} SET tenant = 'other'"));
+        refused.push(format!("DELETE FROM {table}"));
+        if on_postgres() {
+            refused.push(format!("TRUNCATE {table}"));
+        }
+    }
+    for statement in &refused {
+        let err = sqlx::query(sqlx::AssertSqlSafe(statement.as_str())).execute(&pool).await.unwrap_err();
+        assert!(err.to_string().contains("append-only"), "{statement}: {err}");
+    }
+}
+
+/// A sealer with a fresh log key, signing a checkpoint every `every` entries and at the end of
+/// every pass.
+fn sealer(every: u64) -> Sealer {
+    let key = LogKey::parse(&LogKey::generate("audit.test").unwrap()).unwrap();
+    let cadence = Cadence {
+        batch: 1_000,
+        idle: Duration::from_millis(10),
+        checkpoint_every_entries: every,
+        checkpoint_every: Duration::ZERO,
+    };
+    Sealer::new(Arc::new(key), cadence, [tenant()])
+}
+
+#[tokio::test]
+async fn sealing_moves_the_inbox_into_a_tree_per_tenant_in_order() {
+    let t = fresh_index().await;
+    let other = TenantId::parse("other").unwrap();
+    let meta = |r: &str| RequestMeta { request_id: r.to_owned(), source_ip: None, break_glass: None };
+    let records: Vec<AuditRecord> = (0..25)
+        .map(|i| {
+            let tenant = if i % 5 == 4 {
+                Some(other.clone())
+            } else if i == 7 {
+                None
+            } else {
+                Some(tenant())
+            };
+            AuditRecord::new(&meta(&format!("r{i}")), tenant.as_ref(), Agent::default(), AuditAction::Read)
+        })
+        .collect();
+    t.index.append_audit(&records[..10]).await.unwrap();
+    let mut sealer = sealer(4);
+    assert_eq!(t.index.seal(100, &mut sealer).await.unwrap().sealed, 10);
+    // A second sealer (another replica) continues the same trees from what the index holds.
+    t.index.append_audit(&records[10..]).await.unwrap();
+    let mut second = sealer_with_key_of(&sealer);
+    let report = t.index.seal(6, &mut second).await.unwrap();
+    assert_eq!(report.sealed, 6);
+    assert_eq!(t.index.seal(100, &mut sealer).await.unwrap().sealed, 9, "the first sealer reloads the moved tree");
+
+    let demo = t.index.log_entries("demo", 0, 100).await.unwrap();
+    let ids: Vec<String> = demo
+        .iter()
+        .map(|e| {
+            serde_json::from_slice::<serde_json::Value>(&e.event).unwrap()["entity"][0]["what"]["identifier"]["value"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    let expected: Vec<String> = (0..25).filter(|i| i % 5 != 4 && *i != 7).map(|i| format!("r{i}")).collect();
+    assert_eq!(ids, expected, "inbox order, one tree per tenant");
+    assert!(demo.iter().enumerate().all(|(i, e)| e.index == i as u64));
+    assert_eq!(t.index.log_entries("other", 0, 100).await.unwrap().len(), 5);
+    assert_eq!(t.index.log_entries("_server", 0, 100).await.unwrap().len(), 1);
+    assert_eq!(t.index.log_names().await.unwrap(), ["_server", "demo", "other"]);
+
+    let key = sealer.key();
+    for log in ["demo", "other", "_server"] {
+        let evidence = verify::gather(t.index.as_ref(), &Locations::new(), log).await.unwrap();
+        let report = verify::verify_log(&evidence, &key.verifier_key(log));
+        assert!(report.ok(), "{log}: {:?}", report.findings);
+        assert_eq!(report.verified_size, report.entries, "{log}: the tail is signed too");
+    }
+    let sizes: Vec<u64> = t.index.log_checkpoints("demo", false).await.unwrap().iter().map(|c| c.size).collect();
+    // Every 4 entries after the last checkpoint, and the tail at the end of each pass (first
+    // pass: 7 entries; second: 4 more; third: the last 8).
+    assert_eq!(sizes, [4, 7, 11, 12, 16, 19]);
+}
+
+/// Another sealer holding the same log key (as a second replica would).
+fn sealer_with_key_of(first: &Sealer) -> Sealer {
+    let cadence = Cadence {
+        batch: 1_000,
+        idle: Duration::from_millis(10),
+        checkpoint_every_entries: 4,
+        checkpoint_every: Duration::ZERO,
+    };
+    Sealer::new(first.key(), cadence, [tenant()])
+}
+
+#[tokio::test]
+async fn two_sealers_never_seal_the_same_record_twice() {
+    let t = fresh_index().await;
+    let records: Vec<AuditRecord> = (0..400).map(|i| audit(&format!("r{i}"))).collect();
+    t.index.append_audit(&records).await.unwrap();
+    let mut a = sealer(50);
+    let mut b = sealer_with_key_of(&a);
+    let (ia, ib) = (t.index.clone(), t.index.clone());
+    let first = tokio::spawn(async move {
+        let mut n = 0;
+        for _ in 0..20 {
+            n += ia.seal(20, &mut a).await.unwrap().sealed;
+        }
+        (n, a)
+    });
+    let second = tokio::spawn(async move {
+        let mut n = 0;
+        for _ in 0..20 {
+            n += ib.seal(20, &mut b).await.unwrap().sealed;
+        }
+        n
+    });
+    let ((na, a), nb) = (first.await.unwrap(), second.await.unwrap());
+    let mut a = a;
+    let rest = t.index.seal(1_000, &mut a).await.unwrap().sealed;
+    assert_eq!(na + nb + rest, 400);
+    let evidence = verify::gather(t.index.as_ref(), &Locations::new(), "demo").await.unwrap();
+    assert_eq!(evidence.entries.len(), 400);
+    let report = verify::verify_log(&evidence, &a.key().verifier_key("demo"));
+    assert!(report.ok(), "{:?}", report.findings);
 }
 
 fn commit(version: NewVersion, request: &str) -> VersionCommit {

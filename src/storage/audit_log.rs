@@ -1,0 +1,328 @@
+//! The sealed audit log in the index: the inbox (`audit_records`), the entries (`audit_log`),
+//! the tree's stored hashes (`audit_hashes`) and the signed checkpoints (`audit_checkpoints`).
+//!
+//! The storage layer moves rows; what goes into the log (the rendered AuditEvent, the tree
+//! hashes, the signed checkpoints) is decided by a `LogSealer` (the audit module's sealer), in
+//! the middle of the sealing transaction, without IO of its own.
+
+use std::collections::BTreeMap;
+
+use super::StorageError;
+use crate::audit::{Agent, AuditAction, AuditRecord};
+use crate::ids::{ResourceId, ResourceType, TenantId, VersionId};
+use crate::time::Timestamp;
+
+/// A log's size and the size of its latest signed checkpoint, as the index holds them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogHead {
+    pub size: u64,
+    pub checkpoint_size: u64,
+}
+
+/// One record waiting in the inbox.
+#[derive(Debug, Clone)]
+pub struct InboxEntry {
+    pub seq: i64,
+    pub record: AuditRecord,
+}
+
+/// One sealed entry: the event as hashed, and the fields the auditor searches by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogEntry {
+    pub log: String,
+    pub index: u64,
+    pub recorded: Timestamp,
+    pub action: String,
+    pub outcome: u16,
+    /// The user's subject.
+    pub agent: Option<String>,
+    /// `Patient/{id}` when the entry concerns a patient.
+    pub patient: Option<String>,
+    /// `Type/id` (or `Type` for a query) of the resource.
+    pub entity: Option<String>,
+    pub event: Vec<u8>,
+}
+
+/// A signed checkpoint of one log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredCheckpoint {
+    pub log: String,
+    pub size: u64,
+    pub note: String,
+    pub created: Timestamp,
+}
+
+/// What one sealing transaction writes.
+#[derive(Debug, Default)]
+pub struct Sealed {
+    pub entries: Vec<LogEntry>,
+    /// (log, stored-hash index, hash)
+    pub hashes: Vec<(String, u64, [u8; 32])>,
+    pub checkpoints: Vec<StoredCheckpoint>,
+}
+
+/// Decides what the sealing transaction writes (see `audit::sealer`). Called under the sealer
+/// lock, in the transaction; no IO.
+pub trait LogSealer: Send {
+    /// The logs whose heads it wants besides those of the records taken (for checkpoints due
+    /// by time).
+    fn logs(&self) -> Vec<String>;
+    /// The stored hashes it needs loaded to extend these logs (empty when it has them).
+    fn needs(&self, heads: &BTreeMap<String, LogHead>) -> Vec<(String, Vec<u64>)>;
+    /// The entries, hashes and checkpoints for these records (taken in inbox order).
+    fn seal(
+        &mut self,
+        heads: &BTreeMap<String, LogHead>,
+        loaded: Vec<(String, u64, [u8; 32])>,
+        inbox: Vec<InboxEntry>,
+    ) -> Result<Sealed, StorageError>;
+    /// The transaction did not commit: forget what `seal` assumed.
+    fn abort(&mut self);
+}
+
+/// The log an inbox record goes to.
+pub fn log_of(record: &AuditRecord) -> String {
+    record.tenant.as_ref().map_or_else(|| crate::audit::log::SERVER_LOG.to_owned(), |t| t.as_str().to_owned())
+}
+
+/// An inbox row, as read back.
+#[derive(sqlx::FromRow)]
+pub(super) struct DbAuditRecord {
+    seq: i64,
+    recorded_at: i64,
+    request_id: String,
+    tenant: Option<String>,
+    agent_subject: Option<String>,
+    agent_issuer: Option<String>,
+    agent_role: Option<String>,
+    agent_jurisdiction: Option<String>,
+    purpose: Option<String>,
+    token_id: Option<String>,
+    source_ip: Option<String>,
+    action: String,
+    resource_type: Option<String>,
+    resource_id: Option<String>,
+    version: Option<i64>,
+    compartment: Option<String>,
+    outcome: i64,
+    detail: Option<String>,
+    policy: Option<String>,
+}
+
+impl TryFrom<DbAuditRecord> for InboxEntry {
+    type Error = StorageError;
+
+    fn try_from(r: DbAuditRecord) -> Result<Self, StorageError> {
+        let corrupt = |what: &str| StorageError::Corrupt(format!("audit record {}: {what}", r.seq));
+        let version = r
+            .version
+            .map(|v| u32::try_from(v).ok().and_then(|v| VersionId::from_u32(v).ok()).ok_or_else(|| corrupt("version")))
+            .transpose()?;
+        let record = AuditRecord {
+            recorded: Timestamp::from_millis(r.recorded_at),
+            request_id: r.request_id.clone(),
+            tenant: r.tenant.as_deref().map(TenantId::parse).transpose().map_err(|_| corrupt("tenant"))?,
+            agent: Agent {
+                subject: r.agent_subject.clone(),
+                issuer: r.agent_issuer.clone(),
+                role: r.agent_role.clone(),
+                jurisdiction: r.agent_jurisdiction.clone(),
+                purpose: r.purpose.clone(),
+                token_id: r.token_id.clone(),
+            },
+            source_ip: r.source_ip.clone(),
+            action: AuditAction::parse(&r.action).ok_or_else(|| corrupt("action"))?,
+            resource_type: r
+                .resource_type
+                .as_deref()
+                .map(ResourceType::parse)
+                .transpose()
+                .map_err(|_| corrupt("resource type"))?,
+            resource_id: r.resource_id.as_deref().map(ResourceId::parse).transpose().map_err(|_| corrupt("id"))?,
+            version,
+            compartment: r.compartment.clone(),
+            outcome: u16::try_from(r.outcome).map_err(|_| corrupt("outcome"))?,
+            detail: r.detail.clone(),
+            policy: r.policy.clone(),
+        };
+        Ok(Self { seq: r.seq, record })
+    }
+}
+
+pub(super) const TAKE_INBOX: &str = "SELECT seq, recorded_at, request_id, tenant, agent_subject, agent_issuer, \
+     agent_role, agent_jurisdiction, purpose, token_id, source_ip, action, resource_type, resource_id, version, \
+     compartment, outcome, detail, policy FROM audit_records ORDER BY seq LIMIT $1";
+pub(super) const LOG_SIZE: &str = "SELECT MAX(idx) FROM audit_log WHERE tenant = $1";
+pub(super) const CHECKPOINT_SIZE: &str = "SELECT MAX(size) FROM audit_checkpoints WHERE tenant = $1";
+pub(super) const ENTRY_COLUMNS: &str = "tenant, idx, recorded_at, action, outcome, agent, patient, entity, event";
+pub(super) const INSERT_CHECKPOINT: &str =
+    "INSERT INTO audit_checkpoints (tenant, size, note, created_at) VALUES ($1, $2, $3, $4)";
+
+pub(super) const READ_ENTRIES: &str = "SELECT tenant, idx, recorded_at, action, outcome, agent, patient, entity, \
+     event FROM audit_log WHERE tenant = $1 AND idx >= $2 ORDER BY idx LIMIT $3";
+pub(super) const READ_HASHES: &str =
+    "SELECT idx, hash FROM audit_hashes WHERE tenant = $1 AND idx >= $2 ORDER BY idx LIMIT $3";
+pub(super) const READ_CHECKPOINTS: &str =
+    "SELECT tenant, size, note, created_at FROM audit_checkpoints WHERE tenant = $1 ORDER BY size";
+pub(super) const LATEST_CHECKPOINT: &str = "SELECT tenant, size, note, created_at FROM audit_checkpoints \
+     WHERE tenant = $1 ORDER BY size DESC LIMIT 1";
+pub(super) const LOG_NAMES: &str =
+    "SELECT DISTINCT tenant FROM audit_checkpoints UNION SELECT DISTINCT tenant FROM audit_hashes ORDER BY 1";
+
+#[derive(sqlx::FromRow)]
+pub(super) struct DbEntry {
+    tenant: String,
+    idx: i64,
+    recorded_at: i64,
+    action: String,
+    outcome: i64,
+    agent: Option<String>,
+    patient: Option<String>,
+    entity: Option<String>,
+    event: Vec<u8>,
+}
+
+impl TryFrom<DbEntry> for LogEntry {
+    type Error = StorageError;
+
+    fn try_from(r: DbEntry) -> Result<Self, StorageError> {
+        Ok(Self {
+            log: r.tenant,
+            index: u64::try_from(r.idx).map_err(|_| StorageError::Corrupt("log index".into()))?,
+            recorded: Timestamp::from_millis(r.recorded_at),
+            action: r.action,
+            outcome: u16::try_from(r.outcome).map_err(|_| StorageError::Corrupt("log outcome".into()))?,
+            agent: r.agent,
+            patient: r.patient,
+            entity: r.entity,
+            event: r.event,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(super) struct DbCheckpoint {
+    tenant: String,
+    size: i64,
+    note: String,
+    created_at: i64,
+}
+
+impl TryFrom<DbCheckpoint> for StoredCheckpoint {
+    type Error = StorageError;
+
+    fn try_from(r: DbCheckpoint) -> Result<Self, StorageError> {
+        Ok(Self {
+            log: r.tenant,
+            size: u64::try_from(r.size).map_err(|_| StorageError::Corrupt("checkpoint size".into()))?,
+            note: r.note,
+            created: Timestamp::from_millis(r.created_at),
+        })
+    }
+}
+
+pub(super) fn hash_from_db(idx: i64, bytes: &[u8]) -> Result<(u64, [u8; 32]), StorageError> {
+    let idx = u64::try_from(idx).map_err(|_| StorageError::Corrupt("stored hash index".into()))?;
+    let hash = <[u8; 32]>::try_from(bytes).map_err(|_| StorageError::Corrupt(format!("stored hash {idx}")))?;
+    Ok((idx, hash))
+}
+
+pub(super) fn to_i64(n: u64) -> Result<i64, StorageError> {
+    i64::try_from(n).map_err(|_| StorageError::Corrupt("a log index beyond 2^63".into()))
+}
+
+/// The logs to read heads for: those of the records taken, and those the sealer names.
+pub(super) fn logs_to_head(inbox: &[InboxEntry], sealer: &dyn LogSealer) -> Vec<String> {
+    let mut logs: std::collections::BTreeSet<String> = sealer.logs().into_iter().collect();
+    logs.extend(inbox.iter().map(|e| log_of(&e.record)));
+    logs.into_iter().collect()
+}
+
+/// The log-reading part of `Index`, the same SQL on both databases, as inherent methods that
+/// `impl_index!` delegates to.
+macro_rules! impl_log_reads {
+    ($index:ty) => {
+        impl $index {
+            async fn read_log_names(&self) -> Result<Vec<String>, $crate::storage::StorageError> {
+                let mut conn = self.leases.get().await?;
+                let names: Vec<String> =
+                    sqlx::query_scalar($crate::storage::audit_log::LOG_NAMES).fetch_all(&mut *conn).await?;
+                conn.done();
+                Ok(names)
+            }
+
+            async fn read_log_entries(
+                &self,
+                log: &str,
+                from: u64,
+                limit: u32,
+            ) -> Result<Vec<$crate::storage::audit_log::LogEntry>, $crate::storage::StorageError> {
+                use $crate::storage::audit_log as l;
+                let mut conn = self.leases.get().await?;
+                let rows: Vec<l::DbEntry> = sqlx::query_as(l::READ_ENTRIES)
+                    .bind(log)
+                    .bind(l::to_i64(from)?)
+                    .bind(i64::from(limit))
+                    .fetch_all(&mut *conn)
+                    .await?;
+                conn.done();
+                rows.into_iter().map(l::LogEntry::try_from).collect()
+            }
+
+            async fn read_log_hashes(
+                &self,
+                log: &str,
+                from: u64,
+                limit: u32,
+            ) -> Result<Vec<(u64, [u8; 32])>, $crate::storage::StorageError> {
+                use $crate::storage::audit_log as l;
+                let mut conn = self.leases.get().await?;
+                let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(l::READ_HASHES)
+                    .bind(log)
+                    .bind(l::to_i64(from)?)
+                    .bind(i64::from(limit))
+                    .fetch_all(&mut *conn)
+                    .await?;
+                conn.done();
+                rows.iter().map(|(i, h)| l::hash_from_db(*i, h)).collect()
+            }
+
+            async fn read_log_checkpoints(
+                &self,
+                log: &str,
+                latest_only: bool,
+            ) -> Result<Vec<$crate::storage::audit_log::StoredCheckpoint>, $crate::storage::StorageError> {
+                use $crate::storage::audit_log as l;
+                let sql = if latest_only { l::LATEST_CHECKPOINT } else { l::READ_CHECKPOINTS };
+                let mut conn = self.leases.get().await?;
+                let rows: Vec<l::DbCheckpoint> = sqlx::query_as(sql).bind(log).fetch_all(&mut *conn).await?;
+                conn.done();
+                rows.into_iter().map(l::StoredCheckpoint::try_from).collect()
+            }
+
+            async fn seal_log(
+                &self,
+                limit: u32,
+                sealer: &mut dyn $crate::storage::audit_log::LogSealer,
+            ) -> Result<$crate::storage::audit_log::SealReport, $crate::storage::StorageError> {
+                let result = self.seal_in_transaction(limit, sealer).await;
+                if result.is_err() {
+                    sealer.abort();
+                }
+                result
+            }
+        }
+    };
+}
+pub(super) use impl_log_reads;
+
+/// What a sealing pass did.
+#[derive(Debug, Default)]
+pub struct SealReport {
+    /// Entries moved from the inbox into the log.
+    pub sealed: usize,
+    /// The checkpoints it signed, to be copied to object storage.
+    pub checkpoints: Vec<StoredCheckpoint>,
+    /// Another process holds the sealer lock.
+    pub busy: bool,
+}
