@@ -472,6 +472,171 @@ mod tests {
         assert_eq!(reloaded.root().unwrap(), frontier.root().unwrap());
     }
 
+    /// A small deterministic generator (xorshift64*): the mutations are reproducible.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n.max(1)
+        }
+
+        fn flip(&mut self, h: Hash) -> Hash {
+            let mut bytes = h.0;
+            let bit = self.below(256) as usize;
+            bytes[bit / 8] ^= 1 << (bit % 8);
+            Hash(bytes)
+        }
+    }
+
+    /// One random change to a proof: a bit, an element dropped, added, duplicated or swapped,
+    /// or the proof cut short or extended.
+    fn mutate_proof(rng: &mut Rng, proof: &[Hash]) -> Vec<Hash> {
+        let mut p = proof.to_vec();
+        let len = p.len() as u64;
+        match rng.below(6) {
+            0 if len > 0 => {
+                let i = rng.below(len) as usize;
+                p[i] = rng.flip(p[i]);
+            }
+            1 if len > 0 => {
+                p.remove(rng.below(len) as usize);
+            }
+            2 => {
+                let extra = if len > 0 && rng.below(2) == 0 {
+                    p[rng.below(len) as usize]
+                } else {
+                    record_hash(&rng.next().to_be_bytes())
+                };
+                p.insert(rng.below(len + 1) as usize, extra);
+            }
+            3 if len > 1 => {
+                let (i, j) = (rng.below(len) as usize, rng.below(len) as usize);
+                p.swap(i, j);
+            }
+            4 if len > 0 => p.truncate(rng.below(len) as usize),
+            _ => p.push(record_hash(b"extra")),
+        }
+        p
+    }
+
+    #[test]
+    fn ten_thousand_random_forgeries_of_proofs_and_checkpoints_are_all_refused() {
+        const LEAVES: u64 = 300;
+        let mut tree = Tree::new();
+        for i in 0..LEAVES {
+            tree.push(record_hash(&i.to_be_bytes())).unwrap();
+        }
+        let key = LogKey::parse(&LogKey::generate("audit.test/log").unwrap()).unwrap();
+        let stranger = LogKey::parse(&LogKey::generate("audit.test/log").unwrap()).unwrap();
+        let vkey = key.verifier_key("demo");
+        let mut rng = Rng(0x5eed_f00d_cafe_babe);
+        let (mut inclusion, mut consistency, mut checkpoints) = (0, 0, 0);
+        for round in 0..10_000_u32 {
+            let size = 1 + rng.below(LEAVES);
+            let root = tree.root_at(size).unwrap();
+            match round % 3 {
+                0 => {
+                    let n = rng.below(size);
+                    let (leaf, proof) = (tree.leaf(n).unwrap(), tree.inclusion(n, size).unwrap());
+                    assert!(check_inclusion(&proof, size, root, n, leaf));
+                    let (mut p, mut n2, mut size2, mut root2, mut leaf2) = (proof.clone(), n, size, root, leaf);
+                    match rng.below(5) {
+                        0 => p = mutate_proof(&mut rng, &proof),
+                        1 => n2 = rng.below(size + 2),
+                        // Another signed size comes with its own root (an RFC 6962 root does
+                        // not commit to the size; checkpoints sign the two together).
+                        2 => {
+                            size2 = 1 + rng.below(LEAVES);
+                            root2 = tree.root_at(size2).unwrap();
+                        }
+                        3 => root2 = rng.flip(root),
+                        _ => leaf2 = rng.flip(leaf),
+                    }
+                    if (p.clone(), n2, size2, root2, leaf2) == (proof.clone(), n, size, root, leaf) {
+                        continue;
+                    }
+                    let accepted = check_inclusion(&p, size2, root2, n2, leaf2);
+                    let true_statement = n2 == n && leaf2 == leaf && n < size2 && root2 == tree.root_at(size2).unwrap();
+                    assert!(
+                        !accepted || (true_statement && p == tree.inclusion(n, size2).unwrap()),
+                        "round {round}: forged inclusion accepted"
+                    );
+                    inclusion += 1;
+                }
+                1 => {
+                    let from = 1 + rng.below(size);
+                    let from_root = tree.root_at(from).unwrap();
+                    let proof = tree.consistency(from, size).unwrap();
+                    assert!(check_consistency(&proof, from, from_root, size, root));
+                    let (mut p, mut a, mut ra, mut b, mut rb) = (proof.clone(), from, from_root, size, root);
+                    match rng.below(5) {
+                        0 => p = mutate_proof(&mut rng, &proof),
+                        // Another signed size, with its own root (see above).
+                        1 => {
+                            a = 1 + rng.below(LEAVES);
+                            ra = tree.root_at(a).unwrap();
+                        }
+                        2 => ra = rng.flip(from_root),
+                        3 => {
+                            b = 1 + rng.below(LEAVES);
+                            rb = tree.root_at(b).unwrap();
+                        }
+                        _ => rb = rng.flip(root),
+                    }
+                    if (p.clone(), a, ra, b, rb) == (proof.clone(), from, from_root, size, root) {
+                        continue;
+                    }
+                    let accepted = check_consistency(&p, a, ra, b, rb);
+                    let true_statement = a <= b && ra == tree.root_at(a).unwrap() && rb == tree.root_at(b).unwrap();
+                    assert!(
+                        !accepted || true_statement,
+                        "round {round}: forged consistency accepted: {from}->{size} as {a}->{b}"
+                    );
+                    consistency += 1;
+                }
+                _ => {
+                    let note = key.sign("demo", size, root).unwrap();
+                    let forged = match rng.below(6) {
+                        // The text changed under the old signature: size, root, origin, a byte.
+                        0 => note.replacen(&format!("\n{size}\n"), &format!("\n{}\n", size + 1 + rng.below(9)), 1),
+                        1 => {
+                            let old = STANDARD.encode(root.0);
+                            note.replacen(&old, &STANDARD.encode(rng.flip(root).0), 1)
+                        }
+                        2 => note.replacen("/demo\n", "/other\n", 1),
+                        3 => stranger.sign("demo", size, rng.flip(root)).unwrap(),
+                        4 => note.lines().take(4).collect::<Vec<_>>().join("\n") + "\n",
+                        _ => {
+                            let mut bytes = note.clone().into_bytes();
+                            let i = rng.below(bytes.len() as u64) as usize;
+                            bytes[i] ^= 1 << rng.below(7);
+                            String::from_utf8_lossy(&bytes).into_owned()
+                        }
+                    };
+                    if forged == note {
+                        continue;
+                    }
+                    if let Ok(opened) = open_checkpoint(forged.as_bytes(), &vkey) {
+                        assert_eq!(
+                            (opened.size, opened.root),
+                            (size, root),
+                            "round {round}: forged checkpoint accepted"
+                        );
+                    }
+                    checkpoints += 1;
+                }
+            }
+        }
+        assert!(inclusion + consistency + checkpoints >= 9_000, "{inclusion} {consistency} {checkpoints}");
+    }
+
     #[test]
     fn a_signed_checkpoint_opens_with_its_logs_key_only() {
         let encoded = LogKey::generate("audit.example/log").unwrap();
