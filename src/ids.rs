@@ -47,6 +47,7 @@ pub struct ResourceType(&'static str);
 
 impl ResourceType {
     pub const PATIENT: Self = Self("Patient");
+    pub const AUDIT_EVENT: Self = Self("AuditEvent");
 
     pub fn parse(s: &str) -> Result<Self, IdError> {
         RESOURCE_TYPES

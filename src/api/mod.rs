@@ -4,8 +4,10 @@
 //! the request, call one `Engine` interaction and shape the answer; they hold no business rules.
 //!
 //! **API Boundary:** everything under `/fhir/{tenant}` is FHIR R4 REST as published in the
-//! CapabilityStatement; `/healthz` and `/readyz` are for operators.
+//! CapabilityStatement; `/audit/{tenant}/...` serves auditors the audit log's signed
+//! checkpoints and proofs; `/healthz` and `/readyz` are for operators.
 
+mod audit_log;
 mod error;
 mod extract;
 mod health;
@@ -48,6 +50,24 @@ pub struct AppState {
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(web::resource("/healthz").route(web::get().to(health::healthz)).default_service(not_allowed("GET")))
         .service(web::resource("/readyz").route(web::get().to(health::readyz)).default_service(not_allowed("GET")))
+        .service(
+            web::scope("/audit/{tenant}")
+                .service(
+                    web::resource("/checkpoint")
+                        .route(web::get().to(audit_log::checkpoint))
+                        .default_service(not_allowed("GET")),
+                )
+                .service(
+                    web::resource("/proof/inclusion")
+                        .route(web::get().to(audit_log::inclusion))
+                        .default_service(not_allowed("GET")),
+                )
+                .service(
+                    web::resource("/proof/consistency")
+                        .route(web::get().to(audit_log::consistency))
+                        .default_service(not_allowed("GET")),
+                ),
+        )
         .service(
             web::scope("/fhir/{tenant}")
                 .service(

@@ -92,7 +92,7 @@ fn profile(action: AuditAction, patient: bool) -> &'static str {
         (A::HistoryInstance | A::HistoryType | A::SearchType | A::Everything, false) => "Query",
         (A::HistoryInstance | A::HistoryType | A::SearchType | A::Everything, true) => "PatientQuery",
         (A::Transaction | A::Batch, _) => "Query",
-        (A::Authenticate, _) => "Read",
+        (A::Authenticate | A::AuditLog, _) => "Read",
     }
 }
 
@@ -107,7 +107,7 @@ fn subtype(action: AuditAction) -> Option<Value> {
     use AuditAction as A;
     let code = match action {
         A::Authenticate => return Some(json!({ "system": DCM, "code": "110122", "display": "Login" })),
-        A::Everything => "operation",
+        A::Everything | A::AuditLog => "operation",
         A::Create | A::Read | A::Vread | A::Update | A::Delete => action.as_str(),
         A::HistoryInstance | A::HistoryType | A::SearchType | A::Transaction | A::Batch => action.as_str(),
     };
@@ -129,6 +129,7 @@ fn action_code(action: AuditAction) -> &'static str {
         | A::Transaction
         | A::Batch
         | A::Authenticate => "E",
+        A::AuditLog => "R",
     }
 }
 

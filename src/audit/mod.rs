@@ -38,10 +38,12 @@ pub enum AuditAction {
     Batch,
     /// A request refused before it reached an interaction (no or bad token).
     Authenticate,
+    /// A read of the audit log itself (a checkpoint, a proof).
+    AuditLog,
 }
 
 impl AuditAction {
-    const ALL: [Self; 12] = [
+    const ALL: [Self; 13] = [
         Self::Create,
         Self::Read,
         Self::Vread,
@@ -54,6 +56,7 @@ impl AuditAction {
         Self::Transaction,
         Self::Batch,
         Self::Authenticate,
+        Self::AuditLog,
     ];
 
     pub fn parse(s: &str) -> Option<Self> {
@@ -74,6 +77,7 @@ impl AuditAction {
             Self::Transaction => "transaction",
             Self::Batch => "batch",
             Self::Authenticate => "authenticate",
+            Self::AuditLog => "audit-log",
         }
     }
 }

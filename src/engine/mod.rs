@@ -5,6 +5,7 @@
 //! outcome: in the same transaction as a change, appended before a read answers, appended for
 //! every refusal. If the audit record cannot be written, the interaction fails.
 
+mod audit_log;
 mod bundle;
 mod conditional;
 mod everything;
@@ -32,6 +33,7 @@ use crate::policy::{Action, Deny, Permit, Policies};
 use crate::storage::{Committer, Index, Locations, ObjectStorage, StorageError, VersionRow};
 use crate::time::Timestamp;
 
+pub use audit_log::{LogAnswer, LogQuery};
 pub use conditional::Precondition;
 pub use everything::EverythingRequest;
 pub use history::HistoryRequest;
@@ -71,6 +73,9 @@ pub enum EngineError {
     /// A request beyond a configured limit; the message names the setting.
     #[error("{0}")]
     TooLarge(String),
+    /// The audit log has no checkpoint, or no tree of the size asked for, yet.
+    #[error("{0}")]
+    NoSuchTree(String),
     /// One entry of a transaction failed, so the transaction did.
     #[error("entry {index}: {source}")]
     Entry { index: usize, source: Box<EngineError> },
@@ -91,7 +96,7 @@ impl EngineError {
             Self::Resource(ResourceError::Invalid(_)) => 422,
             Self::Resource(_) | Self::BadRequest(_) => 400,
             Self::Paging(e) => e.status(),
-            Self::NotFound { .. } | Self::VersionNotFound { .. } => 404,
+            Self::NotFound { .. } | Self::VersionNotFound { .. } | Self::NoSuchTree(_) => 404,
             Self::Forbidden(deny) if deny.hide_existence => 404,
             Self::Forbidden(_) => 403,
             Self::Gone { .. } => 410,
@@ -125,7 +130,9 @@ impl EngineError {
             Self::BadRequest(message) => error(IssueType::Invalid, message.clone()),
             Self::Paging(p) if self.status() == 410 => error(IssueType::Expired, p.to_string()),
             Self::Paging(p) => error(IssueType::Invalid, p.to_string()),
-            Self::NotFound { .. } | Self::VersionNotFound { .. } => error(IssueType::NotFound, self.to_string()),
+            Self::NotFound { .. } | Self::VersionNotFound { .. } | Self::NoSuchTree(_) => {
+                error(IssueType::NotFound, self.to_string())
+            }
             Self::Forbidden(deny) if deny.hide_existence => {
                 error(IssueType::NotFound, "the resource is not known".into())
             }
@@ -166,7 +173,7 @@ impl EngineError {
             Self::Resource(_) => "resource does not match the request".into(),
             Self::BadRequest(_) => "bad request parameters".into(),
             Self::Paging(_) => "paging link refused".into(),
-            Self::NotFound { .. } | Self::VersionNotFound { .. } => "not found".into(),
+            Self::NotFound { .. } | Self::VersionNotFound { .. } | Self::NoSuchTree(_) => "not found".into(),
             Self::Gone { .. } => "deleted".into(),
             Self::Forbidden(deny) => format!("denied by `{}`", deny.rule),
             Self::PreconditionFailed { .. } => "version precondition failed".into(),

@@ -27,12 +27,13 @@ use crate::residency;
 
 /// The schema and the policies shipped with the server (file name, text), in file-name order.
 const SCHEMA: &str = include_str!("../../policies/schema.cedarschema");
-const SHIPPED: [(&str, &str); 9] = [
+const SHIPPED: [(&str, &str); 10] = [
     ("10-tenant-isolation.cedar", include_str!("../../policies/10-tenant-isolation.cedar")),
     ("15-jurisdiction.cedar", include_str!("../../policies/15-jurisdiction.cedar")),
     ("20-researchers.cedar", include_str!("../../policies/20-researchers.cedar")),
     ("25-purpose-of-use.cedar", include_str!("../../policies/25-purpose-of-use.cedar")),
     ("30-auditors.cedar", include_str!("../../policies/30-auditors.cedar")),
+    ("35-audit-log.cedar", include_str!("../../policies/35-audit-log.cedar")),
     ("40-smart-scopes.cedar", include_str!("../../policies/40-smart-scopes.cedar")),
     ("50-patient-compartment.cedar", include_str!("../../policies/50-patient-compartment.cedar")),
     ("60-sensitive-labels.cedar", include_str!("../../policies/60-sensitive-labels.cedar")),
@@ -51,6 +52,9 @@ pub enum Action {
     HistoryType,
     /// A search: a listing whose entries are each decided as reads.
     Search,
+    /// Reading the audit log (its checkpoints, proofs and events), on resource type
+    /// `AuditEvent`, in a patient's compartment for that patient's access log.
+    ReadAudit,
 }
 
 impl Action {
@@ -63,6 +67,7 @@ impl Action {
             Self::Delete => "delete",
             Self::HistoryType => "history-type",
             Self::Search => "search",
+            Self::ReadAudit => "read-audit",
         }
     }
 
@@ -73,6 +78,7 @@ impl Action {
             Self::Update => Permission::Update,
             Self::Delete => Permission::Delete,
             Self::HistoryType | Self::Search => Permission::Search,
+            Self::ReadAudit => Permission::Read,
         }
     }
 }
@@ -286,7 +292,9 @@ impl Policies {
     pub fn authorize(&self, principal: &Principal, action: Action, resource: &Resource<'_>) -> Result<Permit, Deny> {
         let permission = action.permission();
         let contexts: &[ScopeContext] = match principal.role() {
-            Role::Researcher | Role::Auditor => &[],
+            Role::Researcher => &[],
+            // A person auditing (`user/AuditEvent.rs`) or an audit system (`system/...`).
+            Role::Auditor => &[ScopeContext::User, ScopeContext::System],
             Role::Patient => &[ScopeContext::Patient],
             Role::Service => &[ScopeContext::System],
             Role::Practitioner | Role::Admin => &[ScopeContext::User],
@@ -525,6 +533,7 @@ mod tests {
         let demo = TenantId::parse("demo").unwrap();
         let patient = ResourceType::PATIENT;
         let obs = ResourceType::parse("Observation").unwrap();
+        let log = ResourceType::parse("AuditEvent").unwrap();
         let p1 = Compartment::Patient(ResourceId::parse("p1").unwrap());
         let p2 = Compartment::Patient(ResourceId::parse("p2").unwrap());
         let tenant_c = Compartment::Tenant;
@@ -604,6 +613,27 @@ mod tests {
             ),
             ("demo", Role::Auditor, None, None, Action::Search, patient, None, Err("auditor-no-clinical-data")),
             ("demo", Role::Auditor, None, None, Action::Delete, obs, Some(&tenant_c), Err("auditor-no-clinical-data")),
+            // The audit log: auditors, and a patient for their own record; nobody else.
+            ("demo", Role::Auditor, None, None, Action::ReadAudit, log, None, Ok(())),
+            ("demo", Role::Auditor, None, None, Action::ReadAudit, log, Some(&p1), Ok(())),
+            ("other", Role::Auditor, None, None, Action::ReadAudit, log, None, Err("tenant-isolation")),
+            (
+                "demo",
+                Role::Auditor,
+                Some("user/Observation.rs"),
+                None,
+                Action::ReadAudit,
+                log,
+                None,
+                Err("smart-scopes"),
+            ),
+            ("demo", Role::Patient, None, Some("p1"), Action::ReadAudit, log, Some(&p1), Ok(())),
+            ("demo", Role::Patient, None, Some("p1"), Action::ReadAudit, log, Some(&p2), Err("patient-compartment")),
+            ("demo", Role::Patient, None, Some("p1"), Action::ReadAudit, log, None, Err("patient-compartment")),
+            ("demo", Role::Practitioner, None, None, Action::ReadAudit, log, None, Err("no-permit")),
+            ("demo", Role::Admin, None, None, Action::ReadAudit, log, Some(&p1), Err("no-permit")),
+            ("demo", Role::Service, None, None, Action::ReadAudit, log, None, Err("no-permit")),
+            ("demo", Role::Researcher, None, None, Action::ReadAudit, log, None, Err("researcher-bulk-export-only")),
             // Scopes: the context must match the role, the type and the permission letter.
             ("demo", Role::Service, Some("system/Observation.rs"), None, Action::Read, obs, Some(&p1), Ok(())),
             ("demo", Role::Service, Some("system/Observation.rs"), None, Action::Search, obs, None, Ok(())),
@@ -716,6 +746,8 @@ mod tests {
                 "researcher-bulk-export-only",
                 "practitioner-treatment-purpose",
                 "auditor-no-clinical-data",
+                "auditor-reads-audit-log",
+                "patient-reads-own-access-log",
                 "smart-scopes",
                 "patient-compartment",
                 "sensitive-labels",

@@ -166,6 +166,8 @@ pub(super) const READ_CHECKPOINTS: &str =
     "SELECT tenant, size, note, created_at FROM audit_checkpoints WHERE tenant = $1 ORDER BY size";
 pub(super) const LATEST_CHECKPOINT: &str = "SELECT tenant, size, note, created_at FROM audit_checkpoints \
      WHERE tenant = $1 ORDER BY size DESC LIMIT 1";
+/// Stored hashes looked up per statement (a proof needs at most about 2 log2(n)).
+pub(super) const HASHES_PER_QUERY: usize = 64;
 pub(super) const LOG_NAMES: &str =
     "SELECT DISTINCT tenant FROM audit_checkpoints UNION SELECT DISTINCT tenant FROM audit_hashes ORDER BY 1";
 
@@ -285,6 +287,34 @@ macro_rules! impl_log_reads {
                     .await?;
                 conn.done();
                 rows.iter().map(|(i, h)| l::hash_from_db(*i, h)).collect()
+            }
+
+            async fn read_log_hashes_at(
+                &self,
+                log: &str,
+                indexes: &[u64],
+            ) -> Result<Vec<(u64, [u8; 32])>, $crate::storage::StorageError> {
+                use $crate::storage::audit_log as l;
+                let mut out = Vec::with_capacity(indexes.len());
+                let mut conn = self.leases.get().await?;
+                for chunk in indexes.chunks(l::HASHES_PER_QUERY) {
+                    let placeholders: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
+                    // Only placeholders are formatted into the statement.
+                    let sql = format!(
+                        "SELECT idx, hash FROM audit_hashes WHERE tenant = $1 AND idx IN ({}) ORDER BY idx",
+                        placeholders.join(", ")
+                    );
+                    let mut query = sqlx::query_as::<_, (i64, Vec<u8>)>(sqlx::AssertSqlSafe(sql)).bind(log);
+                    for &i in chunk {
+                        query = query.bind(l::to_i64(i)?);
+                    }
+                    let rows = query.fetch_all(&mut *conn).await?;
+                    for (i, h) in &rows {
+                        out.push(l::hash_from_db(*i, h)?);
+                    }
+                }
+                conn.done();
+                Ok(out)
             }
 
             async fn read_log_checkpoints(

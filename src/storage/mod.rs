@@ -272,6 +272,9 @@ pub trait Index: Send + Sync {
     /// Up to `limit` stored tree hashes of `log` from stored-hash index `from`, in order.
     async fn log_hashes(&self, log: &str, from: u64, limit: u32) -> Result<Vec<(u64, [u8; 32])>, StorageError>;
 
+    /// The stored tree hashes of `log` at these stored-hash indexes (those it has).
+    async fn log_hashes_at(&self, log: &str, indexes: &[u64]) -> Result<Vec<(u64, [u8; 32])>, StorageError>;
+
     /// The signed checkpoints of `log` by size (only the latest with `latest_only`).
     async fn log_checkpoints(&self, log: &str, latest_only: bool) -> Result<Vec<StoredCheckpoint>, StorageError>;
 }

@@ -653,6 +653,14 @@ macro_rules! impl_index {
                 self.read_log_hashes(log, from, limit).await
             }
 
+            async fn log_hashes_at(
+                &self,
+                log: &str,
+                indexes: &[u64],
+            ) -> Result<Vec<(u64, [u8; 32])>, $crate::storage::StorageError> {
+                self.read_log_hashes_at(log, indexes).await
+            }
+
             async fn log_checkpoints(
                 &self,
                 log: &str,

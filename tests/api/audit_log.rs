@@ -2,7 +2,9 @@
 //! tree, checkpoints are signed and copied to object storage, and the offline verifier finds
 //! and locates each kind of tampering someone with write access to the database could try.
 
-use fhirvault::audit::log::{LogKey, Tree, record_hash};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use fhirvault::audit::log::{LogKey, Tree, check_consistency, check_inclusion, open_checkpoint, record_hash};
 use fhirvault::audit::verify::{self, Finding, LogReport};
 use fhirvault::auth::Role;
 use serde_json::Value;
@@ -292,4 +294,101 @@ async fn the_verifier_command_reports_tampering_with_its_location() {
     let stdout = String::from_utf8_lossy(&tampered.stdout);
     assert_eq!(tampered.status.code(), Some(1), "{stdout}");
     assert!(stdout.contains("log demo: TAMPERED") && stdout.contains("entry 5 was altered"), "{stdout}");
+}
+
+#[tokio::test]
+async fn auditors_get_the_signed_checkpoint_and_proofs_that_check_against_it() {
+    let app = sealed_app().await;
+    let auditor = app.token(Role::Auditor);
+    let get = |path: String| {
+        let request = app.client.get(format!("{}/audit/demo/{path}", app.address)).bearer_auth(&auditor);
+        async move { request.send().await.unwrap() }
+    };
+    let response = get("checkpoint".into()).await;
+    assert_eq!(response.status(), 200);
+    assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
+    let note = response.text().await.unwrap();
+    let checkpoint = open_checkpoint(note.as_bytes(), &log_key(&app).verifier_key("demo")).unwrap();
+    assert_eq!(checkpoint.size, 12);
+
+    let pool = app.index().await;
+    let leaf = record_hash(&event(&pool, 5).await);
+    let proof: Value = get("proof/inclusion?index=5&size=12".into()).await.json().await.unwrap();
+    assert_eq!(proof["leafHash"], STANDARD.encode(leaf.0));
+    assert!(check_inclusion(&hashes(&proof["proof"]), 12, checkpoint.root, 5, leaf));
+
+    let older =
+        sqlx::query_scalar::<_, String>("SELECT note FROM audit_checkpoints WHERE tenant = 'demo' AND size = 4")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    let older = open_checkpoint(older.as_bytes(), &log_key(&app).verifier_key("demo")).unwrap();
+    let proof: Value = get("proof/consistency?from=4&to=12".into()).await.json().await.unwrap();
+    assert!(check_consistency(&hashes(&proof["proof"]), 4, older.root, 12, checkpoint.root));
+
+    for (query, status) in [
+        ("proof/inclusion?index=12&size=12", 400),
+        ("proof/inclusion?index=1&size=13", 404),
+        ("proof/inclusion?index=1", 400),
+        ("proof/inclusion?index=1&size=4&extra=1", 400),
+        ("proof/consistency?from=0&to=4", 400),
+        ("proof/consistency?from=5&to=4", 400),
+        ("proof/consistency?from=4&to=99", 404),
+        ("checkpoint?x=1", 400),
+    ] {
+        let response = get(query.into()).await;
+        assert_eq!(response.status(), status, "{query}");
+        let outcome: Value = response.json().await.unwrap();
+        assert_eq!(outcome["resourceType"], "OperationOutcome", "{query}");
+    }
+}
+
+#[tokio::test]
+async fn only_auditors_read_the_audit_log_and_every_read_is_audited() {
+    let app = sealed_app().await;
+    let url = format!("{}/audit/demo/checkpoint", app.address);
+    for (role, status) in [
+        (Role::Practitioner, 403),
+        (Role::Admin, 403),
+        (Role::Service, 403),
+        (Role::Researcher, 403),
+        (Role::Auditor, 200),
+    ] {
+        let response = app.client.get(&url).bearer_auth(app.token(role)).send().await.unwrap();
+        assert_eq!(response.status(), status, "{role:?}");
+    }
+    let patient =
+        app.token_for(crate::helpers::TokenSpec { role: Role::Patient, patient: Some("p1"), ..Default::default() });
+    assert_eq!(app.client.get(&url).bearer_auth(patient).send().await.unwrap().status(), 404);
+    assert_eq!(app.client.get(&url).send().await.unwrap().status(), 401);
+    let other = app.client.get(format!("{}/audit/other/checkpoint", app.address)).bearer_auth(app.token(Role::Auditor));
+    assert_eq!(other.send().await.unwrap().status(), 403, "an auditor of one tenant is a stranger to another");
+
+    let rows: Vec<(String, i64, Option<String>)> =
+        sqlx::query_as("SELECT action, outcome, agent_role FROM audit_records WHERE action = 'audit-log' ORDER BY seq")
+            .fetch_all(&app.index().await)
+            .await
+            .unwrap();
+    let seen: Vec<(i64, &str)> = rows.iter().map(|(_, o, r)| (*o, r.as_deref().unwrap_or("-"))).collect();
+    assert_eq!(
+        seen,
+        [
+            (403, "practitioner"),
+            (403, "admin"),
+            (403, "service"),
+            (403, "researcher"),
+            (200, "auditor"),
+            (404, "patient"),
+            (403, "auditor"),
+        ]
+    );
+}
+
+fn hashes(proof: &Value) -> Vec<fhirvault::audit::log::Hash> {
+    proof
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| fhirvault::audit::log::Hash(STANDARD.decode(h.as_str().unwrap()).unwrap().try_into().unwrap()))
+        .collect()
 }
