@@ -190,17 +190,14 @@ pub fn verify_log(evidence: &LogEvidence, vkey: &str) -> LogReport {
         }
     }
 
-    // Forks: every pair of signed checkpoints must be consistent with one tree. Same size,
+    // Forks: the signed checkpoints, in size order, must each extend the one before (a prefix
+    // of a prefix is a prefix, so neighbours suffice); two of one size must agree. Same size,
     // same root; different sizes, a consistency proof from any tree that has both roots.
-    for (i, a) in signed.iter().enumerate() {
-        for b in signed.iter().skip(i + 1) {
-            if !consistent(a, b, &tree, stored.as_ref()) {
-                findings.push(Finding::Fork {
-                    first: a.source.clone(),
-                    second: b.source.clone(),
-                    sizes: (a.size, b.size),
-                });
-            }
+    for pair in signed.windows(2) {
+        if let [a, b] = pair
+            && !consistent(a, b, &tree, stored.as_ref())
+        {
+            findings.push(Finding::Fork { first: a.source.clone(), second: b.source.clone(), sizes: (a.size, b.size) });
         }
     }
 
