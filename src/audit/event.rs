@@ -290,8 +290,9 @@ mod tests {
 
     #[test]
     fn rendering_is_deterministic() {
-        assert_eq!(render(&record(), 3), render(&record(), 3));
-        assert_ne!(render(&record(), 3), render(&record(), 4));
+        let r = record();
+        assert_eq!(render(&r, 3), render(&r, 3));
+        assert_ne!(render(&r, 3), render(&r, 4));
     }
 
     #[test]
