@@ -128,36 +128,18 @@ impl LogKey {
 impl LogKey {
     /// Create the key file (mode 0600) with a new key named `name`, unless it exists.
     pub fn ensure_file(path: &std::path::Path, name: &str) -> Result<(), LogError> {
-        use std::io::Write as _;
-        use std::os::unix::fs::OpenOptionsExt as _;
         if path.exists() {
             return Ok(());
         }
-        let io = |e: std::io::Error| LogError::File(format!("cannot create `{}`: {e}", path.display()));
         let encoded = Self::generate(name)?;
-        let mut file = match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
-            Ok(f) => f,
-            // Another process created it first; use theirs.
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(()),
-            Err(e) => return Err(io(e)),
-        };
-        file.write_all(encoded.as_bytes()).map_err(io)?;
-        file.write_all(b"\n").map_err(io)?;
-        file.sync_all().map_err(io)
+        crate::keys::local::create_private_file(path, &encoded)
+            .map_err(|e| LogError::File(format!("cannot create `{}`: {e}", path.display())))
     }
 
     /// Load the key file; refuses one other users can read.
     pub fn load(path: &std::path::Path) -> Result<Self, LogError> {
-        use std::os::unix::fs::PermissionsExt as _;
-        let fail = |why: String| LogError::File(format!("audit log key `{}`: {why}", path.display()));
-        let meta = std::fs::metadata(path).map_err(|e| fail(e.to_string()))?;
-        if meta.permissions().mode() & 0o077 != 0 {
-            return Err(fail(format!(
-                "mode {:o} lets other users read it; run `chmod 600` on it",
-                meta.permissions().mode() & 0o777
-            )));
-        }
-        let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?);
+        let text = crate::keys::local::read_private_file(path)
+            .map_err(|why| LogError::File(format!("audit log key `{}`: {why}", path.display())))?;
         Self::parse(&text)
     }
 }

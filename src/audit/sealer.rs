@@ -68,13 +68,16 @@ impl Sealer {
     fn current(&self, log: &str, head: LogHead) -> bool {
         self.logs.get(log).is_some_and(|s| s.frontier.size() == head.size)
     }
+}
 
-    fn checkpoint(&self, log: &str, state: &LogState) -> Result<StoredCheckpoint, StorageError> {
-        let root = state.frontier.root().map_err(|e| StorageError::Corrupt(e.to_string()))?;
-        let size = state.frontier.size();
-        let note = self.key.sign(log, size, root).map_err(|e| StorageError::Corrupt(e.to_string()))?;
-        Ok(StoredCheckpoint { log: log.to_owned(), size, note, created: Timestamp::now() })
-    }
+/// Sign `log`'s tree as it stands, and note that it is signed.
+fn sign_checkpoint(key: &LogKey, log: &str, state: &mut LogState) -> Result<StoredCheckpoint, StorageError> {
+    let root = state.frontier.root().map_err(|e| StorageError::Corrupt(e.to_string()))?;
+    let size = state.frontier.size();
+    let note = key.sign(log, size, root).map_err(|e| StorageError::Corrupt(e.to_string()))?;
+    state.checkpoint_size = size;
+    state.checkpoint_at = Some(Instant::now());
+    Ok(StoredCheckpoint { log: log.to_owned(), size, note, created: Timestamp::now() })
 }
 
 impl LogSealer for Sealer {
@@ -140,13 +143,7 @@ impl LogSealer for Sealer {
                 event: bytes,
             });
             if state.frontier.size() - state.checkpoint_size >= every {
-                let Some(state) = self.logs.get(&log) else { continue };
-                let checkpoint = self.checkpoint(&log, state)?;
-                if let Some(state) = self.logs.get_mut(&log) {
-                    state.checkpoint_size = checkpoint.size;
-                    state.checkpoint_at = Some(Instant::now());
-                }
-                sealed.checkpoints.push(checkpoint);
+                sealed.checkpoints.push(sign_checkpoint(&self.key, &log, state)?);
             }
         }
         let due: Vec<String> = self
@@ -160,13 +157,9 @@ impl LogSealer for Sealer {
             .map(|(log, _)| log.clone())
             .collect();
         for log in due {
-            let Some(state) = self.logs.get(&log) else { continue };
-            let checkpoint = self.checkpoint(&log, state)?;
             if let Some(state) = self.logs.get_mut(&log) {
-                state.checkpoint_size = checkpoint.size;
-                state.checkpoint_at = Some(Instant::now());
+                sealed.checkpoints.push(sign_checkpoint(&self.key, &log, state)?);
             }
-            sealed.checkpoints.push(checkpoint);
         }
         Ok(sealed)
     }

@@ -19,6 +19,31 @@ use crate::ids::TenantId;
 
 const KEK_VERSION: u32 = 1;
 
+/// Write a new secret file (mode 0600) holding `text` and a newline, synced. A file already
+/// there (another process created it first) is left as it is: theirs is used.
+pub fn create_private_file(path: &Path, text: &str) -> std::io::Result<()> {
+    let mut file = match OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    file.write_all(text.as_bytes())?;
+    file.write_all(b"\n")?;
+    file.sync_all()
+}
+
+/// Read a secret file; refuses one other users can read (the reason is the error).
+pub fn read_private_file(path: &Path) -> Result<Zeroizing<String>, String> {
+    let meta = fs::metadata(path).map_err(|e| e.to_string())?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(format!(
+            "mode {:o} lets other users read it; run `chmod 600` on it",
+            meta.permissions().mode() & 0o777
+        ));
+    }
+    Ok(Zeroizing::new(fs::read_to_string(path).map_err(|e| e.to_string())?))
+}
+
 pub struct LocalFileProvider {
     root: SecretKey,
     path: PathBuf,
@@ -30,31 +55,16 @@ impl LocalFileProvider {
         if path.exists() {
             return Ok(());
         }
-        let io = |e: std::io::Error| KeyError::Provider(format!("cannot create `{}`: {e}", path.display()));
         let key = SecretKey::generate()?;
         let encoded = Zeroizing::new(STANDARD.encode(key.expose()));
-        let mut file = match OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
-            Ok(f) => f,
-            // Another process created it first; use theirs.
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(()),
-            Err(e) => return Err(io(e)),
-        };
-        file.write_all(encoded.as_bytes()).map_err(io)?;
-        file.write_all(b"\n").map_err(io)?;
-        file.sync_all().map_err(io)
+        create_private_file(path, &encoded)
+            .map_err(|e| KeyError::Provider(format!("cannot create `{}`: {e}", path.display())))
     }
 
     /// Load the root key; refuses a file other users can read.
     pub fn load(path: &Path) -> Result<Self, KeyError> {
         let fail = |why: String| KeyError::Provider(format!("root key file `{}`: {why}", path.display()));
-        let meta = fs::metadata(path).map_err(|e| fail(e.to_string()))?;
-        if meta.permissions().mode() & 0o077 != 0 {
-            return Err(fail(format!(
-                "mode {:o} lets other users read it; run `chmod 600` on it",
-                meta.permissions().mode() & 0o777
-            )));
-        }
-        let text = Zeroizing::new(fs::read_to_string(path).map_err(|e| fail(e.to_string()))?);
+        let text = read_private_file(path).map_err(fail)?;
         let bytes = Zeroizing::new(STANDARD.decode(text.trim()).map_err(|_| fail("not base64".into()))?);
         let root = SecretKey::from_slice(&bytes).ok_or_else(|| fail("not a 256-bit key".into()))?;
         Ok(Self { root, path: path.to_owned() })
