@@ -73,6 +73,10 @@ pub struct VerifyArgs {
     /// an auditor kept.
     #[arg(long = "checkpoint", value_name = "FILE")]
     pub checkpoints: Vec<PathBuf>,
+    /// Check an evidence package (from `GET /audit/{tenant}/export`) instead of an index: no
+    /// database or server needed.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["database_url", "log", "checkpoints"])]
+    pub package: Option<PathBuf>,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -192,6 +196,8 @@ pub enum CliError {
     Audit(#[from] crate::storage::StorageError),
     #[error("the log key")]
     LogKey(#[from] crate::audit::log::LogError),
+    #[error("the evidence package")]
+    Package(#[from] crate::audit::package::PackageError),
     #[error("the audit log failed verification: {0} finding(s)")]
     Tampered(usize),
     #[error("orphan sweep of location `{location}` failed")]
@@ -280,6 +286,9 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
 
 async fn audit_verify(args: &VerifyArgs) -> Result<(), CliError> {
     use crate::audit::verify;
+    if let Some(path) = &args.package {
+        return report(&[verify_package(path, args.key.as_deref())?], args.json);
+    }
     let mut settings = Settings::load(&sources(&args.common, None))?;
     if let Some(url) = &args.database_url {
         settings.database.url = Some(url.clone().into());
@@ -316,11 +325,37 @@ async fn audit_verify(args: &VerifyArgs) -> Result<(), CliError> {
         evidence.checkpoints.extend(extra.iter().filter(|c| c.note.starts_with(origin.as_bytes())).cloned());
         reports.push(verify::verify_log(&evidence, &vkey));
     }
+    report(&reports, args.json)
+}
+
+/// Check one evidence package against the pinned key, or the one it names.
+fn verify_package(path: &std::path::Path, key: Option<&str>) -> Result<crate::audit::verify::LogReport, CliError> {
+    use crate::audit::package;
+    let text = std::fs::read_to_string(path)?;
+    let read = package::read(&text)?;
+    let public_key = match key {
+        Some(key) => key.to_owned(),
+        None => {
+            let _ = writeln!(
+                std::io::stderr(),
+                "note: checking against the key the package names; pin the one you trust with --key {}",
+                read.public_key
+            );
+            read.public_key.clone()
+        }
+    };
+    let vkey = crate::audit::log::log_verifier_key(&public_key, &read.log)?;
+    Ok(package::verify(&read, &vkey))
+}
+
+/// Print the reports; any finding is an error (a non-zero exit).
+fn report(reports: &[crate::audit::verify::LogReport], json: bool) -> Result<(), CliError> {
+    use crate::audit::verify;
     let mut out = std::io::stdout();
-    if args.json {
+    if json {
         writeln!(out, "{}", serde_json::to_string_pretty(&reports).unwrap_or_default())?;
     } else {
-        for r in &reports {
+        for r in reports {
             let verdict = if r.ok() { "OK" } else { "TAMPERED" };
             writeln!(
                 out,

@@ -409,6 +409,9 @@ pub struct AuditSettings {
     /// How long sealed entries must be kept, in years (French hospital records: 20). The server
     /// never deletes sealed entries; this is what an operator's archiving must honour.
     pub retention_years: u32,
+    /// Entries one evidence package (`GET /audit/{tenant}/export`) may hold; a larger range is
+    /// exported in several packages.
+    pub max_export_entries: u64,
 }
 
 impl Default for AuditSettings {
@@ -422,6 +425,7 @@ impl Default for AuditSettings {
             seal_idle_ms: 200,
             sealer: true,
             retention_years: 20,
+            max_export_entries: 100_000,
         }
     }
 }

@@ -159,6 +159,8 @@ pub async fn build_state(settings: &Settings) -> Result<(web::Data<AppState>, Ar
         max_bundle_entries: settings.writes.bundle_max_entries,
         conditional_delete_multiple: settings.writes.conditional_delete_multiple,
         conditional_delete_max: settings.writes.conditional_delete_max,
+        audit_public_key: Some(audit_key(settings)?.public_key()),
+        max_export_entries: settings.audit.max_export_entries,
     };
     let state = web::Data::new(AppState {
         engine: Engine::new(index.clone(), locations, keys, policies, (model, search_params), limits),

@@ -66,6 +66,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                     web::resource("/proof/consistency")
                         .route(web::get().to(audit_log::consistency))
                         .default_service(not_allowed("GET")),
+                )
+                .service(
+                    web::resource("/export")
+                        .route(web::get().to(audit_log::export))
+                        .default_service(not_allowed("GET")),
                 ),
         )
         .service(
@@ -103,6 +108,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .service(
                     web::resource("/{type}/{id}/$everything")
                         .route(web::get().to(search::everything))
+                        .default_service(not_allowed("GET")),
+                )
+                .service(
+                    web::resource("/{type}/{id}/$access-log")
+                        .route(web::get().to(search::access_log))
                         .default_service(not_allowed("GET")),
                 )
                 .service(

@@ -8,6 +8,7 @@ use super::error::ApiError;
 use super::extract::{Authenticated, Ctx, Params, Prefer, rejected};
 use super::response::{self, VersionHeaders, parse_id, parse_type, parse_version};
 use crate::audit::{AuditAction, Target};
+use crate::ids::ResourceType;
 
 pub async fn read(
     state: web::Data<AppState>,
@@ -23,7 +24,11 @@ pub async fn read(
         Err(e) => return Err(rejected(&state, &ctx, &principal, AuditAction::Read, &Target::default(), e).await),
     };
     let prefer = Prefer::of(&req).return_;
-    let read = state.engine.read(&ctx, &principal, rt, &id).await?;
+    let read = if rt == ResourceType::AUDIT_EVENT {
+        state.engine.read_audit_event(&ctx, &principal, &id).await?
+    } else {
+        state.engine.read(&ctx, &principal, rt, &id).await?
+    };
     let version = VersionHeaders { version: read.version, last_updated: read.last_updated };
     Ok(response::resource(StatusCode::OK, &params, prefer, read.body, version, None, || {
         format!("read {rt}/{id} version {}", read.version)

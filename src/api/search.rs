@@ -10,7 +10,7 @@ use super::extract::{Authenticated, Ctx, Params, rejected};
 use super::negotiate::read_form;
 use super::response::{self, parse_id, parse_type};
 use crate::audit::{AuditAction, Target};
-use crate::engine::{EverythingRequest, SearchRequest, parse_count};
+use crate::engine::{AuditSearchRequest, EverythingRequest, SearchRequest, parse_count};
 use crate::ids::ResourceType;
 
 pub async fn search_get(
@@ -99,6 +99,66 @@ pub async fn search_post(
     search(&state, ctx, params, principal, &path.into_inner().1, form, None).await
 }
 
+/// `GET /Patient/{id}/$access-log`: who accessed this patient's data, when and why.
+pub async fn access_log(
+    state: web::Data<AppState>,
+    Ctx(ctx): Ctx,
+    mut params: Params,
+    Authenticated(principal): Authenticated,
+    path: web::Path<(String, String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (_, ctype, id) = path.into_inner();
+    let prepared = (|| {
+        if ctype != "Patient" {
+            return Err(ApiError::not_found(format!("`$access-log` is served on Patient, not on `{ctype}`")));
+        }
+        let mut request = AuditSearchRequest::from_pairs(params.take_rest(), params.lenient)?;
+        request.patient = Some(parse_id(&id)?);
+        Ok(request)
+    })();
+    let request = match prepared {
+        Ok(request) => request,
+        Err(e) => {
+            let target = Target { resource_type: Some(ResourceType::AUDIT_EVENT), ..Target::default() };
+            return Err(rejected(&state, &ctx, &principal, AuditAction::AccessLog, &target, e).await);
+        }
+    };
+    let bundle = state.engine.search_audit_events(&ctx, &principal, &request, true).await?;
+    Ok(response::json(StatusCode::OK, &params, bundle))
+}
+
+/// A search of AuditEvents is a search of the sealed audit log (see `Engine::search_audit_events`).
+async fn search_audit_log(
+    state: &AppState,
+    ctx: crate::engine::RequestContext,
+    mut params: Params,
+    principal: crate::auth::Principal,
+    form: Vec<(String, String)>,
+    compartment: Option<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let prepared = (|| {
+        let mut pairs = params.take_rest();
+        pairs.extend(form);
+        let mut request = AuditSearchRequest::from_pairs(pairs, params.lenient)?;
+        if let Some((ctype, cid)) = compartment {
+            if ctype != "Patient" {
+                return Err(ApiError::bad_request(format!("AuditEvent is searched by patient, not by `{ctype}`")));
+            }
+            request.patient = Some(parse_id(&cid)?);
+        }
+        Ok(request)
+    })();
+    let request = match prepared {
+        Ok(request) => request,
+        Err(e) => {
+            let target = Target { resource_type: Some(ResourceType::AUDIT_EVENT), ..Target::default() };
+            return Err(rejected(state, &ctx, &principal, AuditAction::SearchType, &target, e).await);
+        }
+    };
+    let bundle = state.engine.search_audit_events(&ctx, &principal, &request, false).await?;
+    Ok(response::json(StatusCode::OK, &params, bundle))
+}
+
 async fn search(
     state: &AppState,
     ctx: crate::engine::RequestContext,
@@ -108,6 +168,9 @@ async fn search(
     form: Vec<(String, String)>,
     compartment: Option<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
+    if resource_type == ResourceType::AUDIT_EVENT.as_str() {
+        return search_audit_log(state, ctx, params, principal, form, compartment).await;
+    }
     let prepared = (|| {
         let resource_type = parse_type(resource_type)?;
         let mut pairs = params.take_rest();

@@ -22,6 +22,10 @@ const BALP_ENTITY_TYPE: &str = "https://profiles.ihe.net/ITI/BALP/CodeSystem/Bas
 const SECURITY_ROLE: &str = "http://terminology.hl7.org/CodeSystem/extra-security-role-type";
 const SOURCE_TYPE: &str = "http://terminology.hl7.org/CodeSystem/security-source-type";
 const ACT_REASON: &str = "http://terminology.hl7.org/CodeSystem/v3-ActReason";
+/// The code systems of `AuditEvent.action` and `AuditEvent.outcome`.
+pub const ACTION_SYSTEM: &str = "http://hl7.org/fhir/audit-event-action";
+pub const OUTCOME_SYSTEM: &str = "http://hl7.org/fhir/audit-event-outcome";
+const OBSERVATION_VALUE: &str = "http://terminology.hl7.org/CodeSystem/v3-ObservationValue";
 /// The roles of this server (`practitioner`, `auditor`, ...), as the user agent's role.
 pub const ROLE_SYSTEM: &str = "https://fhirvault.eu/fhir/CodeSystem/role";
 /// The Cedar policies that decided, as the server agent's `policy`.
@@ -93,6 +97,7 @@ fn profile(action: AuditAction, patient: bool) -> &'static str {
         (A::HistoryInstance | A::HistoryType | A::SearchType | A::Everything, true) => "PatientQuery",
         (A::Transaction | A::Batch, _) => "Query",
         (A::Authenticate | A::AuditLog, _) => "Read",
+        (A::AccessLog, _) => "PatientRead",
     }
 }
 
@@ -107,7 +112,7 @@ fn subtype(action: AuditAction) -> Option<Value> {
     use AuditAction as A;
     let code = match action {
         A::Authenticate => return Some(json!({ "system": DCM, "code": "110122", "display": "Login" })),
-        A::Everything | A::AuditLog => "operation",
+        A::Everything | A::AuditLog | A::AccessLog => "operation",
         A::Create | A::Read | A::Vread | A::Update | A::Delete => action.as_str(),
         A::HistoryInstance | A::HistoryType | A::SearchType | A::Transaction | A::Batch => action.as_str(),
     };
@@ -115,7 +120,7 @@ fn subtype(action: AuditAction) -> Option<Value> {
 }
 
 /// C, R, U, D or E (execute: a query, a bundle, an operation, a login).
-fn action_code(action: AuditAction) -> &'static str {
+pub fn action_code(action: AuditAction) -> &'static str {
     use AuditAction as A;
     match action {
         A::Create => "C",
@@ -129,7 +134,7 @@ fn action_code(action: AuditAction) -> &'static str {
         | A::Transaction
         | A::Batch
         | A::Authenticate => "E",
-        A::AuditLog => "R",
+        A::AuditLog | A::AccessLog => "R",
     }
 }
 
@@ -233,6 +238,27 @@ fn entities(r: &AuditRecord, patient: Option<&str>) -> Vec<Value> {
         }));
     }
     out
+}
+
+/// An event as its patient sees it in their access log: who, when, what and why, without the
+/// system's internals (the client's network address, the token id, the request id, the ids of
+/// the policies that decided), tagged `REDACTED`.
+pub fn redact_for_patient(event: &mut Value) {
+    if let Some(agents) = event.get_mut("agent").and_then(Value::as_array_mut) {
+        for agent in agents.iter_mut().filter_map(Value::as_object_mut) {
+            agent.remove("network");
+            agent.remove("policy");
+        }
+    }
+    if let Some(entities) = event.get_mut("entity").and_then(Value::as_array_mut) {
+        entities.retain(|e| e.pointer("/type/code").and_then(Value::as_str) != Some("XrequestId"));
+    }
+    if let Some(meta) = event.get_mut("meta").and_then(Value::as_object_mut) {
+        meta.insert(
+            "security".into(),
+            json!([{ "system": OBSERVATION_VALUE, "code": "REDACTED", "display": "redacted" }]),
+        );
+    }
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@
 
 pub mod event;
 pub mod log;
+pub mod package;
 pub mod sealer;
 pub mod verify;
 
@@ -40,10 +41,12 @@ pub enum AuditAction {
     Authenticate,
     /// A read of the audit log itself (a checkpoint, a proof).
     AuditLog,
+    /// `Patient/{id}/$access-log`: who accessed a patient's data.
+    AccessLog,
 }
 
 impl AuditAction {
-    const ALL: [Self; 13] = [
+    pub const ALL: [Self; 14] = [
         Self::Create,
         Self::Read,
         Self::Vread,
@@ -57,6 +60,7 @@ impl AuditAction {
         Self::Batch,
         Self::Authenticate,
         Self::AuditLog,
+        Self::AccessLog,
     ];
 
     pub fn parse(s: &str) -> Option<Self> {
@@ -78,6 +82,7 @@ impl AuditAction {
             Self::Batch => "batch",
             Self::Authenticate => "authenticate",
             Self::AuditLog => "audit-log",
+            Self::AccessLog => "operation-access-log",
         }
     }
 }
@@ -189,5 +194,16 @@ impl AuditRecord {
     pub fn policy(mut self, policy: Option<&str>) -> Self {
         self.policy = policy.map(str::to_owned);
         self
+    }
+
+    /// BALP's rule for a query: one record per patient whose data it returned (so the query
+    /// shows in each of their access logs), or this one record when it returned none.
+    /// `compartments` are those of the rows returned (`Patient/{id}` or `tenant`).
+    pub fn per_patient<'a>(self, compartments: impl Iterator<Item = &'a str>) -> Vec<Self> {
+        let patients: std::collections::BTreeSet<&str> = compartments.filter(|c| c.starts_with("Patient/")).collect();
+        if patients.is_empty() {
+            return vec![self];
+        }
+        patients.into_iter().map(|p| Self { compartment: Some(p.to_owned()), ..self.clone() }).collect()
     }
 }

@@ -157,7 +157,7 @@ pub fn verify_log(evidence: &LogEvidence, vkey: &str) -> LogReport {
 
     // Order: what each entry claims against where it is stored.
     let expected_size = signed.last().map_or(0, |s| s.size).max(n);
-    findings.extend(order_findings(&evidence.entries, expected_size, signed.last().map(|s| s.size)));
+    findings.extend(order_findings(&evidence.entries, 0, expected_size, signed.last().map(|s| s.size)));
 
     // Alterations located exactly by authentic stored leaves.
     if let (Some(stored), true) = (&stored, stored_authentic) {
@@ -244,8 +244,14 @@ fn has_root(tree: &Tree, stored: Option<&Tree>, s: &Signed) -> bool {
         .any(|t| t.size() >= s.size && t.root_at(s.size).is_ok_and(|r| r == s.root))
 }
 
-/// Removals, insertions and reorderings, from the indexes the entries claim.
-fn order_findings(entries: &[EntrySummary], expected_size: u64, signed_size: Option<u64>) -> Vec<Finding> {
+/// Removals, insertions and reorderings, from the indexes the entries claim, for entries
+/// expected to run from `start` to `expected_size`.
+pub(crate) fn order_findings(
+    entries: &[EntrySummary],
+    start: u64,
+    expected_size: u64,
+    signed_size: Option<u64>,
+) -> Vec<Finding> {
     let mut findings = Vec::new();
     let mut count: BTreeMap<u64, u32> = BTreeMap::new();
     for e in entries {
@@ -257,9 +263,9 @@ fn order_findings(entries: &[EntrySummary], expected_size: u64, signed_size: Opt
     let mut seen = BTreeSet::new();
     let mut previous: Option<u64> = None;
     for (position, e) in entries.iter().enumerate() {
-        let position = position as u64;
+        let position = start + position as u64;
         match e.claimed {
-            Some(k) if k < expected_size && seen.insert(k) => {
+            Some(k) if k >= start && k < expected_size && seen.insert(k) => {
                 if let Some(p) = previous
                     && k < p
                 {
@@ -271,8 +277,8 @@ fn order_findings(entries: &[EntrySummary], expected_size: u64, signed_size: Opt
         }
     }
     // Removed: runs of indexes nobody claims; a run at the very end is a truncation.
-    let last_present = count.keys().copied().filter(|&k| k < expected_size).max();
-    let mut k = 0;
+    let last_present = count.keys().copied().filter(|&k| k >= start && k < expected_size).max();
+    let mut k = start;
     while k < expected_size {
         if count.contains_key(&k) {
             k += 1;

@@ -10,6 +10,7 @@ use base64::engine::general_purpose::STANDARD;
 use serde_json::{Value, json};
 use tlog_tiles::{Hash, HashReader};
 
+use crate::audit::package::Package;
 use crate::audit::{Agent, AuditAction, AuditRecord, Target};
 use crate::auth::Principal;
 use crate::ids::ResourceType;
@@ -26,6 +27,8 @@ pub enum LogQuery {
     Inclusion { index: u64, size: u64 },
     /// The tree of `from` is a prefix of the tree of `to`.
     Consistency { from: u64, to: u64 },
+    /// An offline evidence package of entries `from..to` (see `audit::package`).
+    Export { from: Option<u64>, to: Option<u64> },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -33,6 +36,8 @@ pub enum LogAnswer {
     /// A signed note, as signed.
     Note(String),
     Proof(Value),
+    /// An evidence package (NDJSON).
+    Package(Vec<u8>),
 }
 
 /// A `HashReader` that only notes which stored hashes a proof needs (tlog's provers ask for
@@ -115,6 +120,7 @@ impl Engine {
                     "proof": proof.iter().map(b64).collect::<Vec<_>>(),
                 })))
             }
+            LogQuery::Export { from, to } => Ok(LogAnswer::Package(Box::pin(self.export(log, from, to)).await?)),
             LogQuery::Consistency { from, to } => {
                 if from == 0 || from > to {
                     return Err(EngineError::BadRequest(format!(
@@ -134,6 +140,79 @@ impl Engine {
                 })))
             }
         }
+    }
+
+    /// Entries `from..to` with what an offline verifier needs to check them against the
+    /// signed checkpoints: `to` rounded up to the next checkpoint, so every entry is covered
+    /// by a signature.
+    async fn export(&self, log: &str, from: Option<u64>, to: Option<u64>) -> Result<Vec<u8>, EngineError> {
+        let public_key = self
+            .limits
+            .audit_public_key
+            .as_deref()
+            .ok_or_else(|| EngineError::NoSuchTree("this server has no audit log key".into()))?;
+        let checkpoints = self.index.log_checkpoints(log, false).await?;
+        let latest = checkpoints
+            .last()
+            .ok_or_else(|| EngineError::NoSuchTree("the audit log has no signed checkpoint yet".into()))?;
+        let from = from.unwrap_or(0);
+        let wanted_to = to.unwrap_or(latest.size);
+        if from > wanted_to {
+            return Err(EngineError::BadRequest(format!("`from` ({from}) must be at most `to` ({wanted_to})")));
+        }
+        let end = checkpoints.iter().find(|c| c.size >= wanted_to.max(1)).ok_or_else(|| {
+            EngineError::NoSuchTree(format!("no signed checkpoint covers entry {wanted_to} yet; try again shortly"))
+        })?;
+        let to = end.size;
+        let max = self.limits.max_export_entries;
+        if to - from > max {
+            return Err(EngineError::TooLarge(format!(
+                "entries {from} to {to} (rounded up to a checkpoint) are more than one package holds \
+                 ({max}, `audit.max_export_entries`); export a smaller range"
+            )));
+        }
+        let anchor = checkpoints.iter().rev().find(|c| c.size > 0 && c.size <= from);
+        let mut package = Package::new(log, public_key, from, to);
+
+        let frontier_indexes = crate::audit::log::Frontier::indexes(from);
+        let frontier = self.index.log_hashes_at(log, &frontier_indexes).await?;
+        if frontier.len() != frontier_indexes.len() {
+            return Err(no_tree(from));
+        }
+        package.frontier(frontier.iter().map(|(_, h)| Hash(*h)));
+        for c in checkpoints.iter().filter(|c| c.size >= from && c.size <= to).chain(anchor) {
+            package.checkpoint(c.size, &c.note);
+        }
+        if latest.size > to {
+            package.checkpoint(latest.size, &latest.note);
+        }
+        // Link the package to the signed history around it: from the last checkpoint at or
+        // before `from`, and to the latest.
+        let mut links: Vec<(u64, u64)> = Vec::new();
+        if let Some(anchor) = anchor.filter(|a| a.size < to) {
+            links.push((anchor.size, to));
+        }
+        if latest.size > to {
+            links.push((to, latest.size));
+        }
+        for (a, b) in links {
+            if let LogAnswer::Proof(proof) =
+                self.answer_log_query(log, LogQuery::Consistency { from: a, to: b }).await?
+            {
+                package.consistency(a, b, &proof);
+            }
+        }
+        let mut next = from;
+        while next < to {
+            let page = u32::try_from((to - next).min(EXPORT_PAGE)).unwrap_or(u32::MAX);
+            let entries = self.index.log_entries(log, next, page).await?;
+            let Some(last) = entries.last() else { break };
+            next = last.index + 1;
+            for entry in entries.iter().filter(|e| e.index < to) {
+                package.entry(entry.index, &entry.event);
+            }
+        }
+        Ok(package.finish())
     }
 
     /// The stored hashes a prover asked for, plus `more`; any missing means the log has no
@@ -158,6 +237,9 @@ impl Engine {
         Ok(Loaded(rows.into_iter().map(|(i, h)| (i, Hash(h))).collect()))
     }
 }
+
+/// Entries read per statement while exporting.
+const EXPORT_PAGE: u64 = 5_000;
 
 fn no_tree(size: u64) -> EngineError {
     EngineError::NoSuchTree(format!("the audit log has no tree of {size} entries (yet)"))

@@ -141,7 +141,8 @@ impl Engine {
             .target(&Target { compartment: instance_compartment.map(|c| c.key_ref()), ..target.clone() })
             .outcome(200, Some(format!("{} entries", entries.len())))
             .policy(Some(&policy::rules(std::iter::once(&listing_permit).chain(permitted.iter().map(|(p, _)| p)))));
-        self.commits.append_audit(record).await?;
+        let records = record.per_patient(permitted.iter().map(|(_, row)| row.compartment.as_str()));
+        self.commits.append_audits(records).await?;
         Ok(bytes)
     }
 }

@@ -5,6 +5,7 @@
 //! outcome: in the same transaction as a change, appended before a read answers, appended for
 //! every refusal. If the audit record cannot be written, the interaction fails.
 
+mod audit_events;
 mod audit_log;
 mod bundle;
 mod conditional;
@@ -33,6 +34,7 @@ use crate::policy::{Action, Deny, Permit, Policies};
 use crate::storage::{Committer, Index, Locations, ObjectStorage, StorageError, VersionRow};
 use crate::time::Timestamp;
 
+pub use audit_events::AuditSearchRequest;
 pub use audit_log::{LogAnswer, LogQuery};
 pub use conditional::Precondition;
 pub use everything::EverythingRequest;
@@ -208,6 +210,10 @@ pub struct Limits {
     pub conditional_delete_multiple: bool,
     /// How many resources one conditional delete may remove.
     pub conditional_delete_max: u32,
+    /// The audit log key's verifier key (`<name>+<id>+<key>`), named in evidence packages.
+    pub audit_public_key: Option<String>,
+    /// Entries one evidence package may hold.
+    pub max_export_entries: u64,
 }
 
 /// Per-request facts: who is asking is the `Principal`; this is the rest.

@@ -230,8 +230,9 @@ impl Engine {
             .outcome(200, Some(format!("{} matches, {} included", permitted.len(), included.len())))
             .policy(Some(&policy::rules(
                 std::iter::once(&listing_permit).chain(permitted.iter().chain(&included).map(|(p, _)| p)),
-            )));
-        self.commits.append_audit(record).await?;
+            )))
+            .per_patient(permitted.iter().chain(&included).map(|(_, row)| row.compartment.as_str()));
+        self.commits.append_audits(record).await?;
         Ok(bytes)
     }
 

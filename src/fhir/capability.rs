@@ -41,6 +41,36 @@ fn type_name(kind: ParamType) -> &'static str {
     }
 }
 
+/// AuditEvent is the sealed audit log, read-only, searched by these (name, type, documentation).
+pub const AUDIT_EVENT_PARAMS: [(&str, &str, &str); 6] = [
+    ("date", "date", "When the event was recorded (prefixes eq ne lt gt le ge sa eb)"),
+    ("agent", "reference", "The user: the subject (`sub`) of their token"),
+    ("entity", "reference", "The resource (`Type/id`), or the type a query searched (`Type`)"),
+    ("patient", "reference", "The patient whose data it was (`Patient/id` or `id`)"),
+    ("action", "token", "C, R, U, D or E (http://hl7.org/fhir/audit-event-action)"),
+    ("outcome", "token", "0, 4, 8 or 12 (http://hl7.org/fhir/audit-event-outcome)"),
+];
+
+/// The entry of AuditEvent: the audit log, read and searched by auditors (and by a patient
+/// for their own entries), newest first; never written by clients.
+fn audit_event_resource() -> Value {
+    let params: Vec<Value> = AUDIT_EVENT_PARAMS
+        .iter()
+        .map(|(name, kind, documentation)| json!({ "name": name, "type": kind, "documentation": documentation }))
+        .collect();
+    json!({
+        "type": ResourceType::AUDIT_EVENT.as_str(),
+        "profile": "http://hl7.org/fhir/StructureDefinition/AuditEvent",
+        "documentation": "The tamper-evident audit log (IHE BALP AuditEvents sealed into a signed Merkle tree), \
+            newest first, as sealed: its signed checkpoints and proofs are at /audit/{tenant}/. Read by \
+            auditors; a patient reads the entries about their own data (see Patient `$access-log`). \
+            Recorded by the server only: clients cannot create, change or delete AuditEvents. \
+            `_count`, `_total` and paging links are supported.",
+        "interaction": [{ "code": "read" }, { "code": "search-type" }],
+        "searchParam": params,
+    })
+}
+
 /// The CapabilityStatement of one tenant's FHIR base.
 /// `conditional_delete_multiple`: whether a conditional delete may remove several resources.
 pub fn statement(
@@ -62,6 +92,9 @@ pub fn statement(
     }
     let resources: Vec<Value> = ResourceType::all()
         .map(|rt| {
+            if rt == ResourceType::AUDIT_EVENT {
+                return audit_event_resource();
+            }
             let includes: Vec<String> = params
                 .for_type(rt.as_str())
                 .into_iter()
@@ -102,12 +135,22 @@ pub fn statement(
             if rt == ResourceType::PATIENT {
                 fields.insert(
                     "operation".into(),
-                    json!([{
-                        "name": "everything",
-                        "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything",
-                        "documentation": "The patient, its compartment, and what those refer to; `_count` pages, \
-                            `_type` narrows.",
-                    }]),
+                    json!([
+                        {
+                            "name": "everything",
+                            "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything",
+                            "documentation": "The patient, its compartment, and what those refer to; `_count` \
+                                pages, `_type` narrows.",
+                        },
+                        {
+                            "name": "access-log",
+                            "definition": "https://fhirvault.eu/fhir/OperationDefinition/Patient-access-log",
+                            "documentation": "Who accessed this patient's data, when, from where and why: the \
+                                patient's entries of the audit log, newest first, for the patient themself \
+                                (without the system's internals) and for auditors. Takes the AuditEvent \
+                                search parameters, `_count` and `_total`.",
+                        },
+                    ]),
                 );
             }
             resource

@@ -385,7 +385,7 @@ fn prefixed(value: &str) -> (&str, &str) {
 }
 
 /// The alternatives a date query value stands for, on a stored range `[lo, hi)` (R4 3.1.1.4.1.1).
-fn date_conds(value: &str) -> Result<Vec<DateCond>, String> {
+pub fn date_conds(value: &str) -> Result<Vec<DateCond>, String> {
     let (prefix, rest) = prefixed(value);
     let s = date_range(rest).ok_or_else(|| format!("`{rest}` is not a FHIR date, dateTime or instant"))?;
     let eq = vec![(Bound::Lo, Cmp::Ge, s.lo), (Bound::Hi, Cmp::Le, s.hi)];

@@ -43,6 +43,72 @@ pub struct LogEntry {
     pub event: Vec<u8>,
 }
 
+/// One condition of an auditor's search of a log: an entry matches if ANY of its
+/// alternatives holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogFilter {
+    /// When it was recorded (the stored instant is the range `[t, t + 1 ms)`).
+    Recorded(Vec<super::search::DateCond>),
+    /// The user's subject is one of these.
+    Agent(Vec<String>),
+    /// The resource (`Type/id`) or the type searched (`Type`) is one of these.
+    Entity(Vec<String>),
+    /// The patient (`Patient/{id}`) is one of these.
+    Patient(Vec<String>),
+    /// The interaction (`AuditAction::as_str`) is one of these.
+    Action(Vec<String>),
+    /// The HTTP status falls in one of these ranges `[lo, hi)`.
+    Status(Vec<(u16, u16)>),
+}
+
+/// An auditor's search of one log: every filter holds; newest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogSearch {
+    pub log: String,
+    pub filters: Vec<LogFilter>,
+    /// Only entries below this index (the page before ended there).
+    pub before: Option<u64>,
+    pub limit: u32,
+}
+
+/// The statement for `q`: its entries newest first, or their number.
+pub(super) fn build_search(q: &LogSearch, count: bool) -> Result<super::search::Built, StorageError> {
+    use super::search::{Arg, Built, alternatives, date_cond, list};
+    let mut b = Built::default();
+    let log = b.arg(Arg::Text(q.log.clone()));
+    let mut terms = vec![format!("tenant = {log}")];
+    let texts = |b: &mut Built, column: &str, values: &[String]| match values {
+        [] => "1 = 0".to_owned(),
+        _ => format!("{column} IN ({})", list(b, values.iter().cloned().map(Arg::Text))),
+    };
+    for filter in &q.filters {
+        terms.push(match filter {
+            LogFilter::Recorded(any) => {
+                alternatives(any.iter().map(|cond| date_cond(&mut b, "recorded_at", "(recorded_at + 1)", cond)))
+            }
+            LogFilter::Agent(values) => texts(&mut b, "agent", values),
+            LogFilter::Entity(values) => texts(&mut b, "entity", values),
+            LogFilter::Patient(values) => texts(&mut b, "patient", values),
+            LogFilter::Action(values) => texts(&mut b, "action", values),
+            LogFilter::Status(ranges) => alternatives(ranges.iter().map(|(lo, hi)| {
+                let (lo, hi) = (b.arg(Arg::Int(i64::from(*lo))), b.arg(Arg::Int(i64::from(*hi))));
+                format!("outcome >= {lo} AND outcome < {hi}")
+            })),
+        });
+    }
+    if count {
+        b.sql = format!("SELECT COUNT(*) FROM audit_log WHERE {}", terms.join(" AND "));
+        return Ok(b);
+    }
+    if let Some(before) = q.before {
+        terms.push(format!("idx < {}", b.arg(Arg::Int(to_i64(before)?))));
+    }
+    let limit = b.arg(Arg::Int(i64::from(q.limit)));
+    b.sql =
+        format!("SELECT {ENTRY_COLUMNS} FROM audit_log WHERE {} ORDER BY idx DESC LIMIT {limit}", terms.join(" AND "));
+    Ok(b)
+}
+
 /// A signed checkpoint of one log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredCheckpoint {
@@ -328,6 +394,38 @@ macro_rules! impl_log_reads {
                 let rows: Vec<l::DbCheckpoint> = sqlx::query_as(sql).bind(log).fetch_all(&mut *conn).await?;
                 conn.done();
                 rows.into_iter().map(l::StoredCheckpoint::try_from).collect()
+            }
+
+            async fn read_log_search(
+                &self,
+                q: &$crate::storage::audit_log::LogSearch,
+            ) -> Result<Vec<$crate::storage::audit_log::LogEntry>, $crate::storage::StorageError> {
+                use $crate::storage::audit_log as l;
+                let built = l::build_search(q, false)?;
+                let mut conn = self.leases.get().await?;
+                let query = $crate::storage::search::bind_args!(
+                    sqlx::query_as::<_, l::DbEntry>(sqlx::AssertSqlSafe(built.sql)),
+                    built.args
+                );
+                let rows = query.fetch_all(&mut *conn).await?;
+                conn.done();
+                rows.into_iter().map(l::LogEntry::try_from).collect()
+            }
+
+            async fn read_log_count(
+                &self,
+                q: &$crate::storage::audit_log::LogSearch,
+            ) -> Result<u64, $crate::storage::StorageError> {
+                use $crate::storage::audit_log as l;
+                let built = l::build_search(q, true)?;
+                let mut conn = self.leases.get().await?;
+                let query = $crate::storage::search::bind_args!(
+                    sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(built.sql)),
+                    built.args
+                );
+                let count = query.fetch_one(&mut *conn).await?;
+                conn.done();
+                u64::try_from(count).map_err(|_| $crate::storage::StorageError::Corrupt("a negative count".into()))
             }
 
             async fn seal_log(

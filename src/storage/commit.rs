@@ -24,7 +24,8 @@ const QUEUE: usize = 4096;
 
 enum Job {
     Version(Box<VersionCommit>, oneshot::Sender<Result<i64, StorageError>>),
-    Audit(Box<AuditRecord>, oneshot::Sender<Result<(), StorageError>>),
+    /// One request's records: they commit together.
+    Audit(Vec<AuditRecord>, oneshot::Sender<Result<(), StorageError>>),
 }
 
 /// The handle requests commit through. Cloning it is cheap; the tasks stop when every handle
@@ -55,8 +56,13 @@ impl Committer {
 
     /// Append one audit record; returns once it is durable.
     pub async fn append_audit(&self, record: AuditRecord) -> Result<(), StorageError> {
+        self.append_audits(vec![record]).await
+    }
+
+    /// Append the records of one request (all or none); returns once they are durable.
+    pub async fn append_audits(&self, records: Vec<AuditRecord>) -> Result<(), StorageError> {
         let (done, outcome) = oneshot::channel();
-        self.send(Job::Audit(Box::new(record), done)).await?;
+        self.send(Job::Audit(records, done)).await?;
         outcome.await.map_err(|_| StorageError::CommitterStopped)?
     }
 
@@ -91,38 +97,42 @@ async fn commit(index: &dyn Index, batch: Vec<Job>) {
                 versions.push(*commit);
                 version_done.push(done);
             }
-            Job::Audit(record, done) => {
-                audits.push(*record);
-                audit_done.push(done);
+            Job::Audit(records, done) => {
+                audit_done.push((records.len(), done));
+                audits.extend(records);
             }
         }
     }
+    let jobs = versions.len() + audit_done.len();
     match index.commit_batch(&versions, &audits).await {
         Ok(outcomes) => {
             // A waiter that went away (its client disconnected) is fine: the job committed.
             for (done, outcome) in version_done.into_iter().zip(outcomes) {
                 let _ = done.send(outcome);
             }
-            for done in audit_done {
+            for (_, done) in audit_done {
                 let _ = done.send(Ok(()));
             }
         }
-        Err(error) if versions.len() + audits.len() == 1 => {
+        Err(error) if jobs == 1 => {
             if let Some(done) = version_done.pop() {
                 let _ = done.send(Err(error));
-            } else if let Some(done) = audit_done.pop() {
+            } else if let Some((_, done)) = audit_done.pop() {
                 let _ = done.send(Err(error));
             }
         }
         Err(error) => {
-            tracing::warn!(%error, jobs = versions.len() + audits.len(), "batch commit failed; committing its jobs one by one");
+            tracing::warn!(%error, jobs, "batch commit failed; committing its jobs one by one");
             for (commit, done) in versions.into_iter().zip(version_done) {
                 let outcome = index.commit_batch(std::slice::from_ref(&commit), &[]).await;
                 let outcome = outcome.and_then(|mut o| o.pop().unwrap_or(Err(StorageError::CommitterStopped)));
                 let _ = done.send(outcome);
             }
-            for (record, done) in audits.into_iter().zip(audit_done) {
-                let _ = done.send(index.append_audit(std::slice::from_ref(&record)).await);
+            let mut rest = audits.as_slice();
+            for (n, done) in audit_done {
+                let (records, after) = rest.split_at(n.min(rest.len()));
+                rest = after;
+                let _ = done.send(index.append_audit(records).await);
             }
         }
     }

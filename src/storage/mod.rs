@@ -29,7 +29,7 @@ use crate::crypto::WrappedKey;
 use crate::ids::{ResourceId, ResourceType, TenantId, VersionId};
 use crate::time::Timestamp;
 
-pub use audit_log::{LogEntry, LogSealer, SealReport, StoredCheckpoint};
+pub use audit_log::{LogEntry, LogFilter, LogSealer, LogSearch, SealReport, StoredCheckpoint};
 pub use commit::Committer;
 pub use objects::{Locations, ObjectKey, ObjectStorage};
 pub use search::{Direction, Link, LinkQuery, Order, Position, SearchQuery, SearchRows};
@@ -277,6 +277,12 @@ pub trait Index: Send + Sync {
 
     /// The signed checkpoints of `log` by size (only the latest with `latest_only`).
     async fn log_checkpoints(&self, log: &str, latest_only: bool) -> Result<Vec<StoredCheckpoint>, StorageError>;
+
+    /// The entries of a log that match `q`, newest first (or their number, `count`).
+    async fn search_log(&self, q: &LogSearch) -> Result<Vec<LogEntry>, StorageError>;
+
+    /// How many entries of a log match `q` (its `before` and `limit` aside).
+    async fn count_log(&self, q: &LogSearch) -> Result<u64, StorageError>;
 }
 
 /// How the index connects.

@@ -253,7 +253,7 @@ pub(super) struct Built {
 }
 
 impl Built {
-    fn arg(&mut self, arg: Arg) -> String {
+    pub(super) fn arg(&mut self, arg: Arg) -> String {
         self.args.push(arg);
         format!("${}", self.args.len())
     }
@@ -566,7 +566,7 @@ fn ref_cond(b: &mut Built, target_type: Option<&str>, id: &str) -> String {
     }
 }
 
-fn date_cond(b: &mut Built, lo: &str, hi: &str, cond: &DateCond) -> String {
+pub(super) fn date_cond(b: &mut Built, lo: &str, hi: &str, cond: &DateCond) -> String {
     conjunction(
         &cond
             .iter()
@@ -581,7 +581,7 @@ fn date_cond(b: &mut Built, lo: &str, hi: &str, cond: &DateCond) -> String {
     )
 }
 
-fn list(b: &mut Built, args: impl Iterator<Item = Arg>) -> String {
+pub(super) fn list(b: &mut Built, args: impl Iterator<Item = Arg>) -> String {
     args.map(|a| b.arg(a)).collect::<Vec<_>>().join(", ")
 }
 
@@ -589,7 +589,7 @@ fn conjunction(terms: &[String]) -> String {
     if terms.is_empty() { "1 = 1".to_owned() } else { terms.join(" AND ") }
 }
 
-fn alternatives(terms: impl Iterator<Item = String>) -> String {
+pub(super) fn alternatives(terms: impl Iterator<Item = String>) -> String {
     let terms: Vec<String> = terms.map(|t| format!("({t})")).collect();
     if terms.is_empty() { "1 = 0".to_owned() } else { terms.join(" OR ") }
 }

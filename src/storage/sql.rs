@@ -669,6 +669,20 @@ macro_rules! impl_index {
                 self.read_log_checkpoints(log, latest_only).await
             }
 
+            async fn search_log(
+                &self,
+                q: &$crate::storage::audit_log::LogSearch,
+            ) -> Result<Vec<$crate::storage::audit_log::LogEntry>, $crate::storage::StorageError> {
+                self.read_log_search(q).await
+            }
+
+            async fn count_log(
+                &self,
+                q: &$crate::storage::audit_log::LogSearch,
+            ) -> Result<u64, $crate::storage::StorageError> {
+                self.read_log_count(q).await
+            }
+
             async fn knows_object(&self, key: &str) -> Result<bool, $crate::storage::StorageError> {
                 let mut conn = self.leases.get().await?;
                 let count: i64 =

@@ -10,6 +10,7 @@
 
 mod at_rest;
 mod audit;
+mod audit_events;
 mod audit_log;
 #[path = "../common/backends.rs"]
 mod backends;
