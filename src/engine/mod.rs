@@ -1,9 +1,9 @@
 //! The interactions, composed from `fhir`, `policy`, `crypto`, `keys`, `storage` and `audit`.
 //!
 //! **Architecture Invariant:** no HTTP here (the `api` module translates); no SQL or object
-//! store calls except through `storage`. Every interaction leaves exactly one audit record per
-//! outcome: in the same transaction as a change, appended before a read answers, appended for
-//! every refusal. If the audit record cannot be written, the interaction fails.
+//! store calls except through `storage`. Every interaction leaves its audit record (a listing:
+//! one per patient it returned): in the same transaction as a change, appended before a read
+//! answers, appended for every refusal. If the audit record cannot be written, it fails.
 
 mod audit_events;
 mod audit_log;

@@ -241,11 +241,8 @@ async fn every_r4_resource_type_is_accepted() {
         let response = app.create(&minimal).await;
         let status = response.status();
         // AuditEvents are the server's own audit log: read and searched, never written by clients.
-        let expected = if rt == fhirvault::ids::ResourceType::AUDIT_EVENT {
-            StatusCode::FORBIDDEN
-        } else {
-            StatusCode::CREATED
-        };
+        let expected =
+            if rt == fhirvault::ids::ResourceType::AUDIT_EVENT { StatusCode::FORBIDDEN } else { StatusCode::CREATED };
         assert_eq!(status, expected, "{rt}: {}", response.text().await.unwrap());
     }
 }
