@@ -255,6 +255,54 @@ async fn the_database_keeps_the_audit_inbox_unchangeable_and_the_log_append_only
     }
 }
 
+/// On PostgreSQL the server's own role has no UPDATE, DELETE or TRUNCATE on the log tables: even
+/// with the triggers disabled (which the owner of a table may do), a sealed entry cannot be
+/// changed. Checked as a role that owns its database but is not a superuser (superusers skip
+/// privilege checks), as a production server should run. SQLite has no roles: the PostgreSQL
+/// pass of this suite runs it.
+#[tokio::test]
+async fn on_postgres_the_servers_role_holds_no_update_or_delete_right_on_the_log() {
+    if !on_postgres() {
+        return;
+    }
+    use sqlx::Connection as _;
+    let admin = backends::postgres_admin_url();
+    let role = format!("fhirvault_app_{}", uuid::Uuid::new_v4().simple());
+    let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap();
+    for statement in [format!("CREATE ROLE \"{role}\" LOGIN"), format!("CREATE DATABASE \"{role}\" OWNER \"{role}\"")] {
+        sqlx::query(sqlx::AssertSqlSafe(statement)).execute(&mut conn).await.unwrap();
+    }
+    let base = admin.rsplit_once("://").map_or(admin.as_str(), |(_, rest)| rest);
+    let host = base.split_once('@').map_or(base, |(_, host)| host);
+    let host = host.split_once('/').map_or(host, |(host, _)| host);
+    let url = format!("postgres://{role}@{host}/{role}");
+
+    let outcome = async {
+        let index = open_index(&SecretString::from(url.clone()), &options()).await.unwrap();
+        index.append_audit(&[audit("a"), audit("b")]).await.unwrap();
+        assert_eq!(index.seal(100, &mut sealer(1)).await.unwrap().sealed, 2, "the sealer needs no more rights");
+        let mut app = sqlx::PgConnection::connect(&url).await.unwrap();
+        for table in ["audit_log", "audit_hashes", "audit_checkpoints"] {
+            let disable = format!("ALTER TABLE {table} DISABLE TRIGGER USER");
+            sqlx::query(sqlx::AssertSqlSafe(disable)).execute(&mut app).await.unwrap();
+            for statement in
+                [format!("UPDATE {table} SET tenant = 'other'"), format!("DELETE FROM {table}"), format!("TRUNCATE {table}")]
+            {
+                let err = sqlx::query(sqlx::AssertSqlSafe(statement.as_str())).execute(&mut app).await.unwrap_err();
+                assert!(err.to_string().contains("permission denied"), "{statement}: {err}");
+            }
+        }
+        let err = sqlx::query("UPDATE audit_records SET outcome = 500").execute(&mut app).await.unwrap_err();
+        assert!(err.to_string().contains("permission denied"), "{err}");
+        app.close().await.unwrap();
+        drop(index);
+    };
+    outcome.await;
+    for statement in [format!("DROP DATABASE IF EXISTS \"{role}\" WITH (FORCE)"), format!("DROP ROLE \"{role}\"")] {
+        sqlx::query(sqlx::AssertSqlSafe(statement)).execute(&mut conn).await.unwrap();
+    }
+}
+
 /// A sealer with a fresh log key, signing a checkpoint every `every` entries and at the end of
 /// every pass.
 fn sealer(every: u64) -> Sealer {
