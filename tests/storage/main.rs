@@ -285,9 +285,11 @@ async fn on_postgres_the_servers_role_holds_no_update_or_delete_right_on_the_log
         for table in ["audit_log", "audit_hashes", "audit_checkpoints"] {
             let disable = format!("ALTER TABLE {table} DISABLE TRIGGER USER");
             sqlx::query(sqlx::AssertSqlSafe(disable)).execute(&mut app).await.unwrap();
-            for statement in
-                [format!("UPDATE {table} SET tenant = 'other'"), format!("DELETE FROM {table}"), format!("TRUNCATE {table}")]
-            {
+            for statement in [
+                format!("UPDATE {table} SET tenant = 'other'"),
+                format!("DELETE FROM {table}"),
+                format!("TRUNCATE {table}"),
+            ] {
                 let err = sqlx::query(sqlx::AssertSqlSafe(statement.as_str())).execute(&mut app).await.unwrap_err();
                 assert!(err.to_string().contains("permission denied"), "{statement}: {err}");
             }
