@@ -8,6 +8,7 @@
 //! The event's `id` is its index in the tenant's log, which lets the verifier tell a removed,
 //! inserted or reordered entry from an altered one.
 
+use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::{AuditAction, AuditRecord};
@@ -35,50 +36,159 @@ const BREAK_GLASS: &str = "break-glass: ";
 
 /// The AuditEvent of `record` at position `index` of its log, as the bytes the log keeps.
 pub fn render(record: &AuditRecord, index: u64) -> Vec<u8> {
-    serde_json::to_vec(&to_json(record, index)).unwrap_or_default()
+    let mut out = Vec::with_capacity(2_560);
+    // Serializing plain structs of strings into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut out, &Event::of(record, index));
+    out
 }
 
-fn to_json(r: &AuditRecord, index: u64) -> Value {
-    let patient = r.compartment.as_deref().filter(|c| c.starts_with("Patient/"));
-    let mut event = json!({
-        "resourceType": "AuditEvent",
-        "id": index.to_string(),
-        "meta": { "profile": [format!("{BALP}{}", profile(r.action, patient.is_some()))] },
-        "type": event_type(r.action),
-    });
-    let mut put = |key: &str, value: Value| {
-        if let Some(map) = event.as_object_mut() {
-            map.insert(key.to_owned(), value);
+/// A Coding (`system`, `code`, `display`).
+#[derive(Clone, Copy, Serialize)]
+struct Coding<'a> {
+    system: &'a str,
+    code: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    display: Option<&'a str>,
+}
+
+const fn coding<'a>(system: &'a str, code: &'a str, display: &'a str) -> Coding<'a> {
+    Coding { system, code, display: Some(display) }
+}
+
+#[derive(Clone, Copy, Serialize)]
+struct Concept<'a> {
+    coding: [Coding<'a>; 1],
+}
+
+#[derive(Serialize)]
+struct Meta {
+    profile: [String; 1],
+}
+
+#[derive(Serialize)]
+struct Display<'a> {
+    display: &'a str,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Event<'a> {
+    resource_type: &'static str,
+    id: String,
+    meta: Meta,
+    #[serde(rename = "type")]
+    kind: Coding<'static>,
+    subtype: [Coding<'static>; 1],
+    action: &'static str,
+    recorded: String,
+    outcome: &'static str,
+    outcome_desc: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    purpose_of_event: Vec<Concept<'a>>,
+    agent: Vec<EventAgent<'a>>,
+    source: Source<'a>,
+    entity: Vec<Entity<'a>>,
+}
+
+#[derive(Serialize)]
+struct Network<'a> {
+    address: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+}
+
+#[derive(Serialize)]
+struct Identifier<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    system: Option<&'a str>,
+    value: &'a str,
+}
+
+#[derive(Serialize)]
+struct Who<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    identifier: Option<Identifier<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    display: Option<&'a str>,
+}
+
+/// One agent: the client, the server, or the user. Fields follow in this order.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct EventAgent<'a> {
+    #[serde(rename = "type")]
+    kind: Concept<'static>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    role: Option<[Concept<'a>; 1]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    who: Option<Who<'a>>,
+    requestor: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    location: Option<Display<'a>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    policy: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    network: Option<Network<'a>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    purpose_of_use: Vec<Concept<'a>>,
+}
+
+#[derive(Serialize)]
+struct Source<'a> {
+    observer: Display<'static>,
+    #[serde(rename = "type")]
+    kind: [Coding<'static>; 1],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    site: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct What<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    identifier: Option<Identifier<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reference: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Entity<'a> {
+    what: What<'a>,
+    #[serde(rename = "type")]
+    kind: Coding<'static>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    role: Option<Coding<'static>>,
+}
+
+impl<'a> Event<'a> {
+    fn of(r: &'a AuditRecord, index: u64) -> Self {
+        let patient = r.compartment.as_deref().filter(|c| c.starts_with("Patient/"));
+        let break_glass = r.detail.as_deref().is_some_and(|d| d.starts_with(BREAK_GLASS));
+        let purposes = purposes(r.agent.purpose.as_deref(), break_glass);
+        let mut outcome_desc = format!("HTTP {}", r.outcome);
+        if let Some(detail) = &r.detail {
+            outcome_desc.push_str(": ");
+            outcome_desc.push_str(detail);
         }
-    };
-    if let Some(subtype) = subtype(r.action) {
-        put("subtype", json!([subtype]));
+        Self {
+            resource_type: "AuditEvent",
+            id: index.to_string(),
+            meta: Meta { profile: [format!("{BALP}{}", profile(r.action, patient.is_some()))] },
+            kind: event_type(r.action),
+            subtype: [subtype(r.action)],
+            action: action_code(r.action),
+            recorded: r.recorded.to_fhir(),
+            outcome: outcome_code(r.outcome),
+            outcome_desc,
+            agent: agents(r, purposes.clone()),
+            purpose_of_event: purposes,
+            source: Source {
+                observer: Display { display: "fhirvault" },
+                kind: [coding(SOURCE_TYPE, "4", "Application Server")],
+                site: r.tenant.as_ref().map(|t| t.as_str()),
+            },
+            entity: entities(r, patient),
+        }
     }
-    put("action", json!(action_code(r.action)));
-    put("recorded", json!(r.recorded.to_fhir()));
-    put("outcome", json!(outcome_code(r.outcome)));
-    let break_glass = r.detail.as_deref().is_some_and(|d| d.starts_with(BREAK_GLASS));
-    let mut description = format!("HTTP {}", r.outcome);
-    if let Some(detail) = &r.detail {
-        description.push_str(": ");
-        description.push_str(detail);
-    }
-    put("outcomeDesc", json!(description));
-    let purposes = purposes(r.agent.purpose.as_deref(), break_glass);
-    if !purposes.is_empty() {
-        put("purposeOfEvent", Value::Array(purposes.clone()));
-    }
-    put("agent", Value::Array(agents(r, purposes)));
-    let mut source = json!({
-        "observer": { "display": "fhirvault" },
-        "type": [{ "system": SOURCE_TYPE, "code": "4", "display": "Application Server" }],
-    });
-    if let (Some(tenant), Some(map)) = (&r.tenant, source.as_object_mut()) {
-        map.insert("site".into(), json!(tenant.as_str()));
-    }
-    put("source", source);
-    put("entity", Value::Array(entities(r, patient)));
-    event
 }
 
 /// The BALP profile the event follows.
@@ -101,22 +211,22 @@ fn profile(action: AuditAction, patient: bool) -> &'static str {
     }
 }
 
-fn event_type(action: AuditAction) -> Value {
+fn event_type(action: AuditAction) -> Coding<'static> {
     match action {
-        AuditAction::Authenticate => json!({ "system": DCM, "code": "110114", "display": "User Authentication" }),
-        _ => json!({ "system": EVENT_TYPE, "code": "rest", "display": "RESTful Operation" }),
+        AuditAction::Authenticate => coding(DCM, "110114", "User Authentication"),
+        _ => coding(EVENT_TYPE, "rest", "RESTful Operation"),
     }
 }
 
-fn subtype(action: AuditAction) -> Option<Value> {
+fn subtype(action: AuditAction) -> Coding<'static> {
     use AuditAction as A;
     let code = match action {
-        A::Authenticate => return Some(json!({ "system": DCM, "code": "110122", "display": "Login" })),
+        A::Authenticate => return coding(DCM, "110122", "Login"),
         A::Everything | A::AuditLog | A::AccessLog => "operation",
         A::Create | A::Read | A::Vread | A::Update | A::Delete => action.as_str(),
         A::HistoryInstance | A::HistoryType | A::SearchType | A::Transaction | A::Batch => action.as_str(),
     };
-    Some(json!({ "system": INTERACTION, "code": code }))
+    Coding { system: INTERACTION, code, display: None }
 }
 
 /// C, R, U, D or E (execute: a query, a bundle, an operation, a login).
@@ -147,72 +257,71 @@ fn outcome_code(status: u16) -> &'static str {
     }
 }
 
-fn purposes(purpose: Option<&str>, break_glass: bool) -> Vec<Value> {
+fn purposes(purpose: Option<&str>, break_glass: bool) -> Vec<Concept<'_>> {
     let mut out = Vec::new();
     if let Some(code) = purpose {
-        out.push(json!({ "coding": [{ "system": ACT_REASON, "code": code }] }));
+        out.push(Concept { coding: [Coding { system: ACT_REASON, code, display: None }] });
     }
     if break_glass && purpose != Some("BTG") {
-        out.push(json!({ "coding": [{ "system": ACT_REASON, "code": "BTG", "display": "break the glass" }] }));
+        out.push(Concept { coding: [coding(ACT_REASON, "BTG", "break the glass")] });
     }
     out
 }
 
-fn agents(r: &AuditRecord, purposes: Vec<Value>) -> Vec<Value> {
-    let mut client = json!({
-        "type": { "coding": [{ "system": DCM, "code": "110153", "display": "Source Role ID" }] },
-        "requestor": false,
-    });
-    if let (Some(ip), Some(map)) = (&r.source_ip, client.as_object_mut()) {
-        map.insert("network".into(), json!({ "address": ip, "type": "2" }));
-    }
-    let mut server = json!({
-        "type": { "coding": [{ "system": DCM, "code": "110152", "display": "Destination Role ID" }] },
-        "who": { "display": "fhirvault" },
-        "requestor": false,
-    });
-    if let (Some(policy), Some(map)) = (&r.policy, server.as_object_mut()) {
-        let ids: Vec<String> =
-            policy.split(',').map(str::trim).filter(|p| !p.is_empty()).map(|p| format!("{POLICY_URN}{p}")).collect();
-        map.insert("policy".into(), json!(ids));
-    }
+fn agents<'a>(r: &'a AuditRecord, purposes: Vec<Concept<'a>>) -> Vec<EventAgent<'a>> {
+    let plain = |code, display| EventAgent {
+        kind: Concept { coding: [coding(DCM, code, display)] },
+        role: None,
+        who: None,
+        requestor: false,
+        location: None,
+        policy: Vec::new(),
+        network: None,
+        purpose_of_use: Vec::new(),
+    };
+    let client = EventAgent {
+        network: r.source_ip.as_deref().map(|address| Network { address, kind: "2" }),
+        ..plain("110153", "Source Role ID")
+    };
+    let server = EventAgent {
+        who: Some(Who { identifier: None, display: Some("fhirvault") }),
+        policy: r.policy.as_deref().map_or_else(Vec::new, |policy| {
+            policy.split(',').map(str::trim).filter(|p| !p.is_empty()).map(|p| format!("{POLICY_URN}{p}")).collect()
+        }),
+        ..plain("110152", "Destination Role ID")
+    };
     let mut agents = vec![client, server];
-    if r.agent.subject.is_some() || r.agent.token_id.is_some() {
-        let a = &r.agent;
-        let mut who = serde_json::Map::new();
-        who.insert(
-            "identifier".into(),
-            json!({ "system": a.issuer.as_deref().unwrap_or(""), "value": a.subject.as_deref().unwrap_or("") }),
-        );
-        let mut user = serde_json::Map::new();
-        user.insert(
-            "type".into(),
-            json!({ "coding": [{ "system": SECURITY_ROLE, "code": "humanuser", "display": "human user" }] }),
-        );
-        if let Some(role) = &a.role {
-            user.insert("role".into(), json!([{ "coding": [{ "system": ROLE_SYSTEM, "code": role }] }]));
-        }
-        user.insert("who".into(), Value::Object(who));
-        user.insert("requestor".into(), json!(true));
-        if let Some(country) = &a.jurisdiction {
-            user.insert("location".into(), json!({ "display": country }));
-        }
-        if let Some(token) = &a.token_id {
-            user.insert("policy".into(), json!([token]));
-        }
-        if !purposes.is_empty() {
-            user.insert("purposeOfUse".into(), Value::Array(purposes));
-        }
-        agents.push(Value::Object(user));
+    let a = &r.agent;
+    if a.subject.is_some() || a.token_id.is_some() {
+        agents.push(EventAgent {
+            kind: Concept { coding: [coding(SECURITY_ROLE, "humanuser", "human user")] },
+            role: a
+                .role
+                .as_deref()
+                .map(|code| [Concept { coding: [Coding { system: ROLE_SYSTEM, code, display: None }] }]),
+            who: Some(Who {
+                identifier: Some(Identifier {
+                    system: Some(a.issuer.as_deref().unwrap_or("")),
+                    value: a.subject.as_deref().unwrap_or(""),
+                }),
+                display: None,
+            }),
+            requestor: true,
+            location: a.jurisdiction.as_deref().map(|display| Display { display }),
+            policy: a.token_id.iter().cloned().collect(),
+            network: None,
+            purpose_of_use: purposes,
+        });
     }
     agents
 }
 
-fn entities(r: &AuditRecord, patient: Option<&str>) -> Vec<Value> {
-    let mut out = vec![json!({
-        "what": { "identifier": { "value": r.request_id } },
-        "type": { "system": BALP_ENTITY_TYPE, "code": "XrequestId", "display": "X-Request-Id" },
-    })];
+fn entities<'a>(r: &'a AuditRecord, patient: Option<&'a str>) -> Vec<Entity<'a>> {
+    let mut out = vec![Entity {
+        what: What { identifier: Some(Identifier { system: None, value: &r.request_id }), reference: None },
+        kind: coding(BALP_ENTITY_TYPE, "XrequestId", "X-Request-Id"),
+        role: None,
+    }];
     if let Some(rt) = r.resource_type {
         let reference = match (&r.resource_id, r.version) {
             (Some(id), Some(v)) => format!("{rt}/{id}/_history/{}", v.get(), rt = rt.as_str(), id = id.as_str()),
@@ -220,22 +329,22 @@ fn entities(r: &AuditRecord, patient: Option<&str>) -> Vec<Value> {
             (None, _) => rt.as_str().to_owned(),
         };
         let role = if r.resource_id.is_some() {
-            json!({ "system": OBJECT_ROLE, "code": "4", "display": "Domain Resource" })
+            coding(OBJECT_ROLE, "4", "Domain Resource")
         } else {
-            json!({ "system": OBJECT_ROLE, "code": "24", "display": "Query" })
+            coding(OBJECT_ROLE, "24", "Query")
         };
-        out.push(json!({
-            "what": { "reference": reference },
-            "type": { "system": ENTITY_TYPE, "code": "2", "display": "System Object" },
-            "role": role,
-        }));
+        out.push(Entity {
+            what: What { identifier: None, reference: Some(reference) },
+            kind: coding(ENTITY_TYPE, "2", "System Object"),
+            role: Some(role),
+        });
     }
     if let Some(patient) = patient {
-        out.push(json!({
-            "what": { "reference": patient },
-            "type": { "system": ENTITY_TYPE, "code": "1", "display": "Person" },
-            "role": { "system": OBJECT_ROLE, "code": "1", "display": "Patient" },
-        }));
+        out.push(Entity {
+            what: What { identifier: None, reference: Some(patient.to_owned()) },
+            kind: coding(ENTITY_TYPE, "1", "Person"),
+            role: Some(coding(OBJECT_ROLE, "1", "Patient")),
+        });
     }
     out
 }
