@@ -5,7 +5,8 @@
 //!   checkpoints, empty the inbox, commit), and the same pass's CPU work alone (render, hash,
 //!   extend the tree, sign), without the database;
 //! - verifying: hashing 100,000 stored events, and rebuilding and checking their tree against
-//!   100 signed checkpoints.
+//!   100 signed checkpoints; and `audit verify` end to end (read from a SQLite index, hash,
+//!   rebuild, check) on a log of 1,000,000 events.
 //!
 //! Results and how to reproduce them: BENCHMARKS.md.
 
@@ -61,6 +62,17 @@ fn sealer(key: &Arc<LogKey>) -> Sealer {
     Sealer::new(key.clone(), cadence, [TenantId::parse("demo").unwrap()])
 }
 
+/// A fresh embedded index in `dir`.
+async fn sqlite_index(dir: &std::path::Path) -> Arc<dyn Index> {
+    let url = SecretString::from(format!("sqlite://{}", dir.join("index.sqlite").display()));
+    let options = IndexOptions {
+        max_connections: 4,
+        connect_timeout: Duration::from_secs(10),
+        statement_timeout: Duration::from_secs(60),
+    };
+    open_index(&url, &options).await.unwrap()
+}
+
 fn key() -> Arc<LogKey> {
     Arc::new(LogKey::parse(&LogKey::generate("bench.example/audit").unwrap()).unwrap())
 }
@@ -90,14 +102,8 @@ fn sealing(c: &mut Criterion) {
         b.iter_batched(
             || {
                 let dir = tempfile::tempdir().unwrap();
-                let url = SecretString::from(format!("sqlite://{}", dir.path().join("index.sqlite").display()));
-                let options = IndexOptions {
-                    max_connections: 4,
-                    connect_timeout: Duration::from_secs(10),
-                    statement_timeout: Duration::from_secs(30),
-                };
                 let index: Arc<dyn Index> = runtime.block_on(async {
-                    let index = open_index(&url, &options).await.unwrap();
+                    let index = sqlite_index(dir.path()).await;
                     index.append_audit(&records).await.unwrap();
                     index
                 });
@@ -152,5 +158,39 @@ fn verifying(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, sealing, verifying);
+/// `audit verify` end to end on a log of a million sealed events in a SQLite index: read every
+/// entry, stored hash and checkpoint (`verify::gather`), then rebuild and check the tree. The
+/// log is built once (about two minutes, not timed).
+fn verifying_a_million(c: &mut Criterion) {
+    const EVENTS: u64 = 1_000_000;
+    let runtime = Runtime::new().unwrap();
+    let key = key();
+    let dir = tempfile::tempdir().unwrap();
+    let index: Arc<dyn Index> = runtime.block_on(async {
+        let index = sqlite_index(dir.path()).await;
+        let mut sealer = sealer(&key);
+        for start in (0..EVENTS).step_by(usize::try_from(BATCH).unwrap()) {
+            let records: Vec<AuditRecord> = (start..start + BATCH).map(record).collect();
+            index.append_audit(&records).await.unwrap();
+            index.seal(u32::try_from(BATCH).unwrap(), &mut sealer).await.unwrap();
+        }
+        index
+    });
+    let vkey = key.verifier_key("demo");
+    let locations = fhirvault::storage::Locations::new();
+    let mut group = c.benchmark_group("audit verify");
+    group.throughput(Throughput::Elements(EVENTS));
+    group.sample_size(10);
+    group.bench_function("audit verify of 1,000,000 sealed events in a SQLite index", |b| {
+        b.iter(|| {
+            let evidence = runtime.block_on(verify::gather(index.as_ref(), &locations, "demo")).unwrap();
+            let report = verify::verify_log(&evidence, &vkey);
+            assert!(report.ok() && report.verified_size == EVENTS, "{:?}", report.findings);
+            report
+        });
+    });
+    group.finish();
+}
+
+criterion_group!(benches, sealing, verifying, verifying_a_million);
 criterion_main!(benches);

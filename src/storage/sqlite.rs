@@ -1,5 +1,6 @@
-//! The SQLite index (embedded default): WAL journal, `synchronous = FULL`, one writer at a time
-//! (`BEGIN IMMEDIATE`, so a read-then-write transaction never fails on a lock upgrade).
+//! The SQLite index (embedded default): WAL journal, `synchronous = FULL` (every commit flushed,
+//! but for the audit sealer's: see `seal_in_transaction`), one writer at a time (`BEGIN
+//! IMMEDIATE`, so a read-then-write transaction never fails on a lock upgrade).
 
 use std::str::FromStr;
 
@@ -66,8 +67,14 @@ impl SqliteIndex {
 
     /// One sealing pass. `BEGIN IMMEDIATE` is the sealer lock: no other writer, in this process
     /// or another, commits between reading the heads and writing the entries.
+    /// One sealing pass. Its commit is not flushed (`synchronous = NORMAL` on this connection,
+    /// for this transaction only): a pass lost to a power cut rolls back whole, inbox deletion
+    /// included, and the next pass seals the same records in the same order into the same
+    /// tree (rendering is deterministic, Ed25519 signatures too), so a checkpoint already
+    /// published stays true. The next flushed commit of any connection makes it durable.
     async fn seal_in_transaction(&self, limit: u32, sealer: &mut dyn LogSealer) -> Result<SealReport, StorageError> {
         let mut conn = self.leases.get().await?;
+        sqlx::query("PRAGMA synchronous = NORMAL").execute(&mut *conn).await?;
         let mut tx = Self::begin_write(&mut conn).await?;
         let rows: Vec<log::DbAuditRecord> =
             sqlx::query_as(log::TAKE_INBOX).bind(i64::from(limit)).fetch_all(&mut *tx).await?;
@@ -127,6 +134,9 @@ impl SqliteIndex {
             sqlx::query(DELETE_INBOX).bind(last).execute(&mut *tx).await?;
         }
         tx.commit().await?;
+        // Back to flushed commits before the connection serves anyone else; on any error
+        // before this, the lease is dropped and the connection closed, never reused.
+        sqlx::query("PRAGMA synchronous = FULL").execute(&mut *conn).await?;
         conn.done();
         Ok(SealReport { sealed: sealed.entries.len(), checkpoints: sealed.checkpoints, busy: false })
     }
