@@ -103,31 +103,16 @@ pub async fn search_post(
 pub async fn access_log(
     state: web::Data<AppState>,
     Ctx(ctx): Ctx,
-    mut params: Params,
+    params: Params,
     Authenticated(principal): Authenticated,
     path: web::Path<(String, String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let (_, ctype, id) = path.into_inner();
-    let prepared = (|| {
-        if ctype != "Patient" {
-            return Err(ApiError::not_found(format!("`$access-log` is served on Patient, not on `{ctype}`")));
-        }
-        let mut request = AuditSearchRequest::from_pairs(params.take_rest(), params.lenient)?;
-        request.patient = Some(parse_id(&id)?);
-        Ok(request)
-    })();
-    let request = match prepared {
-        Ok(request) => request,
-        Err(e) => {
-            let target = Target { resource_type: Some(ResourceType::AUDIT_EVENT), ..Target::default() };
-            return Err(rejected(&state, &ctx, &principal, AuditAction::AccessLog, &target, e).await);
-        }
-    };
-    let bundle = state.engine.search_audit_events(&ctx, &principal, &request, true).await?;
-    Ok(response::json(StatusCode::OK, &params, bundle))
+    search_audit_log(&state, ctx, params, principal, Vec::new(), Some((ctype, id)), true).await
 }
 
-/// A search of AuditEvents is a search of the sealed audit log (see `Engine::search_audit_events`).
+/// A search of AuditEvents is a search of the sealed audit log (see `Engine::search_audit_events`);
+/// `$access-log` is one confined to a patient.
 async fn search_audit_log(
     state: &AppState,
     ctx: crate::engine::RequestContext,
@@ -135,6 +120,7 @@ async fn search_audit_log(
     principal: crate::auth::Principal,
     form: Vec<(String, String)>,
     compartment: Option<(String, String)>,
+    access_log: bool,
 ) -> Result<HttpResponse, ApiError> {
     let prepared = (|| {
         let mut pairs = params.take_rest();
@@ -142,20 +128,25 @@ async fn search_audit_log(
         let mut request = AuditSearchRequest::from_pairs(pairs, params.lenient)?;
         if let Some((ctype, cid)) = compartment {
             if ctype != "Patient" {
-                return Err(ApiError::bad_request(format!("AuditEvent is searched by patient, not by `{ctype}`")));
+                return Err(if access_log {
+                    ApiError::not_found(format!("`$access-log` is served on Patient, not on `{ctype}`"))
+                } else {
+                    ApiError::bad_request(format!("AuditEvent is searched by patient, not by `{ctype}`"))
+                });
             }
             request.patient = Some(parse_id(&cid)?);
         }
         Ok(request)
     })();
+    let action = if access_log { AuditAction::AccessLog } else { AuditAction::SearchType };
     let request = match prepared {
         Ok(request) => request,
         Err(e) => {
             let target = Target { resource_type: Some(ResourceType::AUDIT_EVENT), ..Target::default() };
-            return Err(rejected(state, &ctx, &principal, AuditAction::SearchType, &target, e).await);
+            return Err(rejected(state, &ctx, &principal, action, &target, e).await);
         }
     };
-    let bundle = state.engine.search_audit_events(&ctx, &principal, &request, false).await?;
+    let bundle = state.engine.search_audit_events(&ctx, &principal, &request, access_log).await?;
     Ok(response::json(StatusCode::OK, &params, bundle))
 }
 
@@ -169,7 +160,7 @@ async fn search(
     compartment: Option<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     if resource_type == ResourceType::AUDIT_EVENT.as_str() {
-        return search_audit_log(state, ctx, params, principal, form, compartment).await;
+        return search_audit_log(state, ctx, params, principal, form, compartment, false).await;
     }
     let prepared = (|| {
         let resource_type = parse_type(resource_type)?;

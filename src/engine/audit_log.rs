@@ -180,7 +180,8 @@ impl Engine {
             return Err(no_tree(from));
         }
         package.frontier(frontier.iter().map(|(_, h)| Hash(*h)));
-        for c in checkpoints.iter().filter(|c| c.size >= from && c.size <= to).chain(anchor) {
+        // The anchor, unless it is `from` itself (then it is already in range).
+        for c in checkpoints.iter().filter(|c| c.size >= from && c.size <= to).chain(anchor.filter(|a| a.size < from)) {
             package.checkpoint(c.size, &c.note);
         }
         if latest.size > to {
