@@ -330,17 +330,27 @@ pub fn describe(f: &Finding) -> String {
 /// Entries and stored hashes are read from the index in pages of this many rows.
 const PAGE: u32 = 10_000;
 
-/// What the index holds about `log`: its entries, stored hashes and checkpoints; and the copies
-/// of its checkpoints in the object store (`locations`).
-pub async fn gather(index: &dyn Index, locations: &Locations, log: &str) -> Result<LogEvidence, StorageError> {
-    let mut evidence = LogEvidence { log: log.to_owned(), ..LogEvidence::default() };
+/// Every entry of `log`, summarized: each page is hashed on a blocking thread while the index
+/// reads the next one.
+async fn gather_entries(index: &dyn Index, log: &str) -> Result<Vec<EntrySummary>, StorageError> {
+    let mut entries = Vec::new();
     let mut from = 0;
+    let mut hashing: Option<tokio::task::JoinHandle<Vec<EntrySummary>>> = None;
     loop {
-        let page = index.log_entries(log, from, PAGE).await?;
-        let Some(last) = page.last().map(|e| e.index) else { break };
-        evidence.entries.extend(page.iter().map(|e| EntrySummary::of(&e.event)));
+        let page = index.log_events(log, from, PAGE).await?;
+        if let Some(done) = hashing.take() {
+            entries.extend(done.await.map_err(|e| StorageError::Task(format!("hashing entries: {e}")))?);
+        }
+        let Some(&(last, _)) = page.last() else { break };
         from = last + 1;
+        hashing =
+            Some(tokio::task::spawn_blocking(move || page.iter().map(|(_, event)| EntrySummary::of(event)).collect()));
     }
+    Ok(entries)
+}
+
+/// The stored tree hashes of `log`, up to the first one missing.
+async fn gather_hashes(index: &dyn Index, log: &str) -> Result<Vec<Hash>, StorageError> {
     let mut hashes = Vec::new();
     let mut from = 0;
     'pages: loop {
@@ -355,7 +365,16 @@ pub async fn gather(index: &dyn Index, locations: &Locations, log: &str) -> Resu
         }
         from = last + 1;
     }
-    evidence.stored_hashes = Some(hashes);
+    Ok(hashes)
+}
+
+/// What the index holds about `log`: its entries, stored hashes and checkpoints; and the copies
+/// of its checkpoints in the object store (`locations`).
+pub async fn gather(index: &dyn Index, locations: &Locations, log: &str) -> Result<LogEvidence, StorageError> {
+    // Entries and stored hashes are read on two connections at once.
+    let (entries, hashes) = tokio::try_join!(gather_entries(index, log), gather_hashes(index, log))?;
+    let mut evidence =
+        LogEvidence { log: log.to_owned(), entries, stored_hashes: Some(hashes), checkpoints: Vec::new() };
     for c in index.log_checkpoints(log, false).await? {
         evidence.checkpoints.push(FoundCheckpoint { source: format!("index:{}", c.size), note: c.note.into_bytes() });
     }

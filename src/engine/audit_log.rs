@@ -206,11 +206,11 @@ impl Engine {
         let mut next = from;
         while next < to {
             let page = u32::try_from((to - next).min(EXPORT_PAGE)).unwrap_or(u32::MAX);
-            let entries = self.index.log_entries(log, next, page).await?;
-            let Some(last) = entries.last() else { break };
-            next = last.index + 1;
-            for entry in entries.iter().filter(|e| e.index < to) {
-                package.entry(entry.index, &entry.event);
+            let events = self.index.log_events(log, next, page).await?;
+            let Some(&(last, _)) = events.last() else { break };
+            next = last + 1;
+            for (index, event) in events.iter().filter(|(i, _)| *i < to) {
+                package.entry(*index, event);
             }
         }
         Ok(package.finish())

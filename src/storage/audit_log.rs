@@ -226,6 +226,8 @@ pub(super) const INSERT_CHECKPOINT: &str =
 
 pub(super) const READ_ENTRIES: &str = "SELECT tenant, idx, recorded_at, action, outcome, agent, patient, entity, \
      event FROM audit_log WHERE tenant = $1 AND idx >= $2 ORDER BY idx LIMIT $3";
+pub(super) const READ_EVENTS: &str =
+    "SELECT idx, event FROM audit_log WHERE tenant = $1 AND idx >= $2 ORDER BY idx LIMIT $3";
 pub(super) const READ_HASHES: &str =
     "SELECT idx, hash FROM audit_hashes WHERE tenant = $1 AND idx >= $2 ORDER BY idx LIMIT $3";
 pub(super) const READ_CHECKPOINTS: &str =
@@ -335,6 +337,30 @@ macro_rules! impl_log_reads {
                     .await?;
                 conn.done();
                 rows.into_iter().map(l::LogEntry::try_from).collect()
+            }
+
+            async fn read_log_events(
+                &self,
+                log: &str,
+                from: u64,
+                limit: u32,
+            ) -> Result<Vec<(u64, Vec<u8>)>, $crate::storage::StorageError> {
+                use $crate::storage::audit_log as l;
+                let mut conn = self.leases.get().await?;
+                let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(l::READ_EVENTS)
+                    .bind(log)
+                    .bind(l::to_i64(from)?)
+                    .bind(i64::from(limit))
+                    .fetch_all(&mut *conn)
+                    .await?;
+                conn.done();
+                rows.into_iter()
+                    .map(|(i, event)| {
+                        let i =
+                            u64::try_from(i).map_err(|_| $crate::storage::StorageError::Corrupt("log index".into()))?;
+                        Ok((i, event))
+                    })
+                    .collect()
             }
 
             async fn read_log_hashes(

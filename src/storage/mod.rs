@@ -61,6 +61,9 @@ pub enum StorageError {
     Objects(#[from] object_store::Error),
     #[error("the index holds a value it cannot have written: {0}")]
     Corrupt(String),
+    /// Work handed to a blocking thread did not finish (it panicked, or the runtime is stopping).
+    #[error("a background task did not finish: {0}")]
+    Task(String),
     #[error("unsupported database URL scheme `{0}`: use `sqlite://PATH` or `postgres://USER@HOST/DATABASE`")]
     UnsupportedUrl(String),
 }
@@ -268,6 +271,10 @@ pub trait Index: Send + Sync {
 
     /// Up to `limit` entries of `log` from index `from`, in index order.
     async fn log_entries(&self, log: &str, from: u64, limit: u32) -> Result<Vec<LogEntry>, StorageError>;
+
+    /// Up to `limit` entries' events (as hashed) of `log` from index `from`, in index order:
+    /// what the verifier and the evidence package read, without the search columns.
+    async fn log_events(&self, log: &str, from: u64, limit: u32) -> Result<Vec<(u64, Vec<u8>)>, StorageError>;
 
     /// Up to `limit` stored tree hashes of `log` from stored-hash index `from`, in order.
     async fn log_hashes(&self, log: &str, from: u64, limit: u32) -> Result<Vec<(u64, [u8; 32])>, StorageError>;

@@ -644,6 +644,15 @@ macro_rules! impl_index {
                 self.read_log_entries(log, from, limit).await
             }
 
+            async fn log_events(
+                &self,
+                log: &str,
+                from: u64,
+                limit: u32,
+            ) -> Result<Vec<(u64, Vec<u8>)>, $crate::storage::StorageError> {
+                self.read_log_events(log, from, limit).await
+            }
+
             async fn log_hashes(
                 &self,
                 log: &str,

@@ -358,6 +358,9 @@ async fn sealing_moves_the_inbox_into_a_tree_per_tenant_in_order() {
     let expected: Vec<String> = (0..25).filter(|i| i % 5 != 4 && *i != 7).map(|i| format!("r{i}")).collect();
     assert_eq!(ids, expected, "inbox order, one tree per tenant");
     assert!(demo.iter().enumerate().all(|(i, e)| e.index == i as u64));
+    let events = t.index.log_events("demo", 3, 5).await.unwrap();
+    let expected: Vec<(u64, Vec<u8>)> = demo[3..8].iter().map(|e| (e.index, e.event.clone())).collect();
+    assert_eq!(events, expected, "the events alone, the same bytes, from an index on");
     assert_eq!(t.index.log_entries("other", 0, 100).await.unwrap().len(), 5);
     assert_eq!(t.index.log_entries("_server", 0, 100).await.unwrap().len(), 1);
     assert_eq!(t.index.log_names().await.unwrap(), ["_server", "demo", "other"]);
