@@ -1,9 +1,10 @@
 //! Audit log benchmarks (`cargo bench --bench audit`):
 //!
-//! - sealing: one pass of the sealer over 5,000 inbox records on the embedded SQLite index
-//!   (read the inbox, render each AuditEvent, hash it into the tree, write entries, hashes and
-//!   checkpoints, empty the inbox, commit), and the same pass's CPU work alone (render, hash,
-//!   extend the tree, sign), without the database;
+//! - sealing: one pass of the sealer over 5,000 inbox records on the embedded SQLite index and
+//!   on PostgreSQL (`FHIRVAULT_TEST_POSTGRES_URL`, as for the tests; skipped when it does not
+//!   answer): read the inbox, render each AuditEvent, hash it into the tree, write entries,
+//!   hashes and checkpoints, empty the inbox, commit; and the same pass's CPU work alone
+//!   (render, hash, extend the tree, sign), without the database;
 //! - verifying: hashing 100,000 stored events, and rebuilding and checking their tree against
 //!   100 signed checkpoints; and `audit verify` end to end (read from a SQLite index, hash,
 //!   rebuild, check) on a log of 1,000,000 events.
@@ -96,27 +97,80 @@ fn sealing(c: &mut Criterion) {
         );
     });
 
-    // The same pass through a real index: a fresh SQLite database with the records in its
-    // inbox (set-up, not timed), then one sealing transaction.
+    // The same pass through a real index, on a log that grows as the benchmark runs (as a
+    // server's does): each iteration appends 5,000 records to the inbox (not timed), then
+    // times one sealing transaction.
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = runtime.block_on(sqlite_index(dir.path()));
     group.bench_function("SQLite index: one pass of 5,000 records", |b| {
-        b.iter_batched(
-            || {
-                let dir = tempfile::tempdir().unwrap();
-                let index: Arc<dyn Index> = runtime.block_on(async {
-                    let index = sqlite_index(dir.path()).await;
-                    index.append_audit(&records).await.unwrap();
-                    index
-                });
-                (dir, index, sealer(&key))
-            },
-            |(_dir, index, mut sealer)| {
-                let report = runtime.block_on(index.seal(u32::try_from(BATCH).unwrap(), &mut sealer)).unwrap();
-                assert_eq!(report.sealed as u64, BATCH);
-            },
-            BatchSize::PerIteration,
-        );
+        let mut sealer = sealer(&key);
+        b.iter_custom(|iters| runtime.block_on(timed_passes(sqlite.as_ref(), &mut sealer, &records, iters)));
     });
+    match runtime.block_on(postgres_index()) {
+        Some((postgres, database)) => {
+            group.bench_function("PostgreSQL index: one pass of 5,000 records", |b| {
+                let mut sealer = sealer(&key);
+                b.iter_custom(|iters| runtime.block_on(timed_passes(postgres.as_ref(), &mut sealer, &records, iters)));
+            });
+            drop(postgres);
+            runtime.block_on(database.drop());
+        }
+        None => eprintln!("PostgreSQL is not reachable at {}: its sealing pass is not measured", postgres_admin_url()),
+    }
     group.finish();
+}
+
+/// `iters` sealing passes of `records` (appended to the inbox first, untimed): their time.
+async fn timed_passes(index: &dyn Index, sealer: &mut Sealer, records: &[AuditRecord], iters: u64) -> Duration {
+    let mut total = Duration::ZERO;
+    for _ in 0..iters {
+        index.append_audit(records).await.unwrap();
+        let started = std::time::Instant::now();
+        let report = index.seal(u32::try_from(records.len()).unwrap(), sealer).await.unwrap();
+        total += started.elapsed();
+        assert_eq!(report.sealed, records.len());
+    }
+    total
+}
+
+#[expect(clippy::disallowed_methods, reason = "the same variable the test suites read, not server configuration")]
+fn postgres_admin_url() -> String {
+    std::env::var("FHIRVAULT_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// A database of its own on the PostgreSQL server the tests use, dropped by `drop`.
+struct BenchDatabase {
+    admin: String,
+    name: String,
+}
+
+impl BenchDatabase {
+    async fn drop(self) {
+        use sqlx::Connection as _;
+        let mut admin = sqlx::PgConnection::connect(&self.admin).await.unwrap();
+        let sql = format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name);
+        sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut admin).await.unwrap();
+    }
+}
+
+/// A fresh PostgreSQL index, or `None` when no server answers.
+async fn postgres_index() -> Option<(Arc<dyn Index>, BenchDatabase)> {
+    use sqlx::Connection as _;
+    let admin = postgres_admin_url();
+    let mut conn = sqlx::PgConnection::connect(&admin).await.ok()?;
+    let name = format!("fhirvault_bench_audit_{}", std::process::id());
+    let sql = format!("CREATE DATABASE \"{name}\"");
+    sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut conn).await.unwrap();
+    let (base, _) = admin.rsplit_once('/').unwrap();
+    let url = SecretString::from(format!("{base}/{name}"));
+    let options = IndexOptions {
+        max_connections: 4,
+        connect_timeout: Duration::from_secs(10),
+        statement_timeout: Duration::from_secs(60),
+    };
+    let index = open_index(&url, &options).await.unwrap();
+    Some((index, BenchDatabase { admin, name }))
 }
 
 fn verifying(c: &mut Criterion) {
