@@ -339,21 +339,33 @@ macro_rules! impl_log_reads {
                 rows.into_iter().map(l::LogEntry::try_from).collect()
             }
 
-            async fn read_log_events(
+            /// `(idx, blob)` rows of `sql` (`READ_EVENTS` or `READ_HASHES`): `log`, from `from`, up to `limit`.
+            async fn read_log_blobs(
                 &self,
+                sql: &'static str,
                 log: &str,
                 from: u64,
                 limit: u32,
-            ) -> Result<Vec<(u64, Vec<u8>)>, $crate::storage::StorageError> {
+            ) -> Result<Vec<(i64, Vec<u8>)>, $crate::storage::StorageError> {
                 use $crate::storage::audit_log as l;
                 let mut conn = self.leases.get().await?;
-                let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(l::READ_EVENTS)
+                let rows = sqlx::query_as(sql)
                     .bind(log)
                     .bind(l::to_i64(from)?)
                     .bind(i64::from(limit))
                     .fetch_all(&mut *conn)
                     .await?;
                 conn.done();
+                Ok(rows)
+            }
+
+            async fn read_log_events(
+                &self,
+                log: &str,
+                from: u64,
+                limit: u32,
+            ) -> Result<Vec<(u64, Vec<u8>)>, $crate::storage::StorageError> {
+                let rows = self.read_log_blobs($crate::storage::audit_log::READ_EVENTS, log, from, limit).await?;
                 rows.into_iter()
                     .map(|(i, event)| {
                         let i =
@@ -370,14 +382,7 @@ macro_rules! impl_log_reads {
                 limit: u32,
             ) -> Result<Vec<(u64, [u8; 32])>, $crate::storage::StorageError> {
                 use $crate::storage::audit_log as l;
-                let mut conn = self.leases.get().await?;
-                let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(l::READ_HASHES)
-                    .bind(log)
-                    .bind(l::to_i64(from)?)
-                    .bind(i64::from(limit))
-                    .fetch_all(&mut *conn)
-                    .await?;
-                conn.done();
+                let rows = self.read_log_blobs(l::READ_HASHES, log, from, limit).await?;
                 rows.iter().map(|(i, h)| l::hash_from_db(*i, h)).collect()
             }
 
