@@ -175,28 +175,35 @@ pub(super) struct DbAuditRecord {
     policy: Option<String>,
 }
 
+impl DbAuditRecord {
+    pub(super) const fn seq(&self) -> i64 {
+        self.seq
+    }
+}
+
 impl TryFrom<DbAuditRecord> for InboxEntry {
     type Error = StorageError;
 
     fn try_from(r: DbAuditRecord) -> Result<Self, StorageError> {
-        let corrupt = |what: &str| StorageError::Corrupt(format!("audit record {}: {what}", r.seq));
+        let seq = r.seq;
+        let corrupt = |what: &str| StorageError::Corrupt(format!("audit record {seq}: {what}"));
         let version = r
             .version
             .map(|v| u32::try_from(v).ok().and_then(|v| VersionId::from_u32(v).ok()).ok_or_else(|| corrupt("version")))
             .transpose()?;
         let record = AuditRecord {
             recorded: Timestamp::from_millis(r.recorded_at),
-            request_id: r.request_id.clone(),
+            request_id: r.request_id,
             tenant: r.tenant.as_deref().map(TenantId::parse).transpose().map_err(|_| corrupt("tenant"))?,
             agent: Agent {
-                subject: r.agent_subject.clone(),
-                issuer: r.agent_issuer.clone(),
-                role: r.agent_role.clone(),
-                jurisdiction: r.agent_jurisdiction.clone(),
-                purpose: r.purpose.clone(),
-                token_id: r.token_id.clone(),
+                subject: r.agent_subject,
+                issuer: r.agent_issuer,
+                role: r.agent_role,
+                jurisdiction: r.agent_jurisdiction,
+                purpose: r.purpose,
+                token_id: r.token_id,
             },
-            source_ip: r.source_ip.clone(),
+            source_ip: r.source_ip,
             action: AuditAction::parse(&r.action).ok_or_else(|| corrupt("action"))?,
             resource_type: r
                 .resource_type
@@ -206,18 +213,18 @@ impl TryFrom<DbAuditRecord> for InboxEntry {
                 .map_err(|_| corrupt("resource type"))?,
             resource_id: r.resource_id.as_deref().map(ResourceId::parse).transpose().map_err(|_| corrupt("id"))?,
             version,
-            compartment: r.compartment.clone(),
+            compartment: r.compartment,
             outcome: u16::try_from(r.outcome).map_err(|_| corrupt("outcome"))?,
-            detail: r.detail.clone(),
-            policy: r.policy.clone(),
+            detail: r.detail,
+            policy: r.policy,
         };
-        Ok(Self { seq: r.seq, record })
+        Ok(Self { seq, record })
     }
 }
 
-pub(super) const TAKE_INBOX: &str = "SELECT seq, recorded_at, request_id, tenant, agent_subject, agent_issuer, \
+pub(super) const INBOX_COLUMNS: &str = "seq, recorded_at, request_id, tenant, agent_subject, agent_issuer, \
      agent_role, agent_jurisdiction, purpose, token_id, source_ip, action, resource_type, resource_id, version, \
-     compartment, outcome, detail, policy FROM audit_records ORDER BY seq LIMIT $1";
+     compartment, outcome, detail, policy";
 pub(super) const LOG_SIZE: &str = "SELECT MAX(idx) FROM audit_log WHERE tenant = $1";
 pub(super) const CHECKPOINT_SIZE: &str = "SELECT MAX(size) FROM audit_checkpoints WHERE tenant = $1";
 pub(super) const ENTRY_COLUMNS: &str = "tenant, idx, recorded_at, action, outcome, agent, patient, entity, event";

@@ -78,9 +78,14 @@ impl SqliteIndex {
     async fn seal_in_transaction(&self, limit: u32, sealer: &mut dyn LogSealer) -> Result<SealReport, StorageError> {
         let mut conn = self.leases.get().await?;
         sqlx::query("PRAGMA synchronous = NORMAL").execute(&mut *conn).await?;
+        // Room in this connection's page cache for every page the pass dirties (about 3 KB a
+        // record: the event, its index entries, its tree hashes), so that none is spilled to
+        // the WAL and read back before the commit: a sixth of a pass at the default 2 MB.
+        let cache_kib = (i64::from(limit) * 4).max(SQLITE_DEFAULT_CACHE_KIB);
+        sqlx::query(sqlx::AssertSqlSafe(format!("PRAGMA cache_size = -{cache_kib}"))).execute(&mut *conn).await?;
         let mut tx = Self::begin_write(&mut conn).await?;
         let rows: Vec<log::DbAuditRecord> =
-            sqlx::query_as(log::TAKE_INBOX).bind(i64::from(limit)).fetch_all(&mut *tx).await?;
+            sqlx::query_as(TAKE_INBOX.as_str()).bind(i64::from(limit)).fetch_all(&mut *tx).await?;
         let inbox = rows.into_iter().map(log::InboxEntry::try_from).collect::<Result<Vec<_>, _>>()?;
         let last_seq = inbox.last().map(|e| e.seq);
         let mut heads = BTreeMap::new();
@@ -137,9 +142,11 @@ impl SqliteIndex {
             sqlx::query(DELETE_INBOX).bind(last).execute(&mut *tx).await?;
         }
         tx.commit().await?;
-        // Back to flushed commits before the connection serves anyone else; on any error
-        // before this, the lease is dropped and the connection closed, never reused.
+        // Back to flushed commits and the default cache (its pages beyond it are freed) before
+        // the connection serves anyone else; on any error before this, the lease is dropped
+        // and the connection closed, never reused.
         sqlx::query("PRAGMA synchronous = FULL").execute(&mut *conn).await?;
+        sqlx::query(RESET_CACHE.as_str()).execute(&mut *conn).await?;
         conn.done();
         Ok(SealReport { sealed: sealed.entries.len(), checkpoints: sealed.checkpoints, busy: false })
     }
@@ -155,6 +162,11 @@ pub(super) fn head(last_index: Option<i64>, signed: Option<i64>) -> Result<log::
     }
 }
 
+static TAKE_INBOX: LazyLock<String> =
+    LazyLock::new(|| format!("SELECT {} FROM audit_records ORDER BY seq LIMIT $1", log::INBOX_COLUMNS));
+/// SQLite's default page cache (`PRAGMA cache_size = -2000`: 2,000 KiB per connection).
+const SQLITE_DEFAULT_CACHE_KIB: i64 = 2_000;
+static RESET_CACHE: LazyLock<String> = LazyLock::new(|| format!("PRAGMA cache_size = -{SQLITE_DEFAULT_CACHE_KIB}"));
 const LOAD_HASH: &str = "SELECT hash FROM audit_hashes WHERE tenant = $1 AND idx = $2";
 /// Under `BEGIN IMMEDIATE` nothing was added to the inbox since it was read.
 const DELETE_INBOX: &str = "DELETE FROM audit_records WHERE seq <= $1";
