@@ -26,13 +26,16 @@ impl Engine {
         rt: ResourceType,
         id: &ResourceId,
     ) -> Result<ReadResult, EngineError> {
-        let target = Target { resource_type: Some(rt), resource_id: Some(id.clone()), ..Target::default() };
+        // A refused read names the patient too, so that it shows in their access log.
+        let mut compartment = None;
         let result = async {
             let row = self.index.current(&ctx.tenant, rt, id).await?;
             let row = row.ok_or_else(|| EngineError::NotFound { rt, id: id.clone() })?;
+            compartment = Some(row.compartment.clone());
             self.read_row(ctx, principal, row, AuditAction::Read).await
         }
         .await;
+        let target = Target { resource_type: Some(rt), resource_id: Some(id.clone()), compartment, version: None };
         self.audited(ctx, principal, AuditAction::Read, target, result).await
     }
 
@@ -45,12 +48,7 @@ impl Engine {
         id: &ResourceId,
         version: VersionId,
     ) -> Result<ReadResult, EngineError> {
-        let target = Target {
-            resource_type: Some(rt),
-            resource_id: Some(id.clone()),
-            version: Some(version),
-            ..Target::default()
-        };
+        let mut compartment = None;
         let result = async {
             let row = self.index.version(&ctx.tenant, rt, id, version).await?;
             let row = match row {
@@ -58,9 +56,12 @@ impl Engine {
                 // Distinguish "no such version" from "no such resource" only for the permitted.
                 None => return Err(EngineError::VersionNotFound { rt, id: id.clone(), version }),
             };
+            compartment = Some(row.compartment.clone());
             self.read_row(ctx, principal, row, AuditAction::Vread).await
         }
         .await;
+        let target =
+            Target { resource_type: Some(rt), resource_id: Some(id.clone()), version: Some(version), compartment };
         self.audited(ctx, principal, AuditAction::Vread, target, result).await
     }
 

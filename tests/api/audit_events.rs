@@ -71,7 +71,11 @@ async fn auditors_search_the_log_newest_first_by_each_parameter() {
 
     let by_patient = search_all(&app, &auditor, &format!("AuditEvent?patient={a}")).await;
     let actions: Vec<&str> = by_patient.iter().map(|e| e["action"].as_str().unwrap()).collect();
-    assert_eq!(actions, ["R", "C", "C"], "the read, and the creations of the observation and the patient");
+    assert_eq!(
+        actions,
+        ["R", "R", "C", "C"],
+        "the refused read (it names the patient too), the read, and the creations of the observation and the patient"
+    );
     let both = search_all(&app, &auditor, &format!("AuditEvent?patient=Patient/{a},Patient/{b}")).await;
     assert!(both.len() >= by_patient.len());
 
@@ -172,7 +176,9 @@ async fn a_patient_reads_who_accessed_their_data_without_the_systems_internals()
 
     let mine = patient_token(&app, &a);
     let log = search_all(&app, &mine, &format!("Patient/{a}/$access-log")).await;
-    assert_eq!(log.len(), 4, "the observation's creation, two reads and the search");
+    assert_eq!(log.len(), 5, "two creations, the read, the researcher's refused read, and the search");
+    let refused: Vec<_> = log.iter().filter(|e| e["outcome"] == "4").collect();
+    assert_eq!(refused.len(), 1, "a refused access shows in the patient's log too");
     let search = log.iter().find(|e| e["subtype"][0]["code"] == "search-type").unwrap();
     assert_eq!(search["entity"].as_array().unwrap().last().unwrap()["what"]["reference"], format!("Patient/{a}"));
     for event in &log {
