@@ -722,6 +722,24 @@ impl Settings {
                 ));
             }
         }
+        let audit = &self.audit;
+        // Each log signs as `<origin>/<tenant>`, a signed-note key name: no spaces, no `+`.
+        if !signed_note::is_key_name_valid(&format!("{}/{}", audit.origin, crate::audit::log::SERVER_LOG)) {
+            return Err(invalid(
+                "audit.origin",
+                format!("`{}` is not a signed-note key name (printable, no spaces, no `+`)", audit.origin),
+            ));
+        }
+        for (key, value) in [
+            ("audit.seal_batch", u64::from(audit.seal_batch)),
+            ("audit.checkpoint_every_entries", audit.checkpoint_every_entries),
+            ("audit.checkpoint_every_ms", audit.checkpoint_every_ms),
+            ("audit.max_export_entries", audit.max_export_entries),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be positive".into()));
+            }
+        }
         for name in self.locations.keys() {
             TenantId::parse(name).map_err(|_| {
                 invalid(&format!("locations.{name}"), "a location name is lowercase letters, digits and `-`".into())
@@ -840,6 +858,10 @@ mod tests {
             ("[tenants.Bad_Id]\n", "tenants.Bad_Id"),
             ("[http]\npublic_base_url = \"https://x.org/\"\n", "http.public_base_url"),
             ("[keys.provider]\nkind = \"magic\"\n", "magic"),
+            ("[audit]\norigin = \"my log\"\n", "audit.origin"),
+            ("[audit]\norigin = \"a+b\"\n", "audit.origin"),
+            ("[audit]\nseal_batch = 0\n", "audit.seal_batch"),
+            ("[audit]\ncheckpoint_every_entries = 0\n", "audit.checkpoint_every_entries"),
         ];
         for (toml, name) in cases {
             Jail::expect_with(|jail| {
