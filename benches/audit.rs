@@ -193,6 +193,7 @@ fn verifying(c: &mut Criterion) {
         entries: summaries,
         stored_hashes: Some(tree.stored_hashes().to_vec()),
         checkpoints,
+        columns_altered: Vec::new(),
     };
     let vkey = key.verifier_key("demo");
 

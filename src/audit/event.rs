@@ -8,10 +8,13 @@
 //! The event's `id` is its index in the tenant's log, which lets the verifier tell a removed,
 //! inserted or reordered entry from an altered one.
 
-use serde::Serialize;
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::{AuditAction, AuditRecord};
+use crate::storage::audit_log::LogEntry;
 
 const BALP: &str = "https://profiles.ihe.net/ITI/BALP/StructureDefinition/IHE.BasicAudit.";
 const EVENT_TYPE: &str = "http://terminology.hl7.org/CodeSystem/audit-event-type";
@@ -349,6 +352,115 @@ fn entities<'a>(r: &'a AuditRecord, patient: Option<&'a str>) -> Vec<Entity<'a>>
     out
 }
 
+/// Whether a sealed entry's search columns (time, action, outcome, user, patient, resource)
+/// are those its event shows. The sealer writes both from one record, but only the event is in
+/// the tree: a column changed afterwards (to hide an access from a patient's `$access-log`, or
+/// to pin it on another user) would go unseen by the tree alone. Each column is rendered
+/// again as the event shows it and compared.
+pub fn columns_match(entry: &LogEntry) -> bool {
+    let Ok(shown) = serde_json::from_slice::<Shown<'_>>(&entry.event) else { return false };
+    let Some(action) = AuditAction::parse(&entry.action) else { return false };
+    let status = entry.outcome;
+    let desc = shown.outcome_desc.strip_prefix("HTTP ").and_then(|d| d.strip_prefix(status.to_string().as_str()));
+    let user = shown.agent.iter().find(|a| a.requestor).and_then(|a| a.who.as_ref()?.identifier.as_ref());
+    let user_matches = match (entry.agent.as_deref(), user.map(|i| i.value.as_ref())) {
+        (Some(subject), Some(value)) => subject == value,
+        (None, None | Some("")) => true,
+        _ => false,
+    };
+    let patient = shown.entity.iter().find(|e| e.kind.code == "1" && e.kind.system == ENTITY_TYPE);
+    let resource = shown.entity.iter().find(|e| e.kind.code == "2" && e.kind.system == ENTITY_TYPE);
+    let resource = resource.and_then(|e| e.what.reference.as_deref()).map(|r| match r.split_once("/_history/") {
+        Some((entity, version)) if !version.is_empty() && version.bytes().all(|b| b.is_ascii_digit()) => entity,
+        _ => r,
+    });
+    shown
+        .meta
+        .profile
+        .first()
+        .is_some_and(|p| p.strip_prefix(BALP).is_some_and(|p| p == profile(action, entry.patient.is_some())))
+        && shown.kind.code == event_type(action).code
+        && shown.subtype.first().is_some_and(|c| c.code == subtype(action).code)
+        && shown.action == action_code(action)
+        && shown.recorded == entry.recorded.to_fhir()
+        && shown.outcome == outcome_code(status)
+        && desc.is_some_and(|rest| rest.is_empty() || rest.starts_with(": "))
+        && user_matches
+        && patient.and_then(|e| e.what.reference.as_deref()) == entry.patient.as_deref()
+        && resource == entry.entity.as_deref()
+}
+
+/// What `columns_match` reads of an event (strings borrowed where they hold no escapes).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Shown<'a> {
+    #[serde(borrow)]
+    meta: ShownMeta<'a>,
+    #[serde(rename = "type", borrow)]
+    kind: ShownCoding<'a>,
+    #[serde(borrow)]
+    subtype: Vec<ShownCoding<'a>>,
+    #[serde(borrow)]
+    action: Cow<'a, str>,
+    #[serde(borrow)]
+    recorded: Cow<'a, str>,
+    #[serde(borrow)]
+    outcome: Cow<'a, str>,
+    #[serde(borrow)]
+    outcome_desc: Cow<'a, str>,
+    #[serde(borrow)]
+    agent: Vec<ShownAgent<'a>>,
+    #[serde(borrow)]
+    entity: Vec<ShownEntity<'a>>,
+}
+
+#[derive(Deserialize)]
+struct ShownMeta<'a> {
+    #[serde(borrow)]
+    profile: Vec<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct ShownCoding<'a> {
+    #[serde(borrow)]
+    system: Cow<'a, str>,
+    #[serde(borrow)]
+    code: Cow<'a, str>,
+}
+
+#[derive(Deserialize)]
+struct ShownAgent<'a> {
+    requestor: bool,
+    #[serde(borrow)]
+    who: Option<ShownWho<'a>>,
+}
+
+#[derive(Deserialize)]
+struct ShownWho<'a> {
+    #[serde(borrow)]
+    identifier: Option<ShownIdentifier<'a>>,
+}
+
+#[derive(Deserialize)]
+struct ShownIdentifier<'a> {
+    #[serde(borrow)]
+    value: Cow<'a, str>,
+}
+
+#[derive(Deserialize)]
+struct ShownEntity<'a> {
+    #[serde(borrow)]
+    what: ShownWhat<'a>,
+    #[serde(rename = "type", borrow)]
+    kind: ShownCoding<'a>,
+}
+
+#[derive(Deserialize)]
+struct ShownWhat<'a> {
+    #[serde(borrow)]
+    reference: Option<Cow<'a, str>>,
+}
+
 /// An event as its patient sees it in their access log: who, when, what and why, without the
 /// system's internals (the client's network address, the token id, the request id, the ids of
 /// the policies that decided), tagged `REDACTED`.
@@ -375,6 +487,7 @@ mod tests {
     use super::*;
     use crate::audit::{Agent, RequestMeta, Target};
     use crate::ids::{ResourceId, ResourceType, TenantId, VersionId};
+    use crate::time::Timestamp;
 
     fn record() -> AuditRecord {
         let meta = RequestMeta {
@@ -421,6 +534,49 @@ mod tests {
         assert_eq!(event["entity"][1]["what"]["reference"], "Observation/o1/_history/2");
         assert_eq!(event["entity"][2]["what"]["reference"], "Patient/p1");
         assert_eq!(event["source"]["site"], "demo");
+    }
+
+    #[test]
+    fn the_search_columns_agree_with_the_event_and_a_changed_one_does_not() {
+        use crate::audit::sealer::log_entry;
+        let tenant = TenantId::parse("demo").unwrap();
+        let meta = RequestMeta { request_id: "r".into(), ..RequestMeta::default() };
+        let mut records = vec![record(), record().outcome(403, Some("refused".into()))];
+        for action in AuditAction::ALL {
+            records.push(AuditRecord::new(&meta, Some(&tenant), Agent::default(), action).outcome(500, None));
+            let target = Target {
+                resource_type: Some(ResourceType::parse("Patient").unwrap()),
+                resource_id: Some(ResourceId::parse("p1").unwrap()),
+                version: None,
+                compartment: Some("Patient/p1".into()),
+            };
+            records.push(record_for(action).target(&target));
+            let query = Target { resource_type: Some(ResourceType::parse("Encounter").unwrap()), ..Target::default() };
+            records.push(record_for(action).target(&query));
+        }
+        for (i, r) in records.iter().enumerate() {
+            let entry = log_entry("demo", i as u64, r, render(r, i as u64));
+            assert!(columns_match(&entry), "{entry:?}");
+            let changes: [&dyn Fn(&mut LogEntry); 6] = [
+                &|e| e.recorded = Timestamp::from_millis(e.recorded.millis() + 1),
+                &|e| e.action = if e.action == "read" { "vread".into() } else { "read".into() },
+                &|e| e.outcome = if e.outcome == 200 { 201 } else { 200 },
+                &|e| e.agent = if e.agent.is_some() { None } else { Some("someone".into()) },
+                &|e| e.patient = if e.patient.is_some() { None } else { Some("Patient/other".into()) },
+                &|e| e.entity = Some("Patient/other".into()),
+            ];
+            for change in changes {
+                let mut changed = entry.clone();
+                change(&mut changed);
+                assert!(!columns_match(&changed), "{changed:?}");
+            }
+        }
+    }
+
+    fn record_for(action: AuditAction) -> AuditRecord {
+        let mut r = record();
+        r.action = action;
+        r
     }
 
     #[test]

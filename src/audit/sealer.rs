@@ -16,8 +16,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::event;
 use super::log::{Frontier, Hash, LogKey, SERVER_LOG, record_hash};
+use super::{AuditRecord, event};
 use crate::ids::TenantId;
 use crate::storage::audit_log::{InboxEntry, LogEntry, LogHead, LogSealer, Sealed, StoredCheckpoint, log_of};
 use crate::storage::{Index, Locations, ObjectKey, StorageError};
@@ -127,21 +127,7 @@ impl LogSealer for Sealer {
             let bytes = event::render(&entry.record, index);
             let added = state.frontier.append(record_hash(&bytes)).map_err(corrupt)?;
             sealed.hashes.extend(added.into_iter().map(|(i, h)| (log.clone(), i, h.0)));
-            let r = &entry.record;
-            sealed.entries.push(LogEntry {
-                log: log.clone(),
-                index,
-                recorded: r.recorded,
-                action: r.action.as_str().to_owned(),
-                outcome: r.outcome,
-                agent: r.agent.subject.clone(),
-                patient: r.compartment.clone().filter(|c| c.starts_with("Patient/")),
-                entity: r.resource_type.map(|rt| match &r.resource_id {
-                    Some(id) => format!("{}/{}", rt.as_str(), id.as_str()),
-                    None => rt.as_str().to_owned(),
-                }),
-                event: bytes,
-            });
+            sealed.entries.push(log_entry(&log, index, &entry.record, bytes));
             if state.frontier.size() - state.checkpoint_size >= every {
                 sealed.checkpoints.push(sign_checkpoint(&self.key, &log, state)?);
             }
@@ -166,6 +152,25 @@ impl LogSealer for Sealer {
 
     fn abort(&mut self) {
         self.logs.clear();
+    }
+}
+
+/// The entry of `record` at `index` of `log`: its rendered event, and beside it the columns
+/// auditors search by (`event::columns_match` checks that they agree).
+pub fn log_entry(log: &str, index: u64, r: &AuditRecord, event: Vec<u8>) -> LogEntry {
+    LogEntry {
+        log: log.to_owned(),
+        index,
+        recorded: r.recorded,
+        action: r.action.as_str().to_owned(),
+        outcome: r.outcome,
+        agent: r.agent.subject.clone(),
+        patient: r.compartment.clone().filter(|c| c.starts_with("Patient/")),
+        entity: r.resource_type.map(|rt| match &r.resource_id {
+            Some(id) => format!("{}/{}", rt.as_str(), id.as_str()),
+            None => rt.as_str().to_owned(),
+        }),
+        event,
     }
 }
 

@@ -11,7 +11,9 @@
 //! - when the stored hashes were rewritten too, the first signed checkpoint whose root the
 //!   entries no longer produce bounds where the alteration lies;
 //! - checkpoints from several places (the index, the object store, an auditor's copy) must
-//!   all be consistent with one tree: two that are not reveal a fork.
+//!   all be consistent with one tree: two that are not reveal a fork;
+//! - the search columns beside each entry are outside the tree, so each is compared with the
+//!   event (`event::columns_match`): a changed one is located by its index.
 //!
 //! The verifier trusts only the log key it is given; everything else is evidence.
 
@@ -65,6 +67,9 @@ pub struct LogEvidence {
     /// The stored tree hashes, when the source has them (the index does; a package does not).
     pub stored_hashes: Option<Vec<Hash>>,
     pub checkpoints: Vec<FoundCheckpoint>,
+    /// The indexes of entries whose search columns do not agree with their event (the index
+    /// has such columns; a package does not).
+    pub columns_altered: Vec<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -91,6 +96,9 @@ pub enum Finding {
     Fork { first: String, second: String, sizes: (u64, u64) },
     /// The stored tree hashes are not those of the entries the checkpoints signed.
     TreeHashesRewritten,
+    /// The entry at `index` has search columns (time, action, outcome, user, patient, resource)
+    /// that its event does not show: searches, a patient's access log among them, misreport it.
+    ColumnsAltered { index: u64 },
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -200,6 +208,8 @@ pub fn verify_log(evidence: &LogEvidence, vkey: &str) -> LogReport {
             findings.push(Finding::Fork { first: a.source.clone(), second: b.source.clone(), sizes: (a.size, b.size) });
         }
     }
+
+    findings.extend(evidence.columns_altered.iter().map(|&index| Finding::ColumnsAltered { index }));
 
     findings.dedup();
     report.findings = findings;
@@ -324,29 +334,38 @@ pub fn describe(f: &Finding) -> String {
             sizes.0, sizes.1
         ),
         Finding::TreeHashesRewritten => "the stored tree hashes were rewritten".to_owned(),
+        Finding::ColumnsAltered { index } => {
+            format!("entry {index}'s search columns were altered: they no longer match its event")
+        }
     }
 }
 
 /// Entries and stored hashes are read from the index in pages of this many rows.
 const PAGE: u32 = 10_000;
 
-/// Every entry of `log`, summarized: each page is hashed on a blocking thread while the index
-/// reads the next one.
-async fn gather_entries(index: &dyn Index, log: &str) -> Result<Vec<EntrySummary>, StorageError> {
+/// Every entry of `log`, summarized, and the indexes of those whose search columns disagree
+/// with their event: each page is checked on a blocking thread while the index reads the next.
+async fn gather_entries(index: &dyn Index, log: &str) -> Result<(Vec<EntrySummary>, Vec<u64>), StorageError> {
     let mut entries = Vec::new();
+    let mut altered = Vec::new();
     let mut from = 0;
-    let mut hashing: Option<tokio::task::JoinHandle<Vec<EntrySummary>>> = None;
+    let mut checking: Option<tokio::task::JoinHandle<(Vec<EntrySummary>, Vec<u64>)>> = None;
     loop {
-        let page = index.log_events(log, from, PAGE).await?;
-        if let Some(done) = hashing.take() {
-            entries.extend(done.await.map_err(|e| StorageError::Task(format!("hashing entries: {e}")))?);
+        let page = index.log_entries(log, from, PAGE).await?;
+        if let Some(done) = checking.take() {
+            let (summaries, columns) = done.await.map_err(|e| StorageError::Task(format!("hashing entries: {e}")))?;
+            entries.extend(summaries);
+            altered.extend(columns);
         }
-        let Some(&(last, _)) = page.last() else { break };
-        from = last + 1;
-        hashing =
-            Some(tokio::task::spawn_blocking(move || page.iter().map(|(_, event)| EntrySummary::of(event)).collect()));
+        let Some(last) = page.last() else { break };
+        from = last.index + 1;
+        checking = Some(tokio::task::spawn_blocking(move || {
+            let summaries = page.iter().map(|e| EntrySummary::of(&e.event)).collect();
+            let columns = page.iter().filter(|e| !super::event::columns_match(e)).map(|e| e.index).collect();
+            (summaries, columns)
+        }));
     }
-    Ok(entries)
+    Ok((entries, altered))
 }
 
 /// The stored tree hashes of `log`, up to the first one missing.
@@ -372,9 +391,14 @@ async fn gather_hashes(index: &dyn Index, log: &str) -> Result<Vec<Hash>, Storag
 /// of its checkpoints in the object store (`locations`).
 pub async fn gather(index: &dyn Index, locations: &Locations, log: &str) -> Result<LogEvidence, StorageError> {
     // Entries and stored hashes are read on two connections at once.
-    let (entries, hashes) = tokio::try_join!(gather_entries(index, log), gather_hashes(index, log))?;
-    let mut evidence =
-        LogEvidence { log: log.to_owned(), entries, stored_hashes: Some(hashes), checkpoints: Vec::new() };
+    let ((entries, columns_altered), hashes) = tokio::try_join!(gather_entries(index, log), gather_hashes(index, log))?;
+    let mut evidence = LogEvidence {
+        log: log.to_owned(),
+        entries,
+        stored_hashes: Some(hashes),
+        checkpoints: Vec::new(),
+        columns_altered,
+    };
     for c in index.log_checkpoints(log, false).await? {
         evidence.checkpoints.push(FoundCheckpoint { source: format!("index:{}", c.size), note: c.note.into_bytes() });
     }
@@ -437,6 +461,7 @@ mod tests {
                 entries: self.events.iter().map(|e| EntrySummary::of(e)).collect(),
                 stored_hashes: Some(self.stored()),
                 checkpoints: self.checkpoints.clone(),
+                columns_altered: Vec::new(),
             }
         }
 

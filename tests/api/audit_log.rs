@@ -177,6 +177,26 @@ async fn an_edited_event_is_located() {
 }
 
 #[tokio::test]
+async fn a_changed_search_column_is_located() {
+    let app = sealed_app().await;
+    let pool = disable_log_triggers(&app).await;
+    // Hide a read from the patient's access log, and pin another on someone else.
+    for statement in [
+        "UPDATE audit_log SET patient = NULL WHERE tenant = 'demo' AND idx = 3",
+        "UPDATE audit_log SET agent = 'someone-else' WHERE tenant = 'demo' AND idx = 7",
+        "UPDATE audit_log SET outcome = 403 WHERE tenant = 'demo' AND idx = 9",
+    ] {
+        sqlx::query(statement).execute(&pool).await.unwrap();
+    }
+    let report = verify(&app).await;
+    let columns: Vec<&Finding> =
+        report.findings.iter().filter(|f| matches!(f, Finding::ColumnsAltered { .. })).collect();
+    let expected = [3, 7, 9].map(|index| Finding::ColumnsAltered { index });
+    assert_eq!(columns, expected.iter().collect::<Vec<_>>(), "{:?}", report.findings);
+    assert_eq!(report.verified_size, 12, "the events themselves are intact");
+}
+
+#[tokio::test]
 async fn a_deleted_event_is_located() {
     let app = sealed_app().await;
     let pool = disable_log_triggers(&app).await;
