@@ -93,7 +93,30 @@ impl LogSealer for Sealer {
             .collect()
     }
 
+    /// Rendering, hashing and signing a batch takes a few milliseconds of CPU at once; on the
+    /// server's multi-threaded runtime, the tasks queued behind it on this thread (the
+    /// committers that answer reads among them) move to another thread meanwhile.
     fn seal(
+        &mut self,
+        heads: &BTreeMap<String, LogHead>,
+        loaded: Vec<(String, u64, [u8; 32])>,
+        inbox: Vec<InboxEntry>,
+    ) -> Result<Sealed, StorageError> {
+        let flavor = tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor());
+        if matches!(flavor, Ok(tokio::runtime::RuntimeFlavor::MultiThread)) {
+            tokio::task::block_in_place(|| self.seal_records(heads, loaded, inbox))
+        } else {
+            self.seal_records(heads, loaded, inbox)
+        }
+    }
+
+    fn abort(&mut self) {
+        self.logs.clear();
+    }
+}
+
+impl Sealer {
+    fn seal_records(
         &mut self,
         heads: &BTreeMap<String, LogHead>,
         loaded: Vec<(String, u64, [u8; 32])>,
@@ -148,10 +171,6 @@ impl LogSealer for Sealer {
             }
         }
         Ok(sealed)
-    }
-
-    fn abort(&mut self) {
-        self.logs.clear();
     }
 }
 
