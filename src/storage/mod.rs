@@ -273,7 +273,8 @@ pub trait Index: Send + Sync {
     async fn log_entries(&self, log: &str, from: u64, limit: u32) -> Result<Vec<LogEntry>, StorageError>;
 
     /// Up to `limit` entries' events (as hashed) of `log` from index `from`, in index order:
-    /// what the verifier and the evidence package read, without the search columns.
+    /// what an evidence package carries, without the search columns (the verifier reads
+    /// `log_entries`, to check those columns too).
     async fn log_events(&self, log: &str, from: u64, limit: u32) -> Result<Vec<(u64, Vec<u8>)>, StorageError>;
 
     /// Up to `limit` stored tree hashes of `log` from stored-hash index `from`, in order.

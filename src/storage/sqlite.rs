@@ -146,7 +146,7 @@ impl SqliteIndex {
         // the connection serves anyone else; on any error before this, the lease is dropped
         // and the connection closed, never reused.
         sqlx::query("PRAGMA synchronous = FULL").execute(&mut *conn).await?;
-        sqlx::query(RESET_CACHE.as_str()).execute(&mut *conn).await?;
+        sqlx::query(RESET_CACHE).execute(&mut *conn).await?;
         conn.done();
         Ok(SealReport { sealed: sealed.entries.len(), checkpoints: sealed.checkpoints, busy: false })
     }
@@ -164,9 +164,9 @@ pub(super) fn head(last_index: Option<i64>, signed: Option<i64>) -> Result<log::
 
 static TAKE_INBOX: LazyLock<String> =
     LazyLock::new(|| format!("SELECT {} FROM audit_records ORDER BY seq LIMIT $1", log::INBOX_COLUMNS));
-/// SQLite's default page cache (`PRAGMA cache_size = -2000`: 2,000 KiB per connection).
+/// SQLite's default page cache: 2,000 KiB per connection.
 const SQLITE_DEFAULT_CACHE_KIB: i64 = 2_000;
-static RESET_CACHE: LazyLock<String> = LazyLock::new(|| format!("PRAGMA cache_size = -{SQLITE_DEFAULT_CACHE_KIB}"));
+const RESET_CACHE: &str = "PRAGMA cache_size = -2000";
 const LOAD_HASH: &str = "SELECT hash FROM audit_hashes WHERE tenant = $1 AND idx = $2";
 /// Under `BEGIN IMMEDIATE` nothing was added to the inbox since it was read.
 const DELETE_INBOX: &str = "DELETE FROM audit_records WHERE seq <= $1";
