@@ -76,7 +76,7 @@ fn key_cache(c: &mut Criterion) {
     let settings = Settings { data_dir: dir.path().to_path_buf(), ..Settings::default() };
     prepare_data_dir(&settings).unwrap();
     let (index, _) = rt.block_on(open_storage(&settings)).unwrap();
-    let provider = Arc::new(LocalFileProvider::load(&settings.root_key_path()).unwrap());
+    let provider = Arc::new(LocalFileProvider::load(&settings.root_key_path().unwrap()).unwrap());
     let cached = KeyService::new(provider.clone(), index.clone(), 1000, Duration::from_secs(600));
     // A cache that keeps nothing: every lookup reads the wrapped key and unwraps it.
     let uncached = KeyService::new(provider, index, 0, Duration::from_secs(600));

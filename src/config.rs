@@ -220,6 +220,43 @@ pub enum KeyProviderSettings {
         /// Defaults to `keys/root.key` in the data directory.
         path: Option<PathBuf>,
     },
+    /// A PKCS#11 token (a hardware security module) holding one non-extractable AES-256 KEK per
+    /// tenant and KEK version, labelled `{label_prefix}/{tenant}/kek/v{version}`; tenant keys
+    /// are wrapped inside the token (AES-GCM, the key's identity as AAD).
+    Pkcs11(Pkcs11Settings),
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Pkcs11Settings {
+    /// The token vendor's PKCS#11 module (a shared library), e.g.
+    /// `/usr/lib/softhsm/libsofthsm2.so`.
+    pub module: PathBuf,
+    /// The label of the token to use (exactly one token may carry it).
+    pub token_label: String,
+    /// The user PIN. Prefer the environment (`FHIRVAULT__KEYS__PROVIDER__PIN`) or `pin_file`.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub pin: Option<SecretString>,
+    /// A file holding the user PIN (mode 0600), instead of `pin`.
+    #[serde(default)]
+    pub pin_file: Option<PathBuf>,
+    /// The start of the labels of this server's KEKs in the token.
+    #[serde(default = "default_kek_label_prefix")]
+    pub label_prefix: String,
+    /// Generate a tenant's first KEK in the token when it has none. Off: an operator creates
+    /// each KEK beforehand, and the server refuses to start while one is missing.
+    #[serde(default = "yes")]
+    pub create_missing_keys: bool,
+    /// ISO 3166-1 alpha-2 code of the country where the token (the HSM) runs.
+    pub jurisdiction: String,
+    /// Who operates the HSM (residency rules: `strict` tenants refuse a non-EEA operator or one
+    /// subject to an extraterritorial law).
+    pub operator: OperatorSettings,
+}
+
+fn default_kek_label_prefix() -> String {
+    "fhirvault".to_owned()
 }
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -779,10 +816,11 @@ impl Settings {
         self.tenants.keys().filter_map(|id| TenantId::parse(id).ok()).collect()
     }
 
-    pub fn root_key_path(&self) -> PathBuf {
+    pub fn root_key_path(&self) -> Option<PathBuf> {
         match &self.keys.provider {
-            KeyProviderSettings::InsecureLocalFile { path: Some(path) } => path.clone(),
-            KeyProviderSettings::InsecureLocalFile { path: None } => self.data_dir.join("keys").join("root.key"),
+            KeyProviderSettings::InsecureLocalFile { path: Some(path) } => Some(path.clone()),
+            KeyProviderSettings::InsecureLocalFile { path: None } => Some(self.data_dir.join("keys").join("root.key")),
+            KeyProviderSettings::Pkcs11(_) => None,
         }
     }
 

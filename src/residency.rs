@@ -147,7 +147,47 @@ pub fn check(settings: &Settings) -> Result<(), Violation> {
     for (name, issuer) in &settings.auth.issuers {
         check_issuer(settings, name, issuer)?;
     }
+    check_key_provider(settings)
+}
+
+/// The key provider holds every tenant's KEKs: whoever can compel its operator can open the
+/// records. `strict` tenants accept only one in the EEA under an operator no non-EU law reaches.
+fn check_key_provider(settings: &Settings) -> Result<(), Violation> {
+    let KeyProviderSettings::Pkcs11(p) = &settings.keys.provider else {
+        return Ok(());
+    };
+    country("keys.provider.jurisdiction", &p.jurisdiction)?;
+    country("keys.provider.operator.country", &p.operator.country)?;
+    for (id, tenant) in &settings.tenants {
+        if tenant.sovereignty != Sovereignty::Strict {
+            continue;
+        }
+        if !in_eea(&p.jurisdiction) {
+            return Err(violation(
+                "keys.provider.jurisdiction",
+                format!("tenant `{id}` is `strict` but the key provider runs in {}, outside the EEA", p.jurisdiction),
+            ));
+        }
+        if let Some(why) = strict_objection(&p.operator) {
+            return Err(violation(
+                "keys.provider.operator",
+                format!("tenant `{id}` is `strict` but the operator of the key provider {why}"),
+            ));
+        }
+    }
     Ok(())
+}
+
+/// Why the key provider is reachable by a non-EU law, if it is.
+fn key_provider_exposure(settings: &Settings) -> Option<String> {
+    let KeyProviderSettings::Pkcs11(p) = &settings.keys.provider else {
+        return None;
+    };
+    if in_eea(&p.jurisdiction) {
+        strict_objection(&p.operator).map(|why| format!("key provider: operator {why}"))
+    } else {
+        Some(format!("key provider: runs in {}, outside the EEA", p.jurisdiction))
+    }
 }
 
 /// An identity provider vouches for who reads the records: `strict` tenants accept only one
@@ -221,7 +261,10 @@ pub fn exposed_tenants(settings: &Settings) -> Vec<(String, String)> {
             issuer.tenants.iter().map(move |t| (t.clone(), format!("identity provider `{name}`: {why}")))
         })
     });
-    locations.chain(issuers).collect()
+    let keys = key_provider_exposure(settings)
+        .into_iter()
+        .flat_map(|why| settings.tenants.keys().map(move |id| (id.clone(), why.clone())));
+    locations.chain(issuers).chain(keys).collect()
 }
 
 /// The residency map HDS asks hosts to publish, built from the configuration alone.
@@ -300,6 +343,9 @@ pub fn report(settings: &Settings) -> Report {
                     &host.jurisdiction,
                     &host.operator,
                 ),
+                KeyProviderSettings::Pkcs11(p) => {
+                    Placement::new(format!("PKCS#11 token `{}` (HSM)", p.token_label), &p.jurisdiction, &p.operator)
+                }
             };
             let mut identity = if settings.dev_issuer_enabled() {
                 vec![Placement::new(

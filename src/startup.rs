@@ -21,8 +21,9 @@ use crate::config::{BackendSettings, KeyProviderSettings, Settings};
 use crate::engine::{Engine, Limits};
 use crate::fhir::model;
 use crate::ids::{CountryCode, TenantId};
-use crate::keys::{KeyError, KeyService, LocalFileProvider};
+use crate::keys::{KeyError, KeyProvider, KeyService, LocalFileProvider, Pkcs11Options, Pkcs11Provider};
 use crate::storage::{self, Index, Locations, ObjectStorage, StorageError};
+use secrecy::SecretString;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -121,15 +122,14 @@ pub async fn build_state(settings: &Settings) -> Result<(web::Data<AppState>, Ar
         tracing::warn!(tenant, "records reachable from outside the EEA: {why} (allowed for `standard` tenants)");
     }
 
-    let KeyProviderSettings::InsecureLocalFile { .. } = &settings.keys.provider;
-    let provider = LocalFileProvider::load(&settings.root_key_path())?;
-    warn_development_key(&settings.root_key_path());
+    let provider = key_provider(settings).await?;
     let keys = KeyService::new(
-        Arc::new(provider),
+        provider,
         index.clone(),
         settings.keys.cache_capacity,
         Duration::from_secs(settings.keys.cache_ttl_seconds),
     );
+    keys.prepare(&settings.tenant_ids()).await?;
 
     let dev = if settings.dev_issuer_enabled() {
         let path = settings.dev_issuer_key_path();
@@ -279,12 +279,53 @@ pub fn prepare_data_dir(settings: &Settings) -> Result<(), StartupError> {
     for sub in [dir.clone(), dir.join("keys")] {
         create_private_dir(&sub)?;
     }
-    let root = settings.root_key_path();
-    if let Some(parent) = root.parent() {
-        create_private_dir(parent)?;
+    if let Some(root) = settings.root_key_path() {
+        if let Some(parent) = root.parent() {
+            create_private_dir(parent)?;
+        }
+        LocalFileProvider::ensure_file(&root)?;
     }
-    LocalFileProvider::ensure_file(&root)?;
     Ok(())
+}
+
+/// The configured key provider, opened, with every tenant's primary KEK in place.
+pub async fn key_provider(settings: &Settings) -> Result<Arc<dyn KeyProvider>, StartupError> {
+    match &settings.keys.provider {
+        KeyProviderSettings::InsecureLocalFile { .. } => {
+            let path = settings.root_key_path().unwrap_or_default();
+            let provider = LocalFileProvider::load(&path)?;
+            warn_development_key(&path);
+            Ok(Arc::new(provider))
+        }
+        KeyProviderSettings::Pkcs11(p) => {
+            let pin = match (&p.pin, &p.pin_file) {
+                (Some(pin), None) => pin.clone(),
+                (None, Some(path)) => {
+                    let text = crate::keys::local::read_private_file(path)
+                        .map_err(|why| KeyError::Provider(format!("PIN file `{}`: {why}", path.display())))?;
+                    SecretString::from(text.trim().to_owned())
+                }
+                _ => {
+                    return Err(KeyError::Provider(
+                        "keys.provider: set exactly one of `pin` and `pin_file` for the PKCS#11 token".into(),
+                    )
+                    .into());
+                }
+            };
+            let options = Pkcs11Options {
+                module: p.module.clone(),
+                token_label: p.token_label.clone(),
+                pin,
+                label_prefix: p.label_prefix.clone(),
+                create_missing_keys: p.create_missing_keys,
+            };
+            let provider = tokio::task::spawn_blocking(move || Pkcs11Provider::open(options))
+                .await
+                .map_err(|e| KeyError::Provider(format!("opening the PKCS#11 token did not complete: {e}")))??;
+            tracing::info!(provider = %provider.describe(), "key provider ready");
+            Ok(Arc::new(provider))
+        }
+    }
 }
 
 pub fn create_private_dir(path: &Path) -> Result<(), StartupError> {

@@ -32,6 +32,11 @@ impl SecretKey {
     pub(crate) fn expose(&self) -> &[u8; KEY_LEN] {
         &self.0
     }
+
+    /// Whether two keys are the same, in constant time (checks of a provider's round trip).
+    pub fn same_as(&self, other: &Self) -> bool {
+        subtle::ConstantTimeEq::ct_eq(&self.0[..], &other.0[..]).into()
+    }
 }
 
 /// A tenant's key-encryption key: wraps compartment keys and other tenant keys.

@@ -30,7 +30,7 @@ pub struct KeyContext<'a> {
 
 impl KeyContext<'_> {
     /// Never change this encoding: every wrapped key in every database is bound to it.
-    fn aad(&self) -> Vec<u8> {
+    pub(crate) fn aad(&self) -> Vec<u8> {
         encode_fields(
             "fhirvault/v1/tenant-key",
             &[self.tenant.as_str().as_bytes(), self.key_ref.as_bytes(), &self.kek_version.to_be_bytes()],

@@ -258,6 +258,13 @@ pub trait Index: Send + Sync {
         wrapped: &WrappedKey,
     ) -> Result<WrappedKey, StorageError>;
 
+    /// The key provider's id of `tenant`'s KEK of `version`, once one is recorded.
+    async fn kek_id(&self, tenant: &TenantId, version: u32) -> Result<Option<Vec<u8>>, StorageError>;
+
+    /// Record `key_id` as `tenant`'s KEK of `version` unless one is recorded; returns the
+    /// recorded id (ours, or the one a concurrent replica recorded first).
+    async fn claim_kek_id(&self, tenant: &TenantId, version: u32, key_id: &[u8]) -> Result<Vec<u8>, StorageError>;
+
     /// Whether some version row names this object key (the orphan sweeper asks).
     async fn knows_object(&self, key: &str) -> Result<bool, StorageError>;
 

@@ -138,6 +138,11 @@ pub(super) const SELECT_TENANT_KEY: &str =
 pub(super) const INSERT_TENANT_KEY: &str = "INSERT INTO tenant_keys (tenant, key_ref, kek_version, wrapped, \
      created_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (tenant, key_ref) DO NOTHING";
 
+pub(super) const SELECT_KEK_VERSION: &str = "SELECT key_id FROM kek_versions WHERE tenant = $1 AND version = $2";
+
+pub(super) const INSERT_KEK_VERSION: &str = "INSERT INTO kek_versions (tenant, version, key_id, created_at) \
+     VALUES ($1, $2, $3, $4) ON CONFLICT (tenant, version) DO NOTHING";
+
 pub(super) const OBJECT_KNOWN: &str = "SELECT COUNT(*) FROM resource_versions WHERE object_key = $1";
 
 pub(super) fn version_from_db(raw: i64) -> Result<crate::ids::VersionId, StorageError> {
@@ -621,6 +626,41 @@ macro_rules! impl_index {
                 self.tenant_key(tenant, key_ref)
                     .await?
                     .ok_or_else(|| $crate::storage::StorageError::Corrupt("tenant key vanished after insert".into()))
+            }
+
+            async fn kek_id(
+                &self,
+                tenant: &$crate::ids::TenantId,
+                version: u32,
+            ) -> Result<Option<Vec<u8>>, $crate::storage::StorageError> {
+                let mut conn = self.leases.get().await?;
+                let id: Option<Vec<u8>> = sqlx::query_scalar($crate::storage::sql::SELECT_KEK_VERSION)
+                    .bind(tenant.as_str())
+                    .bind(i64::from(version))
+                    .fetch_optional(&mut *conn)
+                    .await?;
+                conn.done();
+                Ok(id)
+            }
+
+            async fn claim_kek_id(
+                &self,
+                tenant: &$crate::ids::TenantId,
+                version: u32,
+                key_id: &[u8],
+            ) -> Result<Vec<u8>, $crate::storage::StorageError> {
+                let mut conn = self.leases.get().await?;
+                sqlx::query($crate::storage::sql::INSERT_KEK_VERSION)
+                    .bind(tenant.as_str())
+                    .bind(i64::from(version))
+                    .bind(key_id)
+                    .bind($crate::time::Timestamp::now().millis())
+                    .execute(&mut *conn)
+                    .await?;
+                conn.done();
+                self.kek_id(tenant, version)
+                    .await?
+                    .ok_or_else(|| $crate::storage::StorageError::Corrupt("KEK version vanished after insert".into()))
             }
 
             async fn seal(

@@ -23,6 +23,7 @@ mod gc;
 mod health;
 mod helpers;
 mod history;
+mod hsm;
 mod oidc;
 mod policies;
 mod readme;

@@ -41,6 +41,20 @@ fn the_server_refuses_to_start_outside_the_rules() {
     let err = refused(cloud_act);
     assert!(err.contains("tenants.demo.location") && err.contains("US CLOUD Act"), "{err}");
 
+    // The key provider holds the KEKs: a `strict` tenant refuses one outside the EEA, or one
+    // whose operator a non-EU law reaches. (Checked before the token is ever opened.)
+    let hsm = |jurisdiction: &str, operator: &str| {
+        format!(
+            "{PARIS}[tenants.demo]\nsovereignty = \"strict\"\nlocation = \"paris\"\n[keys.provider]\n\
+             kind = \"pkcs11\"\nmodule = \"/nonexistent/libpkcs11.so\"\ntoken_label = \"kek\"\npin = \"1234\"\n\
+             jurisdiction = \"{jurisdiction}\"\noperator = {operator}\n"
+        )
+    };
+    let err = refused(&hsm("CH", "{ country = \"CH\" }"));
+    assert!(err.contains("keys.provider.jurisdiction") && err.contains("runs in CH, outside the EEA"), "{err}");
+    let err = refused(&hsm("DE", "{ country = \"DE\", extraterritorial_laws = [\"US CLOUD Act\"] }"));
+    assert!(err.contains("keys.provider.operator") && err.contains("US CLOUD Act"), "{err}");
+
     let err = refused("[database]\nurl = \"mysql://db/fhir\"\n");
     assert!(err.contains("database.url") && err.contains("unsupported scheme `mysql`"), "{err}");
 }

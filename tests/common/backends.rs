@@ -6,6 +6,8 @@
 //!   dropped when the test ends.
 //! - `FHIRVAULT_TEST_S3_ENDPOINT` (+ `_BUCKET`, `_REGION`, `_ACCESS_KEY`, `_SECRET_KEY`): an
 //!   S3-compatible server for the S3 tests; each test writes under its own prefix.
+//! - `FHIRVAULT_TEST_PKCS11_MODULE` (+ `_TOKEN`, `_PIN`): a PKCS#11 token (SoftHSM2) for the
+//!   key provider tests; each test's KEKs carry their own label prefix.
 
 #![expect(
     clippy::disallowed_methods,
@@ -92,5 +94,30 @@ pub fn s3_settings() -> Option<S3Settings> {
         secret_access_key: Some(SecretString::from(var("FHIRVAULT_TEST_S3_SECRET_KEY", "fhirvault-secret"))),
         path_style: true,
         allow_http: true,
+    })
+}
+
+/// The PKCS#11 token initialised for the tests (SoftHSM2), with a fresh KEK label prefix;
+/// `None` (test skipped) when no token is configured outside CI.
+pub fn pkcs11_settings() -> Option<fhirvault::config::Pkcs11Settings> {
+    let Ok(module) = std::env::var("FHIRVAULT_TEST_PKCS11_MODULE") else {
+        assert!(!required(), "CI must run the PKCS#11 tests: FHIRVAULT_TEST_PKCS11_MODULE is not set");
+        eprintln!("skipped: no PKCS#11 token (FHIRVAULT_TEST_PKCS11_MODULE); ./scripts/test initialises one");
+        return None;
+    };
+    let var = |name: &str| std::env::var(name).unwrap_or_default();
+    Some(fhirvault::config::Pkcs11Settings {
+        module: module.into(),
+        token_label: var("FHIRVAULT_TEST_PKCS11_TOKEN"),
+        pin: Some(SecretString::from(var("FHIRVAULT_TEST_PKCS11_PIN"))),
+        pin_file: None,
+        label_prefix: format!("test-{}", uuid::Uuid::new_v4().simple()),
+        create_missing_keys: true,
+        jurisdiction: "FR".to_owned(),
+        operator: fhirvault::config::OperatorSettings {
+            name: Some("Test HSM operator".to_owned()),
+            country: "FR".to_owned(),
+            extraterritorial_laws: Vec::new(),
+        },
     })
 }

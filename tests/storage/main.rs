@@ -16,8 +16,11 @@ use fhirvault::audit::log::LogKey;
 use fhirvault::audit::sealer::{Cadence, Sealer};
 use fhirvault::audit::verify;
 use fhirvault::audit::{Agent, AuditAction, AuditRecord, RequestMeta};
-use fhirvault::crypto::WrappedKey;
+use fhirvault::config::Pkcs11Settings;
+use fhirvault::crypto::{SecretKey, WrappedKey};
 use fhirvault::ids::{ResourceId, ResourceType, TenantId, VersionId};
+use fhirvault::keys::pkcs11::KekProtection;
+use fhirvault::keys::{KeyProvider, KeyService, LocalFileProvider, Pkcs11Options, Pkcs11Provider};
 use fhirvault::storage::search::{Bound, Cmp, DateRow, Filter, Linked, NumberRow, RefRow, SortBy, SortKey, Unit};
 use fhirvault::storage::{
     Committer, Direction, HistoryQuery, Index, IndexOptions, LinkQuery, Locations, Method, NewVersion, ObjectKey,
@@ -25,8 +28,9 @@ use fhirvault::storage::{
 };
 use fhirvault::time::Timestamp;
 use secrecy::SecretString;
+use zeroize::Zeroizing;
 
-use crate::backends::{PgDatabase, on_postgres, s3_settings};
+use crate::backends::{PgDatabase, on_postgres, pkcs11_settings, s3_settings};
 
 /// An empty index of the backend under test, with what keeps it alive.
 struct TestIndex {
@@ -990,4 +994,146 @@ async fn the_s3_object_store_conforms() {
     let Some(s3) = s3_settings() else { return };
     // Garage ignores `If-None-Match: *`; our guarantee comes from keys never being reused.
     object_store_conformance(&ObjectStorage::s3("s3", &s3).unwrap(), !s3_is_garage()).await;
+}
+
+/// What every key provider must do: a wrapped tenant key opens again, also in another
+/// instance of the provider (a restart), and only under its own tenant, name and KEK version;
+/// a wrapped key altered in any byte does not open.
+async fn key_provider_conformance(mut open: impl FnMut() -> Arc<dyn KeyProvider>) {
+    let provider = open();
+    provider.check().await.unwrap();
+    let demo = TenantId::parse("demo").unwrap();
+    let other = TenantId::parse("other").unwrap();
+    let key = SecretKey::generate().unwrap();
+    let wrapped = provider.wrap(&demo, "Patient/1", &key).await.unwrap();
+    assert_eq!(wrapped.kek_version, provider.primary_version());
+    let in_clear = |w: &[u8]| SecretKey::from_slice(&Zeroizing::new(w.to_vec())).is_some_and(|k| k.same_as(&key));
+    assert!(!wrapped.bytes.windows(32).any(in_clear), "the key is not in its wrapped form");
+    assert!(provider.unwrap(&demo, "Patient/1", &wrapped).await.unwrap().same_as(&key));
+    let again = provider.wrap(&demo, "Patient/1", &key).await.unwrap();
+    assert_ne!(again.bytes, wrapped.bytes, "every wrap takes a fresh nonce");
+
+    let restarted = open();
+    assert!(restarted.unwrap(&demo, "Patient/1", &wrapped).await.unwrap().same_as(&key));
+
+    assert!(provider.unwrap(&demo, "Patient/2", &wrapped).await.is_err(), "another compartment");
+    assert!(provider.unwrap(&other, "Patient/1", &wrapped).await.is_err(), "another tenant");
+    let relabelled = WrappedKey { kek_version: wrapped.kek_version + 1, ..wrapped.clone() };
+    assert!(provider.unwrap(&demo, "Patient/1", &relabelled).await.is_err(), "another KEK version");
+    for i in 0..wrapped.bytes.len() {
+        let mut bytes = wrapped.bytes.clone();
+        bytes[i] ^= 0x01;
+        let altered = WrappedKey { bytes, ..wrapped.clone() };
+        assert!(provider.unwrap(&demo, "Patient/1", &altered).await.is_err(), "byte {i} altered");
+    }
+    let truncated = WrappedKey { bytes: wrapped.bytes[..20].to_vec(), ..wrapped.clone() };
+    assert!(provider.unwrap(&demo, "Patient/1", &truncated).await.is_err(), "truncated");
+}
+
+#[tokio::test]
+async fn the_local_key_file_provider_conforms() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("root.key");
+    LocalFileProvider::ensure_file(&path).unwrap();
+    key_provider_conformance(|| Arc::new(LocalFileProvider::load(&path).unwrap())).await;
+}
+
+fn pkcs11_options(settings: &Pkcs11Settings) -> Pkcs11Options {
+    Pkcs11Options {
+        module: settings.module.clone(),
+        token_label: settings.token_label.clone(),
+        pin: settings.pin.clone().unwrap(),
+        label_prefix: settings.label_prefix.clone(),
+        create_missing_keys: settings.create_missing_keys,
+    }
+}
+
+/// A PKCS#11 provider on the test token with every tenant's KEK settled through `index`.
+async fn open_pkcs11(options: &Pkcs11Options, index: &Arc<dyn Index>) -> Arc<dyn KeyProvider> {
+    let provider: Arc<dyn KeyProvider> = Arc::new(Pkcs11Provider::open(options.clone()).unwrap());
+    let keys = KeyService::new(provider.clone(), index.clone(), 16, Duration::from_secs(60));
+    keys.prepare(&[TenantId::parse("demo").unwrap(), TenantId::parse("other").unwrap()]).await.unwrap();
+    provider
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pkcs11_provider_conforms() {
+    let Some(settings) = pkcs11_settings() else { return };
+    let options = pkcs11_options(&settings);
+    let db = fresh_index().await;
+    let (first, second) = (open_pkcs11(&options, &db.index).await, open_pkcs11(&options, &db.index).await);
+    let mut opened = vec![first, second].into_iter();
+    key_provider_conformance(|| opened.next().unwrap()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pkcs11_keks_stay_in_the_token() {
+    let Some(settings) = pkcs11_settings() else { return };
+    let options = pkcs11_options(&settings);
+    let db = fresh_index().await;
+    open_pkcs11(&options, &db.index).await;
+    let provider = Pkcs11Provider::open(options.clone()).unwrap();
+    let demo = TenantId::parse("demo").unwrap();
+    let protection = provider.protection(&demo, 1).await.unwrap();
+    assert_eq!(
+        protection,
+        KekProtection { sensitive: true, extractable: false, never_extractable: true, always_sensitive: true }
+    );
+    assert!(!provider.kek_value_readable(&demo, 1).await.unwrap(), "the token must not give out a KEK");
+
+    // Without permission to create them, a missing KEK stops the start, named.
+    let strict = Pkcs11Options {
+        create_missing_keys: false,
+        label_prefix: format!("{}-missing", options.label_prefix),
+        ..options.clone()
+    };
+    let keys =
+        KeyService::new(Arc::new(Pkcs11Provider::open(strict).unwrap()), db.index.clone(), 16, Duration::from_secs(60));
+    let err = keys.prepare(std::slice::from_ref(&demo)).await.unwrap_err().to_string();
+    assert!(err.contains(&format!("{}-missing/demo/kek/v1", options.label_prefix)), "{err}");
+
+    let err = Pkcs11Provider::open(Pkcs11Options { token_label: "no-such-token".into(), ..options.clone() })
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("no PKCS#11 token labelled `no-such-token`"), "{err}");
+    let err = Pkcs11Provider::open(Pkcs11Options { module: "/nonexistent/libpkcs11.so".into(), ..options })
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("cannot load PKCS#11 module `/nonexistent/libpkcs11.so`"), "{err}");
+}
+
+/// Two replicas start at once on an empty token: each generates a KEK before either records
+/// one. The index settles it: both use the first recorded, the other is destroyed, and what
+/// one wraps the other opens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_starting_together_agree_on_one_kek() {
+    let Some(settings) = pkcs11_settings() else { return };
+    let options = pkcs11_options(&settings);
+    let db = fresh_index().await;
+    let demo = TenantId::parse("demo").unwrap();
+    let a = Pkcs11Provider::open(options.clone()).unwrap();
+    let b = Pkcs11Provider::open(options.clone()).unwrap();
+    let found_by_a = a.provision_kek(&demo, 1).await.unwrap().unwrap();
+    // b looks before a's KEK is recorded: it finds a's, which it did not generate.
+    let found_by_b = b.provision_kek(&demo, 1).await.unwrap().unwrap();
+    assert!(found_by_a.generated && !found_by_b.generated);
+    assert_eq!(found_by_a.id, found_by_b.id);
+
+    // A race both lose to a third: each generated its own before looking again.
+    let c_label = format!("{}-race", options.label_prefix);
+    let race = Pkcs11Options { label_prefix: c_label, ..options.clone() };
+    let (c, d) = (Pkcs11Provider::open(race.clone()).unwrap(), Pkcs11Provider::open(race.clone()).unwrap());
+    let (from_c, from_d) = (c.generate_kek(&demo, 1).await.unwrap(), d.generate_kek(&demo, 1).await.unwrap());
+    assert_ne!(from_c, from_d);
+    let recorded = db.index.claim_kek_id(&demo, 1, &from_c).await.unwrap();
+    assert_eq!(recorded, from_c);
+    assert_eq!(db.index.claim_kek_id(&demo, 1, &from_d).await.unwrap(), from_c, "the first record stays");
+    c.adopt_kek(&demo, 1, &recorded, None).await.unwrap();
+    d.adopt_kek(&demo, 1, &recorded, Some(&from_d)).await.unwrap();
+    assert_eq!(c.kek_ids(&demo, 1).await.unwrap(), std::slice::from_ref(&recorded), "the spare KEK is destroyed");
+    let key = SecretKey::generate().unwrap();
+    let wrapped = d.wrap(&demo, "Patient/9", &key).await.unwrap();
+    assert!(c.unwrap(&demo, "Patient/9", &wrapped).await.unwrap().same_as(&key));
 }

@@ -1,0 +1,68 @@
+//! The server on a PKCS#11 token (SoftHSM2, which `./scripts/test` installs and initialises):
+//! records written and read back with tenant keys wrapped inside the token, no key file in the
+//! data directory, and a start refused, with the reason, when the token cannot be used.
+
+use std::process::Command;
+
+use fhirvault::config::KeyProviderSettings;
+use reqwest::StatusCode;
+
+use crate::backends::pkcs11_settings;
+use crate::binary::BIN;
+use crate::helpers::{patient, spawn_app_with};
+
+#[tokio::test]
+async fn records_round_trip_with_keys_wrapped_in_the_token() {
+    let Some(hsm) = pkcs11_settings() else { return };
+    let app = spawn_app_with(|s| s.keys.provider = KeyProviderSettings::Pkcs11(hsm)).await;
+    let created = app.create_ok(&patient("Durand")).await;
+    let id = created["id"].as_str().unwrap();
+    let read = app.get(&format!("Patient/{id}")).await;
+    assert_eq!(read.status(), StatusCode::OK);
+    let body: serde_json::Value = read.json().await.unwrap();
+    assert_eq!(body["name"][0]["family"], "Durand");
+    assert!(
+        !app.data_files().iter().any(|f| f.ends_with("root.key")),
+        "with an HSM, no key-encryption key lives in the data directory"
+    );
+    let ready = app.client.get(format!("{}/readyz", app.address)).send().await.unwrap();
+    assert_eq!(ready.status(), StatusCode::OK);
+
+    // Each tenant's KEK in the token is recorded in the index (one per tenant, version 1),
+    // and every stored key was wrapped under that version.
+    let pool = app.index().await;
+    let keks: Vec<(String, i64)> =
+        sqlx::query_as("SELECT tenant, version FROM kek_versions ORDER BY tenant").fetch_all(&pool).await.unwrap();
+    assert_eq!(keks, [("demo".to_owned(), 1), ("other".to_owned(), 1)]);
+    let versions: Vec<(i64,)> =
+        sqlx::query_as("SELECT DISTINCT kek_version FROM tenant_keys").fetch_all(&pool).await.unwrap();
+    assert_eq!(versions, [(1,)]);
+}
+
+#[test]
+fn the_server_refuses_a_token_it_cannot_use() {
+    let Some(hsm) = pkcs11_settings() else { return };
+    let module = hsm.module.display().to_string();
+    let refused = |token: &str, pin: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("fhirvault.toml");
+        let toml = format!(
+            "[keys.provider]\nkind = \"pkcs11\"\nmodule = \"{module}\"\ntoken_label = \"{token}\"\npin = \"{pin}\"\n\
+             label_prefix = \"{}\"\njurisdiction = \"FR\"\noperator = {{ country = \"FR\" }}\n",
+            hsm.label_prefix
+        );
+        std::fs::write(&config, toml).unwrap();
+        let output = Command::new(BIN)
+            .current_dir(dir.path())
+            .args(["serve", "--listen", "127.0.0.1:0", "--config", config.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(!output.status.success(), "the server must refuse to start with token {token}");
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    let pin = secrecy::ExposeSecret::expose_secret(hsm.pin.as_ref().unwrap()).to_owned();
+    let err = refused(&hsm.token_label, &format!("{pin}9"));
+    assert!(err.contains("refused the PIN"), "{err}");
+    let err = refused("no-such-token", &pin);
+    assert!(err.contains("no PKCS#11 token labelled `no-such-token`"), "{err}");
+}
