@@ -224,6 +224,63 @@ pub enum KeyProviderSettings {
     /// tenant and KEK version, labelled `{label_prefix}/{tenant}/kek/v{version}`; tenant keys
     /// are wrapped inside the token (AES-GCM, the key's identity as AAD).
     Pkcs11(Pkcs11Settings),
+    /// The transit secrets engine of OpenBao or HashiCorp Vault: one transit key per tenant
+    /// (`{key_prefix}-{tenant}`), whose versions are the tenant's KEK versions; tenant keys are
+    /// wrapped by the engine (`encrypt`/`decrypt` with the key's identity as associated data).
+    Transit(TransitSettings),
+}
+
+impl KeyProviderSettings {
+    /// Where a remote provider runs and who operates it (the residency rules); `None` for the
+    /// local key file, which is on the server.
+    pub fn site(&self) -> Option<(&str, &OperatorSettings)> {
+        match self {
+            Self::InsecureLocalFile { .. } => None,
+            Self::Pkcs11(p) => Some((&p.jurisdiction, &p.operator)),
+            Self::Transit(t) => Some((&t.jurisdiction, &t.operator)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TransitSettings {
+    /// The server's base URL, e.g. `https://bao.internal:8200` (`http` only on loopback).
+    pub address: String,
+    /// Where the transit engine is mounted.
+    #[serde(default = "default_transit_mount")]
+    pub mount: String,
+    /// The token the server authenticates with (a policy allowing `encrypt`, `decrypt` and
+    /// reading and creating its keys). Prefer the environment (`FHIRVAULT__KEYS__PROVIDER__TOKEN`)
+    /// or `token_file`.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub token: Option<SecretString>,
+    /// A file holding the token (mode 0600), instead of `token`.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// Transit keys are named `{key_prefix}-{tenant}`.
+    #[serde(default = "default_kek_label_prefix")]
+    pub key_prefix: String,
+    /// Create a tenant's transit key when it has none. Off: an operator creates each key
+    /// beforehand, and the server refuses to start while one is missing.
+    #[serde(default = "yes")]
+    pub create_missing_keys: bool,
+    /// Time allowed for one call to the engine, in seconds.
+    #[serde(default = "default_transit_timeout")]
+    pub timeout_seconds: u64,
+    /// ISO 3166-1 alpha-2 code of the country where the engine runs.
+    pub jurisdiction: String,
+    /// Who operates the engine (residency rules, as for `pkcs11`).
+    pub operator: OperatorSettings,
+}
+
+fn default_transit_mount() -> String {
+    "transit".to_owned()
+}
+
+const fn default_transit_timeout() -> u64 {
+    10
 }
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -820,7 +877,7 @@ impl Settings {
         match &self.keys.provider {
             KeyProviderSettings::InsecureLocalFile { path: Some(path) } => Some(path.clone()),
             KeyProviderSettings::InsecureLocalFile { path: None } => Some(self.data_dir.join("keys").join("root.key")),
-            KeyProviderSettings::Pkcs11(_) => None,
+            KeyProviderSettings::Pkcs11(_) | KeyProviderSettings::Transit(_) => None,
         }
     }
 

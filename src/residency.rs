@@ -153,22 +153,35 @@ pub fn check(settings: &Settings) -> Result<(), Violation> {
 /// The key provider holds every tenant's KEKs: whoever can compel its operator can open the
 /// records. `strict` tenants accept only one in the EEA under an operator no non-EU law reaches.
 fn check_key_provider(settings: &Settings) -> Result<(), Violation> {
-    let KeyProviderSettings::Pkcs11(p) = &settings.keys.provider else {
+    if let KeyProviderSettings::Transit(t) = &settings.keys.provider {
+        match url::Url::parse(&t.address) {
+            Ok(url) if url.scheme() == "https" => {}
+            Ok(url) if url.scheme() == "http" && is_loopback(&url) => {}
+            Ok(_) => {
+                return Err(violation(
+                    "keys.provider.address",
+                    "tenant keys cross this connection: it must be `https` (plain `http` only on loopback)",
+                ));
+            }
+            Err(e) => return Err(violation("keys.provider.address", format!("`{}` is not a URL: {e}", t.address))),
+        }
+    }
+    let Some((jurisdiction, operator)) = settings.keys.provider.site() else {
         return Ok(());
     };
-    country("keys.provider.jurisdiction", &p.jurisdiction)?;
-    country("keys.provider.operator.country", &p.operator.country)?;
+    country("keys.provider.jurisdiction", jurisdiction)?;
+    country("keys.provider.operator.country", &operator.country)?;
     for (id, tenant) in &settings.tenants {
         if tenant.sovereignty != Sovereignty::Strict {
             continue;
         }
-        if !in_eea(&p.jurisdiction) {
+        if !in_eea(jurisdiction) {
             return Err(violation(
                 "keys.provider.jurisdiction",
-                format!("tenant `{id}` is `strict` but the key provider runs in {}, outside the EEA", p.jurisdiction),
+                format!("tenant `{id}` is `strict` but the key provider runs in {jurisdiction}, outside the EEA"),
             ));
         }
-        if let Some(why) = strict_objection(&p.operator) {
+        if let Some(why) = strict_objection(operator) {
             return Err(violation(
                 "keys.provider.operator",
                 format!("tenant `{id}` is `strict` but the operator of the key provider {why}"),
@@ -180,13 +193,11 @@ fn check_key_provider(settings: &Settings) -> Result<(), Violation> {
 
 /// Why the key provider is reachable by a non-EU law, if it is.
 fn key_provider_exposure(settings: &Settings) -> Option<String> {
-    let KeyProviderSettings::Pkcs11(p) = &settings.keys.provider else {
-        return None;
-    };
-    if in_eea(&p.jurisdiction) {
-        strict_objection(&p.operator).map(|why| format!("key provider: operator {why}"))
+    let (jurisdiction, operator) = settings.keys.provider.site()?;
+    if in_eea(jurisdiction) {
+        strict_objection(operator).map(|why| format!("key provider: operator {why}"))
     } else {
-        Some(format!("key provider: runs in {}, outside the EEA", p.jurisdiction))
+        Some(format!("key provider: runs in {jurisdiction}, outside the EEA"))
     }
 }
 
@@ -346,6 +357,11 @@ pub fn report(settings: &Settings) -> Report {
                 KeyProviderSettings::Pkcs11(p) => {
                     Placement::new(format!("PKCS#11 token `{}` (HSM)", p.token_label), &p.jurisdiction, &p.operator)
                 }
+                KeyProviderSettings::Transit(t) => Placement::new(
+                    format!("transit engine `{}` at {}", t.mount, t.address),
+                    &t.jurisdiction,
+                    &t.operator,
+                ),
             };
             let mut identity = if settings.dev_issuer_enabled() {
                 vec![Placement::new(

@@ -21,7 +21,10 @@ use crate::config::{BackendSettings, KeyProviderSettings, Settings};
 use crate::engine::{Engine, Limits};
 use crate::fhir::model;
 use crate::ids::{CountryCode, TenantId};
-use crate::keys::{KeyError, KeyProvider, KeyService, LocalFileProvider, Pkcs11Options, Pkcs11Provider};
+use crate::keys::{
+    KeyError, KeyProvider, KeyService, LocalFileProvider, Pkcs11Options, Pkcs11Provider, TransitOptions,
+    TransitProvider,
+};
 use crate::storage::{self, Index, Locations, ObjectStorage, StorageError};
 use secrecy::SecretString;
 
@@ -298,20 +301,7 @@ pub async fn key_provider(settings: &Settings) -> Result<Arc<dyn KeyProvider>, S
             Ok(Arc::new(provider))
         }
         KeyProviderSettings::Pkcs11(p) => {
-            let pin = match (&p.pin, &p.pin_file) {
-                (Some(pin), None) => pin.clone(),
-                (None, Some(path)) => {
-                    let text = crate::keys::local::read_private_file(path)
-                        .map_err(|why| KeyError::Provider(format!("PIN file `{}`: {why}", path.display())))?;
-                    SecretString::from(text.trim().to_owned())
-                }
-                _ => {
-                    return Err(KeyError::Provider(
-                        "keys.provider: set exactly one of `pin` and `pin_file` for the PKCS#11 token".into(),
-                    )
-                    .into());
-                }
-            };
+            let pin = secret_from("pin", p.pin.as_ref(), p.pin_file.as_deref())?;
             let options = Pkcs11Options {
                 module: p.module.clone(),
                 token_label: p.token_label.clone(),
@@ -325,6 +315,35 @@ pub async fn key_provider(settings: &Settings) -> Result<Arc<dyn KeyProvider>, S
             tracing::info!(provider = %provider.describe(), "key provider ready");
             Ok(Arc::new(provider))
         }
+        KeyProviderSettings::Transit(t) => {
+            let token = secret_from("token", t.token.as_ref(), t.token_file.as_deref())?;
+            let address = url::Url::parse(&t.address)
+                .map_err(|e| KeyError::Provider(format!("keys.provider.address `{}`: {e}", t.address)))?;
+            let provider = TransitProvider::new(TransitOptions {
+                address,
+                mount: t.mount.clone(),
+                token,
+                key_prefix: t.key_prefix.clone(),
+                create_missing_keys: t.create_missing_keys,
+                timeout: Duration::from_secs(t.timeout_seconds),
+            })?;
+            provider.check().await?;
+            tracing::info!(provider = %provider.describe(), "key provider ready");
+            Ok(Arc::new(provider))
+        }
+    }
+}
+
+/// A provider's secret (PIN, token): given in the settings, or read from a 0600 file.
+fn secret_from(what: &str, given: Option<&SecretString>, file: Option<&Path>) -> Result<SecretString, KeyError> {
+    match (given, file) {
+        (Some(secret), None) => Ok(secret.clone()),
+        (None, Some(path)) => {
+            let text = crate::keys::local::read_private_file(path)
+                .map_err(|why| KeyError::Provider(format!("{what} file `{}`: {why}", path.display())))?;
+            Ok(SecretString::from(text.trim().to_owned()))
+        }
+        _ => Err(KeyError::Provider(format!("keys.provider: set exactly one of `{what}` and `{what}_file`"))),
     }
 }
 

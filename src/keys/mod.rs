@@ -7,6 +7,7 @@
 
 pub mod local;
 pub mod pkcs11;
+pub mod transit;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +21,7 @@ use crate::storage::{Index, StorageError};
 
 pub use local::LocalFileProvider;
 pub use pkcs11::{Pkcs11Options, Pkcs11Provider};
+pub use transit::{TransitOptions, TransitProvider};
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {

@@ -23,7 +23,7 @@ mod gc;
 mod health;
 mod helpers;
 mod history;
-mod hsm;
+mod key_providers;
 mod oidc;
 mod policies;
 mod readme;

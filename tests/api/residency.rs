@@ -55,6 +55,11 @@ fn the_server_refuses_to_start_outside_the_rules() {
     let err = refused(&hsm("DE", "{ country = \"DE\", extraterritorial_laws = [\"US CLOUD Act\"] }"));
     assert!(err.contains("keys.provider.operator") && err.contains("US CLOUD Act"), "{err}");
 
+    let transit = "[keys.provider]\nkind = \"transit\"\naddress = \"http://kms.example.eu:8200\"\ntoken = \"t\"\n\
+                   jurisdiction = \"FR\"\noperator = { country = \"FR\" }\n";
+    let err = refused(transit);
+    assert!(err.contains("keys.provider.address") && err.contains("must be `https`"), "{err}");
+
     let err = refused("[database]\nurl = \"mysql://db/fhir\"\n");
     assert!(err.contains("database.url") && err.contains("unsupported scheme `mysql`"), "{err}");
 }

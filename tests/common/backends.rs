@@ -8,6 +8,8 @@
 //!   S3-compatible server for the S3 tests; each test writes under its own prefix.
 //! - `FHIRVAULT_TEST_PKCS11_MODULE` (+ `_TOKEN`, `_PIN`): a PKCS#11 token (SoftHSM2) for the
 //!   key provider tests; each test's KEKs carry their own label prefix.
+//! - `FHIRVAULT_TEST_TRANSIT_ADDR` (+ `_TOKEN`): an OpenBao server with the transit engine
+//!   mounted at `transit`; each test's keys carry their own prefix.
 
 #![expect(
     clippy::disallowed_methods,
@@ -116,6 +118,31 @@ pub fn pkcs11_settings() -> Option<fhirvault::config::Pkcs11Settings> {
         jurisdiction: "FR".to_owned(),
         operator: fhirvault::config::OperatorSettings {
             name: Some("Test HSM operator".to_owned()),
+            country: "FR".to_owned(),
+            extraterritorial_laws: Vec::new(),
+        },
+    })
+}
+
+/// The OpenBao transit engine started for the tests, with a fresh key prefix; `None` (test
+/// skipped) when no engine is configured outside CI.
+pub fn transit_settings() -> Option<fhirvault::config::TransitSettings> {
+    let Ok(address) = std::env::var("FHIRVAULT_TEST_TRANSIT_ADDR") else {
+        assert!(!required(), "CI must run the transit tests: FHIRVAULT_TEST_TRANSIT_ADDR is not set");
+        eprintln!("skipped: no transit engine (FHIRVAULT_TEST_TRANSIT_ADDR); ./scripts/test starts OpenBao");
+        return None;
+    };
+    Some(fhirvault::config::TransitSettings {
+        address,
+        mount: "transit".to_owned(),
+        token: Some(SecretString::from(std::env::var("FHIRVAULT_TEST_TRANSIT_TOKEN").unwrap_or_default())),
+        token_file: None,
+        key_prefix: format!("test-{}", uuid::Uuid::new_v4().simple()),
+        create_missing_keys: true,
+        timeout_seconds: 10,
+        jurisdiction: "FR".to_owned(),
+        operator: fhirvault::config::OperatorSettings {
+            name: Some("Test KMS operator".to_owned()),
             country: "FR".to_owned(),
             extraterritorial_laws: Vec::new(),
         },

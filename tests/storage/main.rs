@@ -20,7 +20,9 @@ use fhirvault::config::Pkcs11Settings;
 use fhirvault::crypto::{SecretKey, WrappedKey};
 use fhirvault::ids::{ResourceId, ResourceType, TenantId, VersionId};
 use fhirvault::keys::pkcs11::KekProtection;
-use fhirvault::keys::{KeyProvider, KeyService, LocalFileProvider, Pkcs11Options, Pkcs11Provider};
+use fhirvault::keys::{
+    KeyProvider, KeyService, LocalFileProvider, Pkcs11Options, Pkcs11Provider, TransitOptions, TransitProvider,
+};
 use fhirvault::storage::search::{Bound, Cmp, DateRow, Filter, Linked, NumberRow, RefRow, SortBy, SortKey, Unit};
 use fhirvault::storage::{
     Committer, Direction, HistoryQuery, Index, IndexOptions, LinkQuery, Locations, Method, NewVersion, ObjectKey,
@@ -30,7 +32,7 @@ use fhirvault::time::Timestamp;
 use secrecy::SecretString;
 use zeroize::Zeroizing;
 
-use crate::backends::{PgDatabase, on_postgres, pkcs11_settings, s3_settings};
+use crate::backends::{PgDatabase, on_postgres, pkcs11_settings, s3_settings, transit_settings};
 
 /// An empty index of the backend under test, with what keeps it alive.
 struct TestIndex {
@@ -1136,4 +1138,74 @@ async fn replicas_starting_together_agree_on_one_kek() {
     let key = SecretKey::generate().unwrap();
     let wrapped = d.wrap(&demo, "Patient/9", &key).await.unwrap();
     assert!(c.unwrap(&demo, "Patient/9", &wrapped).await.unwrap().same_as(&key));
+}
+
+fn transit_options(settings: &fhirvault::config::TransitSettings) -> TransitOptions {
+    TransitOptions {
+        address: settings.address.parse().unwrap(),
+        mount: settings.mount.clone(),
+        token: settings.token.clone().unwrap(),
+        key_prefix: settings.key_prefix.clone(),
+        create_missing_keys: settings.create_missing_keys,
+        timeout: Duration::from_secs(settings.timeout_seconds),
+    }
+}
+
+/// A transit provider on the test engine with every tenant's key settled through `index`.
+async fn open_transit(options: &TransitOptions, index: &Arc<dyn Index>) -> Arc<dyn KeyProvider> {
+    let provider: Arc<dyn KeyProvider> = Arc::new(TransitProvider::new(options.clone()).unwrap());
+    let keys = KeyService::new(provider.clone(), index.clone(), 16, Duration::from_secs(60));
+    keys.prepare(&[TenantId::parse("demo").unwrap(), TenantId::parse("other").unwrap()]).await.unwrap();
+    provider
+}
+
+#[tokio::test]
+async fn the_transit_provider_conforms() {
+    let Some(settings) = transit_settings() else { return };
+    let options = transit_options(&settings);
+    let db = fresh_index().await;
+    let (first, second) = (open_transit(&options, &db.index).await, open_transit(&options, &db.index).await);
+    let mut opened = vec![first, second].into_iter();
+    key_provider_conformance(|| opened.next().unwrap()).await;
+}
+
+#[tokio::test]
+async fn the_transit_provider_refuses_what_it_cannot_use() {
+    let Some(settings) = transit_settings() else { return };
+    let options = transit_options(&settings);
+    let db = fresh_index().await;
+    let demo = TenantId::parse("demo").unwrap();
+    open_transit(&options, &db.index).await;
+
+    // Another prefix than the one the index records: refused, before anything is wrapped.
+    let moved = TransitOptions { key_prefix: format!("{}-moved", options.key_prefix), ..options.clone() };
+    let keys =
+        KeyService::new(Arc::new(TransitProvider::new(moved).unwrap()), db.index.clone(), 16, Duration::from_secs(60));
+    let err = keys.prepare(std::slice::from_ref(&demo)).await.unwrap_err().to_string();
+    assert!(
+        err.contains("the index records") && err.contains(&format!("transit/{}-demo", options.key_prefix)),
+        "{err}"
+    );
+
+    // A missing key without permission to create it, on a fresh index: named.
+    let other_db = fresh_index().await;
+    let strict = TransitOptions {
+        key_prefix: format!("{}-missing", options.key_prefix),
+        create_missing_keys: false,
+        ..options.clone()
+    };
+    let keys = KeyService::new(
+        Arc::new(TransitProvider::new(strict).unwrap()),
+        other_db.index.clone(),
+        16,
+        Duration::from_secs(60),
+    );
+    let err = keys.prepare(std::slice::from_ref(&demo)).await.unwrap_err().to_string();
+    assert!(err.contains(&format!("holds no key `{}-missing-demo`", options.key_prefix)), "{err}");
+
+    // A token the engine does not accept: the engine's refusal, not an integrity error.
+    let forged = TransitOptions { token: SecretString::from("not-a-token"), ..options };
+    let provider = TransitProvider::new(forged).unwrap();
+    let err = provider.wrap(&demo, "tenant", &SecretKey::generate().unwrap()).await.unwrap_err().to_string();
+    assert!(err.contains("403"), "{err}");
 }

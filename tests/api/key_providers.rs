@@ -1,13 +1,14 @@
-//! The server on a PKCS#11 token (SoftHSM2, which `./scripts/test` installs and initialises):
-//! records written and read back with tenant keys wrapped inside the token, no key file in the
-//! data directory, and a start refused, with the reason, when the token cannot be used.
+//! The server on each production key provider that `./scripts/test` starts: a PKCS#11 token
+//! (SoftHSM2) and OpenBao's transit engine. Records are written and read back with tenant keys
+//! wrapped by the provider, the index records which KEK each tenant uses, no key file lives in
+//! the data directory, and a start is refused, with the reason, when the token cannot be used.
 
 use std::process::Command;
 
 use fhirvault::config::KeyProviderSettings;
 use reqwest::StatusCode;
 
-use crate::backends::pkcs11_settings;
+use crate::backends::{pkcs11_settings, transit_settings};
 use crate::binary::BIN;
 use crate::helpers::{patient, spawn_app_with};
 
@@ -65,4 +66,23 @@ fn the_server_refuses_a_token_it_cannot_use() {
     assert!(err.contains("refused the PIN"), "{err}");
     let err = refused("no-such-token", &pin);
     assert!(err.contains("no PKCS#11 token labelled `no-such-token`"), "{err}");
+}
+
+#[tokio::test]
+async fn records_round_trip_with_keys_wrapped_by_the_transit_engine() {
+    let Some(transit) = transit_settings() else { return };
+    let prefix = transit.key_prefix.clone();
+    let app = spawn_app_with(|s| s.keys.provider = KeyProviderSettings::Transit(transit)).await;
+    let created = app.create_ok(&patient("Martin")).await;
+    let id = created["id"].as_str().unwrap();
+    let body: serde_json::Value = app.get(&format!("Patient/{id}")).await.json().await.unwrap();
+    assert_eq!(body["name"][0]["family"], "Martin");
+
+    let pool = app.index().await;
+    let keks: Vec<(String, Vec<u8>)> =
+        sqlx::query_as("SELECT tenant, key_id FROM kek_versions ORDER BY tenant").fetch_all(&pool).await.unwrap();
+    let expected = |t: &str| (t.to_owned(), format!("transit/{prefix}-{t}").into_bytes());
+    assert_eq!(keks, [expected("demo"), expected("other")]);
+    let wrapped: Vec<(Vec<u8>,)> = sqlx::query_as("SELECT wrapped FROM tenant_keys").fetch_all(&pool).await.unwrap();
+    assert!(!wrapped.is_empty() && wrapped.iter().all(|(w,)| w.starts_with(b"vault:v1:")));
 }
