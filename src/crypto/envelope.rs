@@ -226,4 +226,153 @@ mod tests {
         let err = open(&key, &identity(&f), &Sealed::from_bytes(bytes)).err().unwrap();
         assert_eq!(err, CryptoError::Integrity { stage: "commitment" });
     }
+
+    /// More than 10,000 randomized attacks on sealed objects and on the wrapped keys that open
+    /// them, none accepted: a bit flipped in any header field (magic, format, suite, the
+    /// wrapped DEK's nonce, ciphertext and tag, the commitment, the payload nonce) or in the
+    /// payload or its tag; an object opened under an identity that differs in one part (tenant,
+    /// location, type, id, version, compartment) or under another compartment's key; objects
+    /// swapped across tenants, patients, versions and locations; one field spliced in from
+    /// another object; truncation and extension; a wrapped compartment key flipped, or unwrapped
+    /// under another tenant, name or KEK version. Deterministic (a fixed seed).
+    #[test]
+    fn ten_thousand_random_attacks_are_all_refused() {
+        use crate::audit::log::tests::Rng;
+        use crate::crypto::keys::Kek;
+        use crate::crypto::wrap::{self, KeyContext, WrappedKey};
+
+        let tenants = [TenantId::parse("demo").unwrap(), TenantId::parse("other").unwrap()];
+        let ids = [ResourceId::parse("p1").unwrap(), ResourceId::parse("p2").unwrap()];
+        let compartments = ["Patient/p1", "Patient/p2"];
+        let locations = ["paris", "frankfurt"];
+        let versions = [VersionId::FIRST, VersionId::FIRST.next().unwrap()];
+        let kek = Kek::new(SecretKey::generate().unwrap());
+        let mut rng = Rng(0x5eed_f00d_dead_beef);
+
+        // Every (tenant, patient, location, version): an object sealed under that patient's key.
+        struct Object<'a> {
+            identity: ObjectIdentity<'a>,
+            key: usize,
+            sealed: Vec<u8>,
+        }
+        let keys: Vec<CompartmentKey> = (0..4).map(|_| CompartmentKey::new(SecretKey::generate().unwrap())).collect();
+        let mut objects = Vec::new();
+        for (t, tenant) in tenants.iter().enumerate() {
+            for (p, id) in ids.iter().enumerate() {
+                for location in locations {
+                    for version in versions {
+                        let identity = ObjectIdentity {
+                            tenant,
+                            location,
+                            resource_type: ResourceType::PATIENT,
+                            id,
+                            version,
+                            compartment: compartments[p],
+                        };
+                        let body = format!(r#"{{"resourceType":"Patient","id":"{}","n":{}}}"#, id.as_str(), rng.next());
+                        let sealed = seal(&keys[t * 2 + p], &identity, body.as_bytes()).unwrap().into_bytes();
+                        objects.push(Object { identity, key: t * 2 + p, sealed });
+                    }
+                }
+            }
+        }
+        let fields: [(usize, usize); 10] =
+            [(0, 4), (4, 5), (5, 6), (6, 18), (18, 50), (50, 66), (66, 98), (98, 110), (110, 0), (0, 16)];
+        let other_type = ResourceType::parse("Observation").unwrap();
+        let mut attacks = 0;
+        for round in 0..12_000 {
+            let o = &objects[rng.below(objects.len() as u64) as usize];
+            let key = &keys[o.key];
+            let refused = |bytes: Vec<u8>, identity: &ObjectIdentity<'_>, key: &CompartmentKey| {
+                matches!(open(key, identity, &Sealed::from_bytes(bytes)), Err(CryptoError::Integrity { .. }))
+            };
+            let ok = match rng.below(6) {
+                0 => {
+                    // A bit in one field: payload fields are measured from the end.
+                    let (start, end) = fields[rng.below(fields.len() as u64) as usize];
+                    let len = o.sealed.len();
+                    let (start, end) = match (start, end) {
+                        (110, 0) => (110, len - 16),
+                        (0, 16) => (len - 16, len),
+                        other => other,
+                    };
+                    let mut bytes = o.sealed.clone();
+                    let bit = start * 8 + rng.below(((end - start) * 8) as u64) as usize;
+                    bytes[bit / 8] ^= 1 << (bit % 8);
+                    refused(bytes, &o.identity, key)
+                }
+                1 => {
+                    let mut identity = o.identity;
+                    match rng.below(6) {
+                        0 => identity.tenant = &tenants[usize::from(identity.tenant == &tenants[0])],
+                        1 => identity.location = if identity.location == "paris" { "frankfurt" } else { "paris" },
+                        2 => identity.resource_type = other_type,
+                        3 => identity.id = &ids[usize::from(identity.id == &ids[0])],
+                        4 => identity.version = versions[usize::from(identity.version == versions[0])],
+                        _ => {
+                            identity.compartment =
+                                if identity.compartment == "tenant" { "Patient/p1" } else { "tenant" }
+                        }
+                    }
+                    refused(o.sealed.clone(), &identity, key)
+                }
+                2 => {
+                    // Another object (another tenant, patient, location or version) in this
+                    // one's place, opened with this one's key, or with its own key.
+                    let mut j = rng.below(objects.len() as u64) as usize;
+                    while std::ptr::eq(&objects[j], o) {
+                        j = rng.below(objects.len() as u64) as usize;
+                    }
+                    let with = if rng.below(2) == 0 { key } else { &keys[objects[j].key] };
+                    refused(objects[j].sealed.clone(), &o.identity, with)
+                }
+                3 => {
+                    // One header field taken from another object.
+                    let donor = &objects[rng.below(objects.len() as u64) as usize];
+                    if std::ptr::eq(donor, o) {
+                        continue;
+                    }
+                    let (start, end) = fields[3 + rng.below(5) as usize];
+                    let mut bytes = o.sealed.clone();
+                    bytes[start..end].copy_from_slice(&donor.sealed[start..end]);
+                    refused(bytes, &o.identity, key)
+                }
+                4 => {
+                    let mut bytes = o.sealed.clone();
+                    if rng.below(2) == 0 {
+                        bytes.truncate(rng.below(bytes.len() as u64) as usize);
+                    } else {
+                        for _ in 0..=rng.below(32) {
+                            bytes.push(rng.next() as u8);
+                        }
+                    }
+                    refused(bytes, &o.identity, key)
+                }
+                _ => {
+                    let tenant = &tenants[rng.below(2) as usize];
+                    let ctx = KeyContext { tenant, key_ref: compartments[rng.below(2) as usize], kek_version: 1 };
+                    let wrapped = wrap::wrap(&kek, &ctx, &SecretKey::generate().unwrap()).unwrap();
+                    let other_tenant = &tenants[usize::from(tenant == &tenants[0])];
+                    let other_ref = if ctx.key_ref == compartments[0] { compartments[1] } else { compartments[0] };
+                    match rng.below(4) {
+                        0 => {
+                            let mut bytes = wrapped.bytes.clone();
+                            let bit = rng.below((bytes.len() * 8) as u64) as usize;
+                            bytes[bit / 8] ^= 1 << (bit % 8);
+                            wrap::unwrap(&kek, &ctx, &WrappedKey { bytes, ..wrapped }).is_err()
+                        }
+                        1 => wrap::unwrap(&kek, &KeyContext { tenant: other_tenant, ..ctx }, &wrapped).is_err(),
+                        2 => wrap::unwrap(&kek, &KeyContext { key_ref: other_ref, ..ctx }, &wrapped).is_err(),
+                        _ => {
+                            let relabelled = WrappedKey { kek_version: 2, ..wrapped };
+                            wrap::unwrap(&kek, &KeyContext { kek_version: 2, ..ctx }, &relabelled).is_err()
+                        }
+                    }
+                }
+            };
+            assert!(ok, "round {round}: a mutation was accepted");
+            attacks += 1;
+        }
+        assert!(attacks >= 10_000, "{attacks} attacks");
+    }
 }
