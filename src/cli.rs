@@ -264,7 +264,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             let settings = Settings::load(&sources(&common, None))?;
             crate::telemetry::init(&settings.log);
             let (index, locations) = startup::open_storage(&settings).await?;
-            let mut sealer = startup::audit_sealer(&settings)?;
+            let mut sealer = startup::audit_sealer(&settings, &index).await?;
             let sealed = crate::audit::sealer::drain(index.as_ref(), &mut sealer, &locations).await?;
             writeln!(std::io::stdout(), "{sealed} record(s) sealed")?;
             Ok(())
@@ -272,7 +272,8 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Audit(AuditCommand::Key(common)) => {
             let settings = Settings::load(&sources(&common, None))?;
             startup::prepare_data_dir(&settings)?;
-            let sealer_key = startup::audit_key(&settings)?;
+            let (index, _) = startup::open_storage(&settings).await?;
+            let sealer_key = startup::audit_key(&settings, &index).await?;
             writeln!(std::io::stdout(), "{}", sealer_key.public_key())?;
             Ok(())
         }
@@ -293,20 +294,25 @@ async fn audit_verify(args: &VerifyArgs) -> Result<(), CliError> {
     if let Some(url) = &args.database_url {
         settings.database.url = Some(url.clone().into());
     }
+    let (index, locations) = startup::open_storage(&settings).await?;
     let public_key = match &args.key {
         Some(key) => key.clone(),
         None => {
-            let key = crate::audit::log::LogKey::load(&settings.audit_key_path())?;
+            // The server's own key, as it is: a key file is read, never created here.
+            let (key, kept) = if startup::audit_key_is_managed(&settings) {
+                (startup::audit_key(&settings, &index).await?, "kept by the key provider".to_owned())
+            } else {
+                let path = settings.audit_key_path();
+                (crate::audit::log::LogKey::load(&path)?, format!("in {}", path.display()))
+            };
             let _ = writeln!(
                 std::io::stderr(),
-                "note: checking against the key in {}; pin it with --key {}",
-                settings.audit_key_path().display(),
+                "note: checking against the key {kept}; pin it with --key {}",
                 key.public_key()
             );
             key.public_key()
         }
     };
-    let (index, locations) = startup::open_storage(&settings).await?;
     let logs = match &args.log {
         Some(log) => vec![log.clone()],
         None => index.log_names().await?,

@@ -483,8 +483,9 @@ impl Default for GcSettings {
 pub struct AuditSettings {
     /// A file holding the log's Ed25519 signing key as a signed-note private key
     /// (`PRIVATE+KEY+<name>+<id>+<key>`, as `fhirvault audit keygen` or Go's `note.GenerateKey`
-    /// print it). Defaults to `keys/audit-log.key` in the data directory, generated on first
-    /// start under the name `origin`.
+    /// print it). Unset: with the development key provider, `keys/audit-log.key` in the data
+    /// directory, generated on first start under the name `origin`; with an HSM or a KMS, a key
+    /// generated once and kept in the index, wrapped by the provider.
     pub signing_key_file: Option<PathBuf>,
     /// The name a generated key gets, and so the prefix of every log's origin
     /// (`<origin>/<tenant>`), for example `fhir.example.org/audit`.

@@ -36,6 +36,13 @@ impl TenantId {
         if ok { Ok(Self(s.into())) } else { Err(IdError::Tenant(s.to_owned())) }
     }
 
+    /// The scope of keys that belong to the server rather than to a tenant (the audit log's
+    /// signing key): kept and wrapped like a tenant's, under a KEK of its own. No tenant can
+    /// have this id, since tenant ids do not start with `-`.
+    pub fn server_scope() -> Self {
+        Self("-server".into())
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }

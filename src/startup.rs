@@ -79,7 +79,8 @@ impl Application {
             spawn_sweeper(&settings, index.clone())?;
         }
         if settings.audit.sealer {
-            crate::audit::sealer::spawn(index, audit_sealer(&settings)?, open_locations(&settings)?);
+            let sealer = audit_sealer(&settings, &index).await?;
+            crate::audit::sealer::spawn(index, sealer, open_locations(&settings)?);
         }
         tracing::info!(address = %addr.ip(), port, tenants = settings.tenants.len(), "fhirvault listening");
         Ok(Self { server, port })
@@ -162,7 +163,7 @@ pub async fn build_state(settings: &Settings) -> Result<(web::Data<AppState>, Ar
         max_bundle_entries: settings.writes.bundle_max_entries,
         conditional_delete_multiple: settings.writes.conditional_delete_multiple,
         conditional_delete_max: settings.writes.conditional_delete_max,
-        audit_public_key: Some(audit_key(settings)?.public_key()),
+        audit_public_key: Some(audit_key(settings, &index).await?.public_key()),
         max_export_entries: settings.audit.max_export_entries,
     };
     let state = web::Data::new(AppState {
@@ -234,8 +235,20 @@ pub fn open_locations(settings: &Settings) -> Result<Locations, StartupError> {
     Ok(locations)
 }
 
-/// The audit log key (generated on first start when it is the default file).
-pub fn audit_key(settings: &Settings) -> Result<LogKey, StartupError> {
+/// The name of the audit log key among the server's own keys.
+const AUDIT_LOG_KEY_REF: &str = "audit:log-signing";
+
+/// The audit log key: the file `audit.signing_key_file` when set; else, with the development
+/// key provider, a file in the data directory (generated on first start); else (an HSM or a
+/// KMS) a key generated once and kept in the index wrapped by the provider, under the server's
+/// own KEK, like the tenants' keys.
+pub async fn audit_key(settings: &Settings, index: &Arc<dyn Index>) -> Result<LogKey, StartupError> {
+    if audit_key_is_managed(settings) {
+        let keys = KeyService::new(key_provider(settings).await?, index.clone(), 1, Duration::from_secs(1));
+        keys.prepare(&[TenantId::server_scope()]).await?;
+        let seed = keys.server_secret(AUDIT_LOG_KEY_REF).await?;
+        return Ok(LogKey::from_secret(&settings.audit.origin, &seed)?);
+    }
     let path = settings.audit_key_path();
     if settings.audit.signing_key_file.is_none() {
         LogKey::ensure_file(&path, &settings.audit.origin)?;
@@ -243,9 +256,15 @@ pub fn audit_key(settings: &Settings) -> Result<LogKey, StartupError> {
     Ok(LogKey::load(&path)?)
 }
 
+/// Whether the audit log key is kept by the key provider (an HSM or a KMS, and no key file
+/// configured) rather than in a file.
+pub fn audit_key_is_managed(settings: &Settings) -> bool {
+    settings.audit.signing_key_file.is_none() && settings.root_key_path().is_none()
+}
+
 /// The audit log sealer, with the log key.
-pub fn audit_sealer(settings: &Settings) -> Result<Sealer, StartupError> {
-    let key = Arc::new(audit_key(settings)?);
+pub async fn audit_sealer(settings: &Settings, index: &Arc<dyn Index>) -> Result<Sealer, StartupError> {
+    let key = Arc::new(audit_key(settings, index).await?);
     let cadence = Cadence {
         batch: settings.audit.seal_batch.max(1),
         idle: Duration::from_millis(settings.audit.seal_idle_ms),

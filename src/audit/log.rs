@@ -142,6 +142,14 @@ impl LogKey {
             .map_err(|why| LogError::File(format!("audit log key `{}`: {why}", path.display())))?;
         Self::parse(&text)
     }
+
+    /// The key named `name` whose Ed25519 seed is `secret` (a key the key provider keeps).
+    pub fn from_secret(name: &str, secret: &crate::crypto::SecretKey) -> Result<Self, LogError> {
+        if !signed_note::is_key_name_valid(name) {
+            return Err(LogError::Key);
+        }
+        Ok(Self { name: name.to_owned(), seed: Zeroizing::new(*secret.expose()) })
+    }
 }
 
 /// The verifier key of `log` from the log key's public key (`<name>+<id>+<base64>`, as

@@ -188,6 +188,12 @@ impl KeyService {
             .map_err(|e| unshare(&e))
     }
 
+    /// A key of the server's own (`TenantId::server_scope`), created on first use and kept
+    /// wrapped in the index like a tenant's; not cached.
+    pub async fn server_secret(&self, key_ref: &str) -> Result<SecretKey, KeyError> {
+        self.load_or_create(&TenantId::server_scope(), key_ref).await
+    }
+
     async fn load_or_create(&self, tenant: &TenantId, key_ref: &str) -> Result<SecretKey, KeyError> {
         if let Some(wrapped) = self.index.tenant_key(tenant, key_ref).await? {
             return self.provider.unwrap(tenant, key_ref, &wrapped).await;

@@ -187,7 +187,7 @@ impl TestApp {
     /// through a second connection to the same index.
     pub async fn seal(&self) -> usize {
         let (index, locations) = fhirvault::startup::open_storage(&self.settings).await.expect("storage");
-        let mut sealer = fhirvault::startup::audit_sealer(&self.settings).expect("sealer");
+        let mut sealer = fhirvault::startup::audit_sealer(&self.settings, &index).await.expect("sealer");
         fhirvault::audit::sealer::drain(index.as_ref(), &mut sealer, &locations).await.expect("sealing")
     }
 

@@ -5,6 +5,7 @@
 
 use std::process::Command;
 
+use fhirvault::audit::verify;
 use fhirvault::config::KeyProviderSettings;
 use reqwest::StatusCode;
 
@@ -29,12 +30,12 @@ async fn records_round_trip_with_keys_wrapped_in_the_token() {
     let ready = app.client.get(format!("{}/readyz", app.address)).send().await.unwrap();
     assert_eq!(ready.status(), StatusCode::OK);
 
-    // Each tenant's KEK in the token is recorded in the index (one per tenant, version 1),
-    // and every stored key was wrapped under that version.
+    // Each tenant's KEK in the token is recorded in the index (one per tenant, version 1, and
+    // one for the server's own keys), and every stored key was wrapped under that version.
     let pool = app.index().await;
     let keks: Vec<(String, i64)> =
         sqlx::query_as("SELECT tenant, version FROM kek_versions ORDER BY tenant").fetch_all(&pool).await.unwrap();
-    assert_eq!(keks, [("demo".to_owned(), 1), ("other".to_owned(), 1)]);
+    assert_eq!(keks, [("-server".to_owned(), 1), ("demo".to_owned(), 1), ("other".to_owned(), 1)]);
     let versions: Vec<(i64,)> =
         sqlx::query_as("SELECT DISTINCT kek_version FROM tenant_keys").fetch_all(&pool).await.unwrap();
     assert_eq!(versions, [(1,)]);
@@ -82,7 +83,50 @@ async fn records_round_trip_with_keys_wrapped_by_the_transit_engine() {
     let keks: Vec<(String, Vec<u8>)> =
         sqlx::query_as("SELECT tenant, key_id FROM kek_versions ORDER BY tenant").fetch_all(&pool).await.unwrap();
     let expected = |t: &str| (t.to_owned(), format!("transit/{prefix}-{t}").into_bytes());
-    assert_eq!(keks, [expected("demo"), expected("other")]);
+    assert_eq!(keks, [expected("-server"), expected("demo"), expected("other")]);
     let wrapped: Vec<(Vec<u8>,)> = sqlx::query_as("SELECT wrapped FROM tenant_keys").fetch_all(&pool).await.unwrap();
     assert!(!wrapped.is_empty() && wrapped.iter().all(|(w,)| w.starts_with(b"vault:v1:")));
+}
+
+/// With an HSM or a KMS, the audit log's signing key is kept like the tenants' keys: generated
+/// once, stored in the index wrapped by the provider under the server's own KEK, and the same
+/// key after a restart. The sealed log verifies against it; no key file is written.
+async fn the_audit_log_key_is_kept_by(provider: KeyProviderSettings) {
+    let app = spawn_app_with(|s| s.keys.provider = provider).await;
+    app.create_ok(&patient("Bernard")).await;
+    assert!(app.seal().await > 0);
+    assert!(!app.data_files().iter().any(|f| f.ends_with("audit-log.key")), "no key file with a provider");
+
+    let (index, locations) = fhirvault::startup::open_storage(&app.settings).await.unwrap();
+    let key = fhirvault::startup::audit_key(&app.settings, &index).await.unwrap();
+    let again = fhirvault::startup::audit_key(&app.settings, &index).await.unwrap();
+    assert_eq!(key.public_key(), again.public_key(), "one key, kept");
+    let evidence = verify::gather(index.as_ref(), &locations, "demo").await.unwrap();
+    let report = verify::verify_log(&evidence, &key.verifier_key("demo"));
+    assert!(report.ok() && report.checkpoints > 0 && report.verified_size == report.entries, "{report:?}");
+
+    let pool = app.index().await;
+    let stored: Vec<(String, i64)> =
+        sqlx::query_as("SELECT key_ref, kek_version FROM tenant_keys WHERE tenant = '-server'")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(stored, [("audit:log-signing".to_owned(), 1)]);
+    let server_kek: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM kek_versions WHERE tenant = '-server'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(server_kek, 1);
+}
+
+#[tokio::test]
+async fn the_hsm_keeps_the_audit_log_key() {
+    let Some(hsm) = pkcs11_settings() else { return };
+    the_audit_log_key_is_kept_by(KeyProviderSettings::Pkcs11(hsm)).await;
+}
+
+#[tokio::test]
+async fn the_transit_engine_keeps_the_audit_log_key() {
+    let Some(transit) = transit_settings() else { return };
+    the_audit_log_key_is_kept_by(KeyProviderSettings::Transit(transit)).await;
 }
