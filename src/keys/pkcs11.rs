@@ -90,6 +90,12 @@ struct Token {
     keks: Mutex<HashMap<(TenantId, u32), ObjectHandle>>,
 }
 
+/// Creating and destroying token objects, one at a time in this process. SoftHSM2's file
+/// store fails concurrent object creation at random (CKR_GENERAL_ERROR or
+/// CKR_TEMPLATE_INCONSISTENT; SoftHSMv2 issue 573); a KEK is created or destroyed at start and
+/// at rotation only, so serializing costs nothing. Wrapping and unwrapping stay concurrent.
+static OBJECT_CHANGES: Mutex<()> = Mutex::new(());
+
 /// Tenant KEKs inside a PKCS#11 token.
 #[derive(Clone)]
 pub struct Pkcs11Provider {
@@ -219,6 +225,7 @@ impl Token {
     /// one with the smallest id, which `adopt` then settles through the index.
     fn provision(&self, tenant: &TenantId, version: u32) -> Result<ProvisionedKek, KeyError> {
         let label = kek_label(&self.options.label_prefix, tenant, version);
+        let _one_at_a_time = OBJECT_CHANGES.lock().unwrap_or_else(PoisonError::into_inner);
         self.with_session(|s| {
             let mut found = find_keys(s, &label, None)?;
             found.sort_by(|a, b| a.1.cmp(&b.1));
@@ -235,6 +242,7 @@ impl Token {
     /// Use the KEK with `id` under its label; destroy `discard` (ours, not recorded).
     fn adopt(&self, tenant: &TenantId, version: u32, id: &[u8], discard: Option<&[u8]>) -> Result<(), KeyError> {
         let label = kek_label(&self.options.label_prefix, tenant, version);
+        let _one_at_a_time = OBJECT_CHANGES.lock().unwrap_or_else(PoisonError::into_inner);
         let handle = self.with_session(|s| {
             if let Some(ours) = discard {
                 for (handle, _) in find_keys(s, &label, Some(ours))? {
@@ -364,7 +372,11 @@ impl Pkcs11Provider {
     /// goes through `KeyService::prepare`, which records the id; rotation will add versions.)
     pub async fn generate_kek(&self, tenant: &TenantId, version: u32) -> Result<Vec<u8>, KeyError> {
         let label = self.kek_label(tenant, version);
-        self.blocking(move |token| token.with_session(|s| generate_kek(s, &label))).await
+        self.blocking(move |token| {
+            let _one_at_a_time = OBJECT_CHANGES.lock().unwrap_or_else(PoisonError::into_inner);
+            token.with_session(|s| generate_kek(s, &label))
+        })
+        .await
     }
 
     /// The ids of the keys the token holds under the label of `tenant`'s KEK of `version`.
