@@ -40,6 +40,25 @@ pub enum Command {
     /// The tamper-evident audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Key-encryption keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// List each tenant's KEK versions (and the server's own, `-server`): the provider's key
+    /// and how many stored keys each wraps (what must be re-wrapped before a version can go).
+    Status(KeysStatusArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct KeysStatusArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -269,6 +288,11 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             writeln!(std::io::stdout(), "{sealed} record(s) sealed")?;
             Ok(())
         }
+        Command::Keys(KeysCommand::Status(args)) => {
+            let settings = Settings::load(&sources(&args.common, None))?;
+            let (index, _) = startup::open_storage(&settings).await?;
+            keys_status(&index.kek_usage().await?, args.json)
+        }
         Command::Audit(AuditCommand::Key(common)) => {
             let settings = Settings::load(&sources(&common, None))?;
             startup::prepare_data_dir(&settings)?;
@@ -355,6 +379,49 @@ fn verify_package(path: &std::path::Path, key: Option<&str>) -> Result<crate::au
 }
 
 /// Print the reports; any finding is an error (a non-zero exit).
+/// A provider's key id as text when it is (a transit key's `mount/name`), else in hex (an HSM
+/// key's `CKA_ID`); the development provider derives its KEKs and records none.
+fn key_id_text(id: Option<&[u8]>) -> String {
+    match id {
+        None => "(derived from the local key file)".to_owned(),
+        Some(id) => match std::str::from_utf8(id) {
+            Ok(text) if !text.is_empty() && text.chars().all(|c| c.is_ascii_graphic()) => text.to_owned(),
+            _ => id.iter().map(|b| format!("{b:02x}")).collect(),
+        },
+    }
+}
+
+fn keys_status(usage: &[crate::storage::KekUsage], json: bool) -> Result<(), CliError> {
+    let mut out = std::io::stdout();
+    if json {
+        let rows: Vec<serde_json::Value> = usage
+            .iter()
+            .map(|u| {
+                serde_json::json!({
+                    "tenant": u.tenant,
+                    "kek_version": u.version,
+                    "provider_key": u.key_id.as_ref().map(|id| key_id_text(Some(id))),
+                    "wrapped_keys": u.wrapped_keys,
+                })
+            })
+            .collect();
+        writeln!(out, "{}", serde_json::to_string_pretty(&rows).unwrap_or_default())?;
+        return Ok(());
+    }
+    writeln!(out, "{:<24} {:>11} {:>12}  provider key", "tenant", "KEK version", "wrapped keys")?;
+    for u in usage {
+        writeln!(
+            out,
+            "{:<24} {:>11} {:>12}  {}",
+            u.tenant,
+            u.version,
+            u.wrapped_keys,
+            key_id_text(u.key_id.as_deref())
+        )?;
+    }
+    Ok(())
+}
+
 fn report(reports: &[crate::audit::verify::LogReport], json: bool) -> Result<(), CliError> {
     use crate::audit::verify;
     let mut out = std::io::stdout();

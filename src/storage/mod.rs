@@ -164,6 +164,17 @@ pub struct HistoryQuery {
     pub limit: u32,
 }
 
+/// One tenant's KEK of one version, as the index knows it (`Index::kek_usage`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KekUsage {
+    pub tenant: String,
+    pub version: u32,
+    /// The provider's id of the KEK (`None` for the development provider, which derives it).
+    pub key_id: Option<Vec<u8>>,
+    /// Stored keys (compartment, MAC and server keys) wrapped under it.
+    pub wrapped_keys: u64,
+}
+
 /// The index. Every method is one round trip or one transaction; none holds a lock across calls.
 #[async_trait]
 pub trait Index: Send + Sync {
@@ -264,6 +275,10 @@ pub trait Index: Send + Sync {
     /// Record `key_id` as `tenant`'s KEK of `version` unless one is recorded; returns the
     /// recorded id (ours, or the one a concurrent replica recorded first).
     async fn claim_kek_id(&self, tenant: &TenantId, version: u32, key_id: &[u8]) -> Result<Vec<u8>, StorageError>;
+
+    /// Every KEK version recorded or in use: per tenant and version, the provider's id of the
+    /// KEK (when recorded) and how many stored keys it wraps.
+    async fn kek_usage(&self) -> Result<Vec<KekUsage>, StorageError>;
 
     /// Whether some version row names this object key (the orphan sweeper asks).
     async fn knows_object(&self, key: &str) -> Result<bool, StorageError>;

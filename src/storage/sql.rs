@@ -143,6 +143,11 @@ pub(super) const SELECT_KEK_VERSION: &str = "SELECT key_id FROM kek_versions WHE
 pub(super) const INSERT_KEK_VERSION: &str = "INSERT INTO kek_versions (tenant, version, key_id, created_at) \
      VALUES ($1, $2, $3, $4) ON CONFLICT (tenant, version) DO NOTHING";
 
+pub(super) const KEK_RECORDS: &str = "SELECT tenant, version, key_id FROM kek_versions";
+
+pub(super) const WRAPPED_PER_KEK: &str =
+    "SELECT tenant, kek_version, COUNT(*) FROM tenant_keys GROUP BY tenant, kek_version";
+
 pub(super) const OBJECT_KNOWN: &str = "SELECT COUNT(*) FROM resource_versions WHERE object_key = $1";
 
 pub(super) fn version_from_db(raw: i64) -> Result<crate::ids::VersionId, StorageError> {
@@ -150,6 +155,30 @@ pub(super) fn version_from_db(raw: i64) -> Result<crate::ids::VersionId, Storage
         .ok()
         .and_then(|v| crate::ids::VersionId::from_u32(v).ok())
         .ok_or_else(|| StorageError::Corrupt("version".into()))
+}
+
+/// The KEK versions the index records or uses, in order: `records` are `kek_versions` rows,
+/// `counts` the stored keys per tenant and KEK version.
+pub(super) fn kek_usage(
+    records: Vec<(String, i64, Vec<u8>)>,
+    counts: Vec<(String, i64, i64)>,
+) -> Result<Vec<super::KekUsage>, StorageError> {
+    let version = |v: i64| u32::try_from(v).map_err(|_| StorageError::Corrupt("kek version".into()));
+    let mut usage: std::collections::BTreeMap<(String, u32), super::KekUsage> = std::collections::BTreeMap::new();
+    for (tenant, v, key_id) in records {
+        let v = version(v)?;
+        usage
+            .insert((tenant.clone(), v), super::KekUsage { tenant, version: v, key_id: Some(key_id), wrapped_keys: 0 });
+    }
+    for (tenant, v, n) in counts {
+        let v = version(v)?;
+        let n = u64::try_from(n).map_err(|_| StorageError::Corrupt("a negative count".into()))?;
+        usage
+            .entry((tenant.clone(), v))
+            .or_insert(super::KekUsage { tenant, version: v, key_id: None, wrapped_keys: 0 })
+            .wrapped_keys = n;
+    }
+    Ok(usage.into_values().collect())
 }
 
 /// `impl Index for $index`, where `$index` has `leases` (a `lease::Leases<$db>`),
@@ -661,6 +690,16 @@ macro_rules! impl_index {
                 self.kek_id(tenant, version)
                     .await?
                     .ok_or_else(|| $crate::storage::StorageError::Corrupt("KEK version vanished after insert".into()))
+            }
+
+            async fn kek_usage(&self) -> Result<Vec<$crate::storage::KekUsage>, $crate::storage::StorageError> {
+                let mut conn = self.leases.get().await?;
+                let records: Vec<(String, i64, Vec<u8>)> =
+                    sqlx::query_as($crate::storage::sql::KEK_RECORDS).fetch_all(&mut *conn).await?;
+                let counts: Vec<(String, i64, i64)> =
+                    sqlx::query_as($crate::storage::sql::WRAPPED_PER_KEK).fetch_all(&mut *conn).await?;
+                conn.done();
+                $crate::storage::sql::kek_usage(records, counts)
             }
 
             async fn seal(

@@ -39,6 +39,18 @@ async fn records_round_trip_with_keys_wrapped_in_the_token() {
     let versions: Vec<(i64,)> =
         sqlx::query_as("SELECT DISTINCT kek_version FROM tenant_keys").fetch_all(&pool).await.unwrap();
     assert_eq!(versions, [(1,)]);
+
+    // `keys status` names each KEK by its CKA_ID, in hex.
+    let url = secrecy::ExposeSecret::expose_secret(&app.settings.database_url()).to_owned();
+    let output = Command::new(BIN)
+        .args(["keys", "status", "--json", "--data-dir", app.data_path().to_str().unwrap()])
+        .env("FHIRVAULT__DATABASE__URL", &url)
+        .output()
+        .unwrap();
+    let rows: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let demo = rows.as_array().unwrap().iter().find(|r| r["tenant"] == "demo").unwrap();
+    let id = demo["provider_key"].as_str().unwrap();
+    assert!(id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()), "{demo}");
 }
 
 #[test]
@@ -129,4 +141,36 @@ async fn the_hsm_keeps_the_audit_log_key() {
 async fn the_transit_engine_keeps_the_audit_log_key() {
     let Some(transit) = transit_settings() else { return };
     the_audit_log_key_is_kept_by(KeyProviderSettings::Transit(transit)).await;
+}
+
+/// `fhirvault keys status`: per tenant and KEK version, the provider's key and how many stored
+/// keys it wraps, as the index counts them.
+#[tokio::test]
+async fn keys_status_counts_the_keys_each_kek_wraps() {
+    let app = crate::helpers::spawn_app().await;
+    app.create_ok(&patient("Petit")).await;
+    app.create_ok(&patient("Moreau")).await;
+    let pool = app.index().await;
+    let stored: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM tenant_keys WHERE tenant = 'demo'").fetch_one(&pool).await.unwrap();
+    assert!(stored >= 3, "two patients' keys and the tenant's: {stored}");
+    let url = secrecy::ExposeSecret::expose_secret(&app.settings.database_url()).to_owned();
+    let run = |json: bool| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["keys", "status", "--data-dir", app.data_path().to_str().unwrap()])
+            .env("FHIRVAULT__DATABASE__URL", &url);
+        if json {
+            cmd.arg("--json");
+        }
+        let output = cmd.output().unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let rows: serde_json::Value = serde_json::from_str(&run(true)).unwrap();
+    let demo = rows.as_array().unwrap().iter().find(|r| r["tenant"] == "demo").unwrap();
+    assert_eq!(demo["kek_version"], 1);
+    assert_eq!(demo["wrapped_keys"], stored);
+    assert!(demo["provider_key"].is_null(), "the development provider records no key: {demo}");
+    let table = run(false);
+    assert!(table.contains("(derived from the local key file)") && table.contains("demo"), "{table}");
 }
