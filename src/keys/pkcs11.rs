@@ -324,6 +324,12 @@ fn generate_kek(session: &Session, label: &str) -> Result<Vec<u8>, KeyError> {
     Ok(id)
 }
 
+/// AES-GCM with a 96-bit `iv`, 128-bit tags and `aad`, as the token runs it.
+fn aes_gcm<'a>(iv: &'a mut [u8; NONCE_LEN], aad: &'a [u8]) -> Result<Mechanism<'a>, KeyError> {
+    let params = GcmParams::new(iv, aad, TAG_BITS.into()).map_err(|e| provider("AES-GCM parameters", &e))?;
+    Ok(Mechanism::AesGcm(params))
+}
+
 /// The attributes that keep a KEK inside its token, as the token reports them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KekProtection {
@@ -424,10 +430,8 @@ impl KeyProvider for Pkcs11Provider {
                 let kek = token.kek(&tenant, KEK_VERSION)?;
                 token.with_session(|s| {
                     let mut iv = nonce;
-                    let params = GcmParams::new(&mut iv, &aad, TAG_BITS.into())
-                        .map_err(|e| provider("AES-GCM parameters", &e))?;
                     let sealed = s
-                        .encrypt(&Mechanism::AesGcm(params), kek, &plain)
+                        .encrypt(&aes_gcm(&mut iv, &aad)?, kek, &plain)
                         .map_err(|e| provider("cannot wrap a tenant key in the PKCS#11 token", &e))?;
                     let mut out = Vec::with_capacity(NONCE_LEN + sealed.len());
                     out.extend_from_slice(&nonce);
@@ -452,9 +456,7 @@ impl KeyProvider for Pkcs11Provider {
                 let kek = token.kek(&tenant, version)?;
                 token.with_session(|s| {
                     let mut iv = nonce;
-                    let params = GcmParams::new(&mut iv, &aad, TAG_BITS.into())
-                        .map_err(|e| provider("AES-GCM parameters", &e))?;
-                    match s.decrypt(&Mechanism::AesGcm(params), kek, &sealed) {
+                    match s.decrypt(&aes_gcm(&mut iv, &aad)?, kek, &sealed) {
                         Ok(plain) => Ok(Some(Zeroizing::new(plain))),
                         // A tag that does not check: the wrapped key or its identity was altered.
                         Err(CkError::Pkcs11(RvError::EncryptedDataInvalid | RvError::EncryptedDataLenRange, _)) => {

@@ -11,7 +11,8 @@ use reqwest::StatusCode;
 
 use crate::backends::{pkcs11_settings, transit_settings};
 use crate::binary::BIN;
-use crate::helpers::{patient, spawn_app_with};
+use crate::helpers::{TestApp, patient, spawn_app_with};
+use crate::residency::refused;
 
 #[tokio::test]
 async fn records_round_trip_with_keys_wrapped_in_the_token() {
@@ -41,13 +42,7 @@ async fn records_round_trip_with_keys_wrapped_in_the_token() {
     assert_eq!(versions, [(1,)]);
 
     // `keys status` names each KEK by its CKA_ID, in hex.
-    let url = secrecy::ExposeSecret::expose_secret(&app.settings.database_url()).to_owned();
-    let output = Command::new(BIN)
-        .args(["keys", "status", "--json", "--data-dir", app.data_path().to_str().unwrap()])
-        .env("FHIRVAULT__DATABASE__URL", &url)
-        .output()
-        .unwrap();
-    let rows: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let rows: serde_json::Value = serde_json::from_str(&keys_status(&app, true)).unwrap();
     let demo = rows.as_array().unwrap().iter().find(|r| r["tenant"] == "demo").unwrap();
     let id = demo["provider_key"].as_str().unwrap();
     assert!(id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()), "{demo}");
@@ -58,21 +53,11 @@ fn the_server_refuses_a_token_it_cannot_use() {
     let Some(hsm) = pkcs11_settings() else { return };
     let module = hsm.module.display().to_string();
     let refused = |token: &str, pin: &str| {
-        let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("fhirvault.toml");
-        let toml = format!(
+        refused(&format!(
             "[keys.provider]\nkind = \"pkcs11\"\nmodule = \"{module}\"\ntoken_label = \"{token}\"\npin = \"{pin}\"\n\
              label_prefix = \"{}\"\njurisdiction = \"FR\"\noperator = {{ country = \"FR\" }}\n",
             hsm.label_prefix
-        );
-        std::fs::write(&config, toml).unwrap();
-        let output = Command::new(BIN)
-            .current_dir(dir.path())
-            .args(["serve", "--listen", "127.0.0.1:0", "--config", config.to_str().unwrap()])
-            .output()
-            .unwrap();
-        assert!(!output.status.success(), "the server must refuse to start with token {token}");
-        String::from_utf8_lossy(&output.stderr).into_owned()
+        ))
     };
     let pin = secrecy::ExposeSecret::expose_secret(hsm.pin.as_ref().unwrap()).to_owned();
     let err = refused(&hsm.token_label, &format!("{pin}9"));
@@ -143,6 +128,19 @@ async fn the_transit_engine_keeps_the_audit_log_key() {
     the_audit_log_key_is_kept_by(KeyProviderSettings::Transit(transit)).await;
 }
 
+/// What `fhirvault keys status` prints for `app`'s index (`--json` when `json`).
+fn keys_status(app: &TestApp, json: bool) -> String {
+    let url = secrecy::ExposeSecret::expose_secret(&app.settings.database_url()).to_owned();
+    let mut cmd = Command::new(BIN);
+    cmd.args(["keys", "status", "--data-dir", app.data_path().to_str().unwrap()]).env("FHIRVAULT__DATABASE__URL", url);
+    if json {
+        cmd.arg("--json");
+    }
+    let output = cmd.output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).unwrap()
+}
+
 /// `fhirvault keys status`: per tenant and KEK version, the provider's key and how many stored
 /// keys it wraps, as the index counts them.
 #[tokio::test]
@@ -154,23 +152,11 @@ async fn keys_status_counts_the_keys_each_kek_wraps() {
     let stored: i64 =
         sqlx::query_scalar("SELECT COUNT(*) FROM tenant_keys WHERE tenant = 'demo'").fetch_one(&pool).await.unwrap();
     assert!(stored >= 3, "two patients' keys and the tenant's: {stored}");
-    let url = secrecy::ExposeSecret::expose_secret(&app.settings.database_url()).to_owned();
-    let run = |json: bool| {
-        let mut cmd = Command::new(BIN);
-        cmd.args(["keys", "status", "--data-dir", app.data_path().to_str().unwrap()])
-            .env("FHIRVAULT__DATABASE__URL", &url);
-        if json {
-            cmd.arg("--json");
-        }
-        let output = cmd.output().unwrap();
-        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-        String::from_utf8(output.stdout).unwrap()
-    };
-    let rows: serde_json::Value = serde_json::from_str(&run(true)).unwrap();
+    let rows: serde_json::Value = serde_json::from_str(&keys_status(&app, true)).unwrap();
     let demo = rows.as_array().unwrap().iter().find(|r| r["tenant"] == "demo").unwrap();
     assert_eq!(demo["kek_version"], 1);
     assert_eq!(demo["wrapped_keys"], stored);
     assert!(demo["provider_key"].is_null(), "the development provider records no key: {demo}");
-    let table = run(false);
+    let table = keys_status(&app, false);
     assert!(table.contains("(derived from the local key file)") && table.contains("demo"), "{table}");
 }

@@ -8,7 +8,8 @@ use fhirvault::config::{BackendSettings, LocationSettings, OperatorSettings};
 use crate::binary::BIN;
 use crate::helpers::{patient, spawn_app_with};
 
-fn refused(toml: &str) -> String {
+/// Start `fhirvault serve` on the configuration `toml`; it must refuse. Its error output.
+pub fn refused(toml: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("fhirvault.toml");
     std::fs::write(&config, toml).unwrap();

@@ -1052,7 +1052,11 @@ fn pkcs11_options(settings: &Pkcs11Settings) -> Pkcs11Options {
 
 /// A PKCS#11 provider on the test token with every tenant's KEK settled through `index`.
 async fn open_pkcs11(options: &Pkcs11Options, index: &Arc<dyn Index>) -> Arc<dyn KeyProvider> {
-    let provider: Arc<dyn KeyProvider> = Arc::new(Pkcs11Provider::open(options.clone()).unwrap());
+    prepared(Arc::new(Pkcs11Provider::open(options.clone()).unwrap()), index).await
+}
+
+/// `provider` with the KEKs of tenants `demo` and `other` settled through `index`.
+async fn prepared(provider: Arc<dyn KeyProvider>, index: &Arc<dyn Index>) -> Arc<dyn KeyProvider> {
     let keys = KeyService::new(provider.clone(), index.clone(), 16, Duration::from_secs(60));
     keys.prepare(&[TenantId::parse("demo").unwrap(), TenantId::parse("other").unwrap()]).await.unwrap();
     provider
@@ -1153,10 +1157,7 @@ fn transit_options(settings: &fhirvault::config::TransitSettings) -> TransitOpti
 
 /// A transit provider on the test engine with every tenant's key settled through `index`.
 async fn open_transit(options: &TransitOptions, index: &Arc<dyn Index>) -> Arc<dyn KeyProvider> {
-    let provider: Arc<dyn KeyProvider> = Arc::new(TransitProvider::new(options.clone()).unwrap());
-    let keys = KeyService::new(provider.clone(), index.clone(), 16, Duration::from_secs(60));
-    keys.prepare(&[TenantId::parse("demo").unwrap(), TenantId::parse("other").unwrap()]).await.unwrap();
-    provider
+    prepared(Arc::new(TransitProvider::new(options.clone()).unwrap()), index).await
 }
 
 #[tokio::test]
