@@ -50,6 +50,24 @@ pub enum KeysCommand {
     /// List each tenant's KEK versions (and the server's own, `-server`): the provider's key
     /// and how many stored keys each wraps (what must be re-wrapped before a version can go).
     Status(KeysStatusArgs),
+    /// Rotate the KEKs: a new version of each tenant's KEK (and of the server's own) becomes
+    /// primary, every stored key is re-wrapped under it (the keys, never the data), and the
+    /// old versions are destroyed in the provider, so that copies of the index taken before
+    /// no longer open what was erased since. Online, audited; run it again after a crash to
+    /// finish.
+    Rotate(KeysRotateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct KeysRotateArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Rotate only this tenant (`-server` for the server's own keys).
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -288,6 +306,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             writeln!(std::io::stdout(), "{sealed} record(s) sealed")?;
             Ok(())
         }
+        Command::Keys(KeysCommand::Rotate(args)) => keys_rotate(&args).await,
         Command::Keys(KeysCommand::Status(args)) => {
             let settings = Settings::load(&sources(&args.common, None))?;
             let (index, _) = startup::open_storage(&settings).await?;
@@ -383,12 +402,98 @@ fn verify_package(path: &std::path::Path, key: Option<&str>) -> Result<crate::au
 /// key's `CKA_ID`); the development provider derives its KEKs and records none.
 fn key_id_text(id: Option<&[u8]>) -> String {
     match id {
-        None => "(derived from the local key file)".to_owned(),
+        None => "-".to_owned(),
         Some(id) => match std::str::from_utf8(id) {
             Ok(text) if !text.is_empty() && text.chars().all(|c| c.is_ascii_graphic()) => text.to_owned(),
             _ => id.iter().map(|b| format!("{b:02x}")).collect(),
         },
     }
+}
+
+/// `fhirvault keys rotate`: every tenant's rotation is begun, the servers are given
+/// `keys.version_refresh_seconds` to wrap under the new versions, then each is finished, and
+/// each leaves an audit record (failed ones too).
+async fn keys_rotate(args: &KeysRotateArgs) -> Result<(), CliError> {
+    use crate::audit::{Agent, AuditAction, AuditRecord, RequestMeta};
+    use crate::ids::TenantId;
+    let settings = Settings::load(&sources(&args.common, None))?;
+    crate::telemetry::init_to_stderr(&settings.log);
+    startup::prepare_data_dir(&settings)?;
+    let (index, _) = startup::open_storage(&settings).await?;
+    let keys = startup::key_service(&settings, startup::key_provider(&settings).await?, &index);
+    let mut tenants = settings.tenant_ids();
+    tenants.push(TenantId::server_scope());
+    if let Some(only) = &args.tenant {
+        tenants.retain(|t| t.as_str() == only);
+        if tenants.is_empty() {
+            return Err(CliError::Usage(format!("`{only}` is not a configured tenant (nor `-server`)")));
+        }
+    }
+    keys.prepare(&tenants).await.map_err(startup::StartupError::Keys)?;
+    let meta = RequestMeta {
+        request_id: format!("key-rotation-{}", crate::time::Timestamp::now().millis()),
+        ..RequestMeta::default()
+    };
+    let agent =
+        Agent { subject: Some("fhirvault keys rotate".into()), role: Some("operator".into()), ..Agent::default() };
+    let mut begun = Vec::new();
+    let mut outcomes = Vec::new();
+    for tenant in &tenants {
+        match keys.begin_rotation(tenant).await {
+            Ok(started) => begun.push((tenant, started)),
+            Err(e) => outcomes.push((tenant, Err(e))),
+        }
+    }
+    if begun.iter().any(|(_, (_, added))| *added) && settings.keys.version_refresh_seconds > 0 {
+        let settle = Duration::from_secs(settings.keys.version_refresh_seconds);
+        writeln!(
+            std::io::stderr(),
+            "waiting {}s for the servers to wrap under the new KEK versions",
+            settle.as_secs()
+        )?;
+        tokio::time::sleep(settle).await;
+    }
+    for (tenant, (primary, added)) in begun {
+        outcomes.push((tenant, keys.finish_rotation(tenant, primary, added).await));
+    }
+    let mut failed = 0;
+    let mut done = Vec::new();
+    for (tenant, outcome) in outcomes {
+        let audit_tenant = (tenant != &TenantId::server_scope()).then_some(tenant);
+        let record = AuditRecord::new(&meta, audit_tenant, agent.clone(), AuditAction::KeyRotation);
+        let record = match &outcome {
+            Ok(r) => record.outcome(
+                200,
+                Some(format!(
+                    "KEK version {} primary; {} keys re-wrapped; destroyed: {:?}",
+                    r.primary, r.rewrapped, r.destroyed
+                )),
+            ),
+            Err(e) => {
+                failed += 1;
+                writeln!(std::io::stderr(), "tenant `{tenant}`: rotation failed: {e}")?;
+                record.outcome(500, Some("key rotation failed".into()))
+            }
+        };
+        index.append_audit(&[record]).await?;
+        if let Ok(r) = outcome {
+            done.push(r);
+        }
+    }
+    keys.flush_usage().await.map_err(startup::StartupError::Keys)?;
+    let mut out = std::io::stdout();
+    if args.json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&done).unwrap_or_default())?;
+    } else {
+        writeln!(out, "{:<24} {:>8} {:>10}  destroyed", "tenant", "primary", "re-wrapped")?;
+        for r in &done {
+            writeln!(out, "{:<24} {:>8} {:>10}  {:?}", r.tenant, r.primary, r.rewrapped, r.destroyed)?;
+        }
+    }
+    if failed > 0 {
+        return Err(CliError::Usage(format!("{failed} rotation(s) failed; run `fhirvault keys rotate` again")));
+    }
+    Ok(())
 }
 
 fn keys_status(usage: &[crate::storage::KekUsage], json: bool) -> Result<(), CliError> {
@@ -400,26 +505,55 @@ fn keys_status(usage: &[crate::storage::KekUsage], json: bool) -> Result<(), Cli
                 serde_json::json!({
                     "tenant": u.tenant,
                     "kek_version": u.version,
+                    "state": kek_state(u, usage),
                     "provider_key": u.key_id.as_ref().map(|id| key_id_text(Some(id))),
                     "wrapped_keys": u.wrapped_keys,
+                    "wraps": u.wraps,
+                    "unwraps": u.unwraps,
+                    "created_at": u.created_at.map(crate::time::Timestamp::to_fhir),
+                    "destroyed_at": u.destroyed_at.map(crate::time::Timestamp::to_fhir),
                 })
             })
             .collect();
         writeln!(out, "{}", serde_json::to_string_pretty(&rows).unwrap_or_default())?;
         return Ok(());
     }
-    writeln!(out, "{:<24} {:>11} {:>12}  provider key", "tenant", "KEK version", "wrapped keys")?;
+    writeln!(
+        out,
+        "{:<24} {:>7} {:<12} {:>12} {:>9} {:>9}  provider key",
+        "tenant", "KEK", "state", "wrapped keys", "wraps", "unwraps"
+    )?;
     for u in usage {
         writeln!(
             out,
-            "{:<24} {:>11} {:>12}  {}",
+            "{:<24} {:>7} {:<12} {:>12} {:>9} {:>9}  {}",
             u.tenant,
             u.version,
+            kek_state(u, usage),
             u.wrapped_keys,
+            u.wraps,
+            u.unwraps,
             key_id_text(u.key_id.as_deref())
         )?;
     }
     Ok(())
+}
+
+/// `primary` (new keys are wrapped under it), `decrypt-only` (an older version still live),
+/// `destroyed`, or `erased` (version 0: the tombstones of erased patients' keys).
+fn kek_state(u: &crate::storage::KekUsage, all: &[crate::storage::KekUsage]) -> &'static str {
+    if u.version == crate::storage::ERASED {
+        return "erased";
+    }
+    if u.destroyed_at.is_some() {
+        return "destroyed";
+    }
+    let newest = all
+        .iter()
+        .filter(|o| o.tenant == u.tenant && o.destroyed_at.is_none() && o.version != crate::storage::ERASED)
+        .map(|o| o.version)
+        .max();
+    if newest == Some(u.version) { "primary" } else { "decrypt-only" }
 }
 
 fn report(reports: &[crate::audit::verify::LogReport], json: bool) -> Result<(), CliError> {

@@ -62,6 +62,7 @@ pub struct Settings {
     pub search: SearchSettings,
     pub writes: WriteSettings,
     pub audit: AuditSettings,
+    pub erasure: ErasureSettings,
     /// Where this server runs. It handles plaintext while serving, so its site falls under the
     /// same residency rules as the storage locations. Required in the production profile; the
     /// embedded profile assumes a development machine in France.
@@ -207,8 +208,15 @@ pub struct KeySettings {
     pub provider: KeyProviderSettings,
     /// Unwrapped compartment keys kept in memory.
     pub cache_capacity: u64,
-    /// How long an unwrapped compartment key stays cached.
+    /// How long an unwrapped compartment key stays cached. Also how long a server that did
+    /// not run an erasure may still open the erased patient's records from its cache.
     pub cache_ttl_seconds: u64,
+    /// How often a server re-reads each tenant's primary KEK version (a rotation run by
+    /// `fhirvault keys rotate` reaches the servers within this), and how long the rotation waits
+    /// for them before it re-wraps the old keys.
+    pub version_refresh_seconds: u64,
+    /// Add the provider calls counted per KEK version to the index's usage counters this often.
+    pub usage_flush_seconds: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -459,6 +467,37 @@ pub struct LogSettings {
     pub filter: String,
 }
 
+/// Patients' erasure (crypto-shredding, `Patient/{id}/$erase`) and what may prevent it.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct ErasureSettings {
+    /// Days between an erasure request and the destruction of the patient's compartment key
+    /// (0 to 30); the request can be cancelled until then (`$erase-cancel`).
+    pub delay_days: u32,
+    /// How often the server looks for erasures that have fallen due.
+    pub check_interval_seconds: u64,
+    /// Records the law requires to be kept: while a patient's record holds a resource of one of
+    /// these categories changed less than `years` ago, their erasure is refused (409).
+    pub retention: Vec<RetentionRule>,
+}
+
+impl Default for ErasureSettings {
+    fn default() -> Self {
+        Self { delay_days: 7, check_interval_seconds: 60, retention: Vec::new() }
+    }
+}
+
+/// A retention rule: resources of a category are kept `years` after their last change.
+#[derive(Debug, Clone, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionRule {
+    /// A name for the category, shown in the refusal (such as `hospital-record`).
+    pub category: String,
+    /// The FHIR resource types of the category (such as `Encounter`, `Observation`).
+    pub resource_types: Vec<String>,
+    pub years: u32,
+}
+
 /// The orphan sweeper (`fhirvault gc`, and optionally a background task).
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
@@ -670,6 +709,7 @@ impl Default for Settings {
             search: SearchSettings::default(),
             writes: WriteSettings::default(),
             audit: AuditSettings::default(),
+            erasure: ErasureSettings::default(),
             hosting: None,
             locations: default_locations(),
             tenants: BTreeMap::from([("demo".to_owned(), TenantSettings::default())]),
@@ -704,6 +744,8 @@ impl Default for KeySettings {
             provider: KeyProviderSettings::InsecureLocalFile { path: None },
             cache_capacity: 100_000,
             cache_ttl_seconds: 600,
+            version_refresh_seconds: 30,
+            usage_flush_seconds: 60,
         }
     }
 }
@@ -804,6 +846,18 @@ impl Settings {
         }
         if self.search.max_prefix_chars > 64 {
             return Err(invalid("search.max_prefix_chars", "must be at most 64".into()));
+        }
+        if self.erasure.delay_days > 30 {
+            return Err(invalid("erasure.delay_days", "must be between 0 and 30".into()));
+        }
+        if self.erasure.check_interval_seconds == 0 {
+            return Err(invalid("erasure.check_interval_seconds", "must be positive".into()));
+        }
+        for (i, rule) in self.erasure.retention.iter().enumerate() {
+            for rt in &rule.resource_types {
+                crate::ids::ResourceType::parse(rt)
+                    .map_err(|e| invalid(&format!("erasure.retention[{i}].resource_types"), e.to_string()))?;
+            }
         }
         if self.database.max_connections == 0 {
             return Err(invalid("database.max_connections", "must be positive".into()));

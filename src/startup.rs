@@ -18,7 +18,7 @@ use crate::audit::sealer::{Cadence, Sealer};
 use crate::auth::dev_issuer::{DevIssuer, DevIssuerError};
 use crate::auth::{Audiences, Authenticator, OidcIssuer};
 use crate::config::{BackendSettings, KeyProviderSettings, Settings};
-use crate::engine::{Engine, Limits};
+use crate::engine::{Engine, ErasurePolicy, Limits, delay_of_days};
 use crate::fhir::model;
 use crate::ids::{CountryCode, TenantId};
 use crate::keys::{
@@ -62,6 +62,7 @@ pub struct Application {
 impl Application {
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
         let (state, index) = build_state(&settings).await?;
+        let tasks_state = state.clone();
 
         let addr = settings.http.listen;
         let listen_err = |source| StartupError::Listen { addr: addr.to_string(), source };
@@ -78,6 +79,7 @@ impl Application {
         if settings.gc.interval_seconds > 0 {
             spawn_sweeper(&settings, index.clone())?;
         }
+        spawn_key_lifecycle(&settings, tasks_state);
         if settings.audit.sealer {
             let sealer = audit_sealer(&settings, &index).await?;
             crate::audit::sealer::spawn(index, sealer, open_locations(&settings)?);
@@ -127,12 +129,7 @@ pub async fn build_state(settings: &Settings) -> Result<(web::Data<AppState>, Ar
     }
 
     let provider = key_provider(settings).await?;
-    let keys = KeyService::new(
-        provider,
-        index.clone(),
-        settings.keys.cache_capacity,
-        Duration::from_secs(settings.keys.cache_ttl_seconds),
-    );
+    let keys = key_service(settings, provider, &index);
     keys.prepare(&settings.tenant_ids()).await?;
 
     let dev = if settings.dev_issuer_enabled() {
@@ -167,7 +164,12 @@ pub async fn build_state(settings: &Settings) -> Result<(web::Data<AppState>, Ar
         max_export_entries: settings.audit.max_export_entries,
     };
     let state = web::Data::new(AppState {
-        engine: Engine::new(index.clone(), locations, keys, policies, (model, search_params), limits),
+        engine: Engine::new(index.clone(), locations, keys, policies, (model, search_params), limits).with_erasure(
+            ErasurePolicy {
+                delay: delay_of_days(settings.erasure.delay_days),
+                retention: settings.erasure.retention.clone(),
+            },
+        ),
         auth: Authenticator::new(dev, issuers),
         tenants: settings.tenant_ids().into_iter().collect::<BTreeSet<_>>(),
         public_base_url: settings.http.public_base_url.clone(),
@@ -272,6 +274,45 @@ pub async fn audit_sealer(settings: &Settings, index: &Arc<dyn Index>) -> Result
         checkpoint_every: Duration::from_millis(settings.audit.checkpoint_every_ms),
     };
     Ok(Sealer::new(key, cadence, settings.tenant_ids()))
+}
+
+/// The key service the configuration describes, over `provider`.
+pub fn key_service(settings: &Settings, provider: Arc<dyn KeyProvider>, index: &Arc<dyn Index>) -> KeyService {
+    KeyService::new(
+        provider,
+        index.clone(),
+        settings.keys.cache_capacity,
+        Duration::from_secs(settings.keys.cache_ttl_seconds),
+    )
+    .with_version_refresh(Duration::from_secs(settings.keys.version_refresh_seconds))
+}
+
+/// The background tasks of key management: executing erasures as they fall due, and adding
+/// the provider calls counted per KEK version to the index's usage counters.
+fn spawn_key_lifecycle(settings: &Settings, state: web::Data<AppState>) {
+    let erasures = Duration::from_secs(settings.erasure.check_interval_seconds);
+    let usage = Duration::from_secs(settings.keys.usage_flush_seconds.max(1));
+    tokio::spawn(async move {
+        let mut erasure_ticks = tokio::time::interval(erasures);
+        let mut usage_ticks = tokio::time::interval(usage);
+        for ticks in [&mut erasure_ticks, &mut usage_ticks] {
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        }
+        loop {
+            tokio::select! {
+                _ = erasure_ticks.tick() => match state.engine.run_due_erasures().await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(erased = n, "executed the erasures that fell due"),
+                    Err(error) => tracing::error!(%error, "executing due erasures failed; retrying later"),
+                },
+                _ = usage_ticks.tick() => {
+                    if let Err(error) = state.engine.keys().flush_usage().await {
+                        tracing::warn!(%error, "could not record the key provider usage counters; retrying later");
+                    }
+                }
+            }
+        }
+    });
 }
 
 /// The background orphan sweeper: every `gc.interval_seconds`, one sweep of every location.

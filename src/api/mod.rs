@@ -8,6 +8,7 @@
 //! checkpoints and proofs; `/healthz` and `/readyz` are for operators.
 
 mod audit_log;
+mod erasure;
 mod error;
 mod extract;
 mod health;
@@ -109,6 +110,21 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                     web::resource("/{type}/{id}/$everything")
                         .route(web::get().to(search::everything))
                         .default_service(not_allowed("GET")),
+                )
+                .service(
+                    web::resource("/{type}/{id}/$erase")
+                        .route(web::post().to(erasure::erase))
+                        .default_service(not_allowed("POST")),
+                )
+                .service(
+                    web::resource("/{type}/{id}/$erase-cancel")
+                        .route(web::post().to(erasure::cancel))
+                        .default_service(not_allowed("POST")),
+                )
+                .service(
+                    web::resource("/{type}/{id}/$legal-hold")
+                        .route(web::post().to(erasure::legal_hold))
+                        .default_service(not_allowed("POST")),
                 )
                 .service(
                     web::resource("/{type}/{id}/$access-log")

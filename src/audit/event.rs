@@ -211,12 +211,15 @@ fn profile(action: AuditAction, patient: bool) -> &'static str {
         (A::Transaction | A::Batch, _) => "Query",
         (A::Authenticate | A::AuditLog, _) => "Read",
         (A::AccessLog, _) => "PatientRead",
+        (A::Erase | A::EraseCancel | A::LegalHold, _) => "PatientDelete",
+        (A::KeyRotation, _) => "Update",
     }
 }
 
 fn event_type(action: AuditAction) -> Coding<'static> {
     match action {
         AuditAction::Authenticate => coding(DCM, "110114", "User Authentication"),
+        AuditAction::KeyRotation => coding(DCM, "110113", "Security Alert"),
         _ => coding(EVENT_TYPE, "rest", "RESTful Operation"),
     }
 }
@@ -225,7 +228,8 @@ fn subtype(action: AuditAction) -> Coding<'static> {
     use AuditAction as A;
     let code = match action {
         A::Authenticate => return coding(DCM, "110122", "Login"),
-        A::Everything | A::AuditLog | A::AccessLog => "operation",
+        A::Everything | A::AuditLog | A::AccessLog | A::Erase | A::EraseCancel | A::LegalHold => "operation",
+        A::KeyRotation => return coding(DCM, "110129", "Security Configuration"),
         A::Create | A::Read | A::Vread | A::Update | A::Delete => action.as_str(),
         A::HistoryInstance | A::HistoryType | A::SearchType | A::Transaction | A::Batch => action.as_str(),
     };
@@ -248,6 +252,8 @@ pub fn action_code(action: AuditAction) -> &'static str {
         | A::Batch
         | A::Authenticate => "E",
         A::AuditLog | A::AccessLog => "R",
+        A::Erase => "D",
+        A::EraseCancel | A::LegalHold | A::KeyRotation => "U",
     }
 }
 

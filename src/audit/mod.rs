@@ -43,10 +43,18 @@ pub enum AuditAction {
     AuditLog,
     /// `Patient/{id}/$access-log`: who accessed a patient's data.
     AccessLog,
+    /// `Patient/{id}/$erase` (scheduling an erasure), and its execution.
+    Erase,
+    /// `Patient/{id}/$erase-cancel`.
+    EraseCancel,
+    /// `Patient/{id}/$legal-hold`: setting or clearing a legal hold.
+    LegalHold,
+    /// `fhirvault keys rotate`: a tenant's KEK rotation.
+    KeyRotation,
 }
 
 impl AuditAction {
-    pub const ALL: [Self; 14] = [
+    pub const ALL: [Self; 18] = [
         Self::Create,
         Self::Read,
         Self::Vread,
@@ -61,6 +69,10 @@ impl AuditAction {
         Self::Authenticate,
         Self::AuditLog,
         Self::AccessLog,
+        Self::Erase,
+        Self::EraseCancel,
+        Self::LegalHold,
+        Self::KeyRotation,
     ];
 
     pub fn parse(s: &str) -> Option<Self> {
@@ -83,6 +95,10 @@ impl AuditAction {
             Self::Authenticate => "authenticate",
             Self::AuditLog => "audit-log",
             Self::AccessLog => "operation-access-log",
+            Self::Erase => "operation-erase",
+            Self::EraseCancel => "operation-erase-cancel",
+            Self::LegalHold => "operation-legal-hold",
+            Self::KeyRotation => "key-rotation",
         }
     }
 }

@@ -55,9 +55,16 @@ impl Kek {
 
     /// Derive a tenant's KEK from a local root key: HKDF-SHA256, a fixed salt, the tenant id as
     /// info. Distinct tenants get independent keys; the root key never encrypts anything itself.
-    pub fn derive_local(root: &SecretKey, tenant: &TenantId) -> Result<Self, CryptoError> {
+    /// The development provider's KEK of `tenant` and `version`: HKDF of the root key, the
+    /// tenant in the info, and the version too from version 2 on (version 1 keeps the form
+    /// of the keys derived before versions existed).
+    pub fn derive_local(root: &SecretKey, tenant: &TenantId, version: u32) -> Result<Self, CryptoError> {
         let mut out = Zeroizing::new(vec![0u8; KEY_LEN]);
-        hkdf_sha256(b"fhirvault/v1/local-kek", root.expose(), tenant.as_str().as_bytes(), &mut out)?;
+        let info = match version {
+            1 => tenant.as_str().as_bytes().to_vec(),
+            v => format!("{}\0v{v}", tenant.as_str()).into_bytes(),
+        };
+        hkdf_sha256(b"fhirvault/v1/local-kek", root.expose(), &info, &mut out)?;
         SecretKey::from_slice(&out).map(Self).ok_or(CryptoError::Random)
     }
 
@@ -133,9 +140,11 @@ mod tests {
     #[test]
     fn tenants_get_independent_keks() {
         let root = SecretKey::generate().unwrap();
-        let a = Kek::derive_local(&root, &TenantId::parse("a").unwrap()).unwrap();
-        let b = Kek::derive_local(&root, &TenantId::parse("b").unwrap()).unwrap();
-        let a2 = Kek::derive_local(&root, &TenantId::parse("a").unwrap()).unwrap();
+        let a = Kek::derive_local(&root, &TenantId::parse("a").unwrap(), 1).unwrap();
+        let b = Kek::derive_local(&root, &TenantId::parse("b").unwrap(), 1).unwrap();
+        let a2 = Kek::derive_local(&root, &TenantId::parse("a").unwrap(), 1).unwrap();
+        let a_v2 = Kek::derive_local(&root, &TenantId::parse("a").unwrap(), 2).unwrap();
+        assert_ne!(a.key().expose(), a_v2.key().expose());
         assert_ne!(a.key().expose(), b.key().expose());
         assert_eq!(a.key().expose(), a2.key().expose());
         assert_ne!(a.key().expose(), root.expose());

@@ -130,8 +130,8 @@ impl Engine {
         let on_page: Vec<&VersionRow> = permitted.iter().map(|(_, row)| row).collect();
         let referenced = self.referenced(ctx, principal, &on_page, &members).await?;
 
-        let bodies = self.open_rows(&permitted).await?;
-        let referenced_bodies = self.open_rows(&referenced).await?;
+        let (permitted, bodies) = self.open_rows(permitted).await?;
+        let (referenced, referenced_bodies) = self.open_rows(referenced).await?;
         let (permitted, bodies) = self.screen_listing(ctx, principal, permitted, bodies)?;
         let (referenced, referenced_bodies) = self.screen_listing(ctx, principal, referenced, referenced_bodies)?;
         let entries = search_entries(ctx, &permitted, &bodies, "match")

@@ -106,13 +106,21 @@ impl Engine {
         let next_seq = if has_next { rows.last().map(|r| r.seq) } else { None };
 
         let permitted = self.readable(ctx, principal, rows)?;
-        let bodies: Vec<Option<Vec<u8>>> = futures::stream::iter(permitted.iter())
+        // `None`: an erased patient's version, left out; `Some(None)`: a deletion.
+        let opened: Vec<Option<Option<Vec<u8>>>> = futures::stream::iter(permitted.iter())
             .map(|(permit, row)| async move {
-                if row.is_deletion() { Ok(None) } else { self.open_row(permit, row).await.map(Some) }
+                if row.is_deletion() {
+                    Ok(Some(None))
+                } else {
+                    super::unless_erased(self.open_row(permit, row).await).map(|body| body.map(Some))
+                }
             })
             .buffered(FETCH_CONCURRENCY)
             .try_collect()
             .await?;
+        let present: Vec<bool> = opened.iter().map(Option::is_some).collect();
+        let permitted = super::kept(permitted, &present);
+        let bodies: Vec<Option<Vec<u8>>> = opened.into_iter().flatten().collect();
         let keep =
             self.screened(ctx, principal, permitted.iter().map(|(_, r)| r).zip(bodies.iter().map(Option::as_deref)))?;
         let (permitted, bodies) = (super::kept(permitted, &keep), super::kept(bodies, &keep));

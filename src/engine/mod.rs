@@ -9,6 +9,7 @@ mod audit_events;
 mod audit_log;
 mod bundle;
 mod conditional;
+mod erasure;
 mod everything;
 mod history;
 mod include;
@@ -37,6 +38,7 @@ use crate::time::Timestamp;
 pub use audit_events::AuditSearchRequest;
 pub use audit_log::{LogAnswer, LogQuery};
 pub use conditional::Precondition;
+pub use erasure::{ErasureAnswer, ErasurePolicy, delay_of_days};
 pub use everything::EverythingRequest;
 pub use history::HistoryRequest;
 pub use include::Include;
@@ -88,7 +90,23 @@ pub enum EngineError {
     #[error("storage failure")]
     Storage(#[from] StorageError),
     #[error("key management failure")]
-    Keys(#[from] KeyError),
+    Keys(KeyError),
+    /// The patient's data was erased (crypto-shredding): nothing of it opens again.
+    #[error("the data of {compartment} was erased at the patient's request{}; it cannot be read or changed", .at.map(|t| format!(" on {}", t.to_fhir())).unwrap_or_default())]
+    Erased { compartment: String, at: Option<Timestamp> },
+    /// An erasure refused or not possible now (a legal hold, a retention rule, one already
+    /// scheduled or due); the message says which.
+    #[error("{0}")]
+    Retained(String),
+}
+
+impl From<KeyError> for EngineError {
+    fn from(e: KeyError) -> Self {
+        match e {
+            KeyError::Erased(compartment) => Self::Erased { compartment, at: None },
+            other => Self::Keys(other),
+        }
+    }
 }
 
 impl EngineError {
@@ -101,7 +119,8 @@ impl EngineError {
             Self::NotFound { .. } | Self::VersionNotFound { .. } | Self::NoSuchTree(_) => 404,
             Self::Forbidden(deny) if deny.hide_existence => 404,
             Self::Forbidden(_) => 403,
-            Self::Gone { .. } => 410,
+            Self::Gone { .. } | Self::Erased { .. } => 410,
+            Self::Retained(_) => 409,
             Self::PreconditionFailed { .. } | Self::Condition(_) | Self::Exists { .. } => 412,
             Self::Conflict => 409,
             Self::Unprocessable(_) => 422,
@@ -139,7 +158,8 @@ impl EngineError {
                 error(IssueType::NotFound, "the resource is not known".into())
             }
             Self::Forbidden(deny) => error(IssueType::Forbidden, deny.reason.clone()),
-            Self::Gone { .. } => error(IssueType::Deleted, self.to_string()),
+            Self::Gone { .. } | Self::Erased { .. } => error(IssueType::Deleted, self.to_string()),
+            Self::Retained(_) => error(IssueType::BusinessRule, self.to_string()),
             Self::PreconditionFailed { .. } | Self::Conflict | Self::Condition(_) | Self::Exists { .. } => {
                 error(IssueType::Conflict, self.to_string())
             }
@@ -177,6 +197,8 @@ impl EngineError {
             Self::Paging(_) => "paging link refused".into(),
             Self::NotFound { .. } | Self::VersionNotFound { .. } | Self::NoSuchTree(_) => "not found".into(),
             Self::Gone { .. } => "deleted".into(),
+            Self::Erased { .. } => "erased".into(),
+            Self::Retained(_) => "erasure not possible now".into(),
             Self::Forbidden(deny) => format!("denied by `{}`", deny.rule),
             Self::PreconditionFailed { .. } => "version precondition failed".into(),
             Self::Conflict => "version conflict".into(),
@@ -236,6 +258,8 @@ pub struct Engine {
     model: &'static Model,
     search_params: &'static SearchParams,
     limits: Limits,
+    /// How erasures are timed and what prevents them.
+    erasure: ErasurePolicy,
 }
 
 impl Engine {
@@ -249,7 +273,20 @@ impl Engine {
         limits: Limits,
     ) -> Self {
         let commits = Committer::start(&index, index.commit_workers());
-        Self { index, commits, locations, keys, policies, model, search_params, limits }
+        let erasure = ErasurePolicy::default();
+        Self { index, commits, locations, keys, policies, model, search_params, limits, erasure }
+    }
+
+    /// Time erasures and refuse them as `erasure` says (default: at once, no retention rule).
+    #[must_use]
+    pub fn with_erasure(mut self, erasure: ErasurePolicy) -> Self {
+        self.erasure = erasure;
+        self
+    }
+
+    /// The key service (rotation, usage counters).
+    pub fn keys(&self) -> &KeyService {
+        &self.keys
     }
 
     /// The search parameters this server supports (for the CapabilityStatement).
@@ -468,6 +505,15 @@ impl Engine {
 /// The compartment a stored row belongs to.
 /// The rows of an opened listing with their permits, and their bodies, in the same order.
 type Opened = (Vec<(Permit, VersionRow)>, Vec<Vec<u8>>);
+
+/// An opened body, or `None` when the row's patient was erased.
+fn unless_erased(opened: Result<Vec<u8>, EngineError>) -> Result<Option<Vec<u8>>, EngineError> {
+    match opened {
+        Ok(body) => Ok(Some(body)),
+        Err(EngineError::Erased { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
 
 /// The items whose `keep` flag is set.
 fn kept<T>(items: Vec<T>, keep: &[bool]) -> Vec<T> {

@@ -201,14 +201,14 @@ impl Engine {
         let permitted = self.readable(ctx, principal, rows)?;
         let matched: Vec<&VersionRow> = permitted.iter().map(|(_, row)| row).collect();
         let included = self.included(ctx, principal, &matched, &req.includes).await?;
-        let bodies = self.open_rows(&permitted).await?;
+        let (permitted, bodies) = self.open_rows(permitted).await?;
         let (permitted, mut bodies) = self.screen_listing(ctx, principal, permitted, bodies)?;
         if let Some(elements) = &req.elements {
             for body in &mut bodies {
                 *body = subset(body, elements)?;
             }
         }
-        let included_bodies = self.open_rows(&included).await?;
+        let (included, included_bodies) = self.open_rows(included).await?;
         let (included, included_bodies) = self.screen_listing(ctx, principal, included, included_bodies)?;
         let entries = search_entries(ctx, &permitted, &bodies, "match")
             .chain(search_entries(ctx, &included, &included_bodies, "include"))
@@ -293,13 +293,16 @@ impl Engine {
         }))
     }
 
-    /// Open the objects of permitted rows, a few at a time, in order.
-    pub(super) async fn open_rows(&self, rows: &[(Permit, VersionRow)]) -> Result<Vec<Vec<u8>>, EngineError> {
-        futures::stream::iter(rows.iter())
-            .map(|(permit, row)| self.open_row(permit, row))
+    /// Open the objects of permitted rows, a few at a time, in order. Rows of erased patients
+    /// are left out (a listing reaches them through references from other records).
+    pub(super) async fn open_rows(&self, rows: Vec<(Permit, VersionRow)>) -> Result<super::Opened, EngineError> {
+        let bodies: Vec<Option<Vec<u8>>> = futures::stream::iter(rows.iter())
+            .map(|(permit, row)| async move { super::unless_erased(self.open_row(permit, row).await) })
             .buffered(FETCH_CONCURRENCY)
             .try_collect()
-            .await
+            .await?;
+        let keep: Vec<bool> = bodies.iter().map(Option::is_some).collect();
+        Ok((super::kept(rows, &keep), bodies.into_iter().flatten().collect()))
     }
 }
 

@@ -150,6 +150,24 @@ pub fn statement(
                                 (without the system's internals) and for auditors. Takes the AuditEvent \
                                 search parameters, `_count` and `_total`.",
                         },
+                        {
+                            "name": "erase",
+                            "definition": "https://fhirvault.eu/fhir/OperationDefinition/Patient-erase",
+                            "documentation": "Administrators: erase the patient's data (crypto-shredding: its key \
+                                is destroyed after the configured delay, then every record of the patient answers \
+                                410). Refused (409) under a legal hold or a retention rule.",
+                        },
+                        {
+                            "name": "erase-cancel",
+                            "definition": "https://fhirvault.eu/fhir/OperationDefinition/Patient-erase-cancel",
+                            "documentation": "Administrators: cancel a scheduled erasure before it is due.",
+                        },
+                        {
+                            "name": "legal-hold",
+                            "definition": "https://fhirvault.eu/fhir/OperationDefinition/Patient-legal-hold",
+                            "documentation": "Administrators: set (Parameters `hold` true and a `reason`) or clear \
+                                (`hold` false) a legal hold, which keeps the patient's data from erasure.",
+                        },
                     ]),
                 );
             }

@@ -13,11 +13,12 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use zeroize::Zeroizing;
 
-use super::{KeyError, KeyProvider};
+use super::{KeyError, KeyProvider, ProvisionedKek};
 use crate::crypto::{Kek, KeyContext, SecretKey, WrappedKey, wrap};
 use crate::ids::TenantId;
 
-const KEK_VERSION: u32 = 1;
+/// The id the index records for a derived KEK (there is no object to name).
+const DERIVED: &[u8] = b"derived-from-root-file";
 
 /// Write a new secret file (mode 0600) holding `text` and a newline, synced. A file already
 /// there (another process created it first) is left as it is: theirs is used.
@@ -70,8 +71,8 @@ impl LocalFileProvider {
         Ok(Self { root, path: path.to_owned() })
     }
 
-    fn kek(&self, tenant: &TenantId) -> Result<Kek, KeyError> {
-        Ok(Kek::derive_local(&self.root, tenant)?)
+    fn kek(&self, tenant: &TenantId, version: u32) -> Result<Kek, KeyError> {
+        Ok(Kek::derive_local(&self.root, tenant, version)?)
     }
 }
 
@@ -81,22 +82,45 @@ impl KeyProvider for LocalFileProvider {
         format!("insecure-local-file {}", self.path.display())
     }
 
-    fn primary_version(&self) -> u32 {
-        KEK_VERSION
-    }
-
-    async fn wrap(&self, tenant: &TenantId, key_ref: &str, key: &SecretKey) -> Result<WrappedKey, KeyError> {
-        let ctx = KeyContext { tenant, key_ref, kek_version: KEK_VERSION };
-        Ok(wrap::wrap(&self.kek(tenant)?, &ctx, key)?)
+    async fn wrap(
+        &self,
+        tenant: &TenantId,
+        key_ref: &str,
+        key: &SecretKey,
+        version: u32,
+    ) -> Result<WrappedKey, KeyError> {
+        let ctx = KeyContext { tenant, key_ref, kek_version: version };
+        Ok(wrap::wrap(&self.kek(tenant, version)?, &ctx, key)?)
     }
 
     async fn unwrap(&self, tenant: &TenantId, key_ref: &str, wrapped: &WrappedKey) -> Result<SecretKey, KeyError> {
         let ctx = KeyContext { tenant, key_ref, kek_version: wrapped.kek_version };
-        Ok(wrap::unwrap(&self.kek(tenant)?, &ctx, wrapped)?)
+        Ok(wrap::unwrap(&self.kek(tenant, wrapped.kek_version)?, &ctx, wrapped)?)
     }
 
     async fn check(&self) -> Result<(), KeyError> {
         Ok(())
+    }
+
+    /// Every version is derived from the root key: there is nothing to find or generate.
+    async fn provision_kek(&self, _: &TenantId, _: u32, _: bool) -> Result<ProvisionedKek, KeyError> {
+        Ok(ProvisionedKek { id: DERIVED.to_vec(), generated: false })
+    }
+
+    /// A derived KEK cannot be destroyed: the root file derives it again. Only an HSM or a KMS
+    /// makes an erasure reach copies of the index.
+    async fn destroy_kek(&self, tenant: &TenantId, version: u32, _: &[u8]) -> Result<(), KeyError> {
+        tracing::warn!(
+            tenant = %tenant,
+            version,
+            "the development key provider cannot destroy a KEK (it derives every version from its root file): \
+             copies of the index taken before an erasure can still open the erased data"
+        );
+        Ok(())
+    }
+
+    fn destroys_keks(&self) -> bool {
+        false
     }
 }
 
@@ -117,7 +141,7 @@ mod tests {
         let provider = LocalFileProvider::load(&path).unwrap();
         let tenant = TenantId::parse("demo").unwrap();
         let key = SecretKey::generate().unwrap();
-        let wrapped = provider.wrap(&tenant, "Patient/1", &key).await.unwrap();
+        let wrapped = provider.wrap(&tenant, "Patient/1", &key, 1).await.unwrap();
         let again = LocalFileProvider::load(&path).unwrap();
         assert_eq!(again.unwrap(&tenant, "Patient/1", &wrapped).await.unwrap().expose(), key.expose());
         assert!(again.unwrap(&tenant, "Patient/2", &wrapped).await.is_err());

@@ -9,7 +9,8 @@ pub mod local;
 pub mod pkcs11;
 pub mod transit;
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -17,7 +18,7 @@ use moka::future::Cache;
 
 use crate::crypto::{CompartmentKey, CryptoError, MacKey, SecretKey, WrappedKey};
 use crate::ids::TenantId;
-use crate::storage::{Index, StorageError};
+use crate::storage::{ERASED, Index, KekCalls, StorageError};
 
 pub use local::LocalFileProvider;
 pub use pkcs11::{Pkcs11Options, Pkcs11Provider};
@@ -33,6 +34,9 @@ pub enum KeyError {
     Storage(#[from] StorageError),
     #[error("tenant key `{0}` does not exist")]
     Missing(String),
+    /// The compartment was erased (crypto-shredding): its key is gone for good.
+    #[error("compartment `{0}` was erased")]
+    Erased(String),
 }
 
 /// Holds the tenant key-encryption keys and wraps/unwraps tenant keys with them.
@@ -41,21 +45,24 @@ pub trait KeyProvider: Send + Sync {
     /// A short description for logs and the residency report (never key material).
     fn describe(&self) -> String;
 
-    /// The KEK version new wraps use.
-    fn primary_version(&self) -> u32;
-
-    async fn wrap(&self, tenant: &TenantId, key_ref: &str, key: &SecretKey) -> Result<WrappedKey, KeyError>;
+    /// Wrap `key` under `tenant`'s KEK of `version` (the primary one, `KeyService` decides).
+    async fn wrap(
+        &self,
+        tenant: &TenantId,
+        key_ref: &str,
+        key: &SecretKey,
+        version: u32,
+    ) -> Result<WrappedKey, KeyError>;
 
     async fn unwrap(&self, tenant: &TenantId, key_ref: &str, wrapped: &WrappedKey) -> Result<SecretKey, KeyError>;
 
     /// Readiness: the provider can be used now.
     async fn check(&self) -> Result<(), KeyError>;
 
-    /// Find or generate `tenant`'s KEK of `version` (`KeyService::prepare`). `None` for a
-    /// provider whose KEKs are not objects replicas must agree on (the local file derives them).
-    async fn provision_kek(&self, _tenant: &TenantId, _version: u32) -> Result<Option<ProvisionedKek>, KeyError> {
-        Ok(None)
-    }
+    /// Find or generate `tenant`'s KEK of `version`: at start (`KeyService::prepare`), where
+    /// generating depends on the provider's settings, and for a rotation (`rotating`), which
+    /// always generates the new version.
+    async fn provision_kek(&self, tenant: &TenantId, version: u32, rotating: bool) -> Result<ProvisionedKek, KeyError>;
 
     /// Use the KEK the index records as `tenant`'s of `version`, and destroy `discard` (one
     /// this process generated, that another replica beat to the record).
@@ -67,6 +74,17 @@ pub trait KeyProvider: Send + Sync {
         _discard: Option<&[u8]>,
     ) -> Result<(), KeyError> {
         Ok(())
+    }
+
+    /// Destroy `tenant`'s KEK of `version` (its id `id`) in the provider, for good: what it
+    /// wrapped, here or in any copy of the index, no longer opens. Done once a rotation has
+    /// re-wrapped everything it wrapped. Destroying a KEK already gone succeeds.
+    async fn destroy_kek(&self, tenant: &TenantId, version: u32, id: &[u8]) -> Result<(), KeyError>;
+
+    /// Whether `destroy_kek` really destroys (the development provider derives every version
+    /// from its root file again, so it cannot).
+    fn destroys_keks(&self) -> bool {
+        true
     }
 }
 
@@ -81,6 +99,12 @@ pub struct ProvisionedKek {
 
 type CacheKey = (TenantId, String);
 
+/// Provider calls (wraps, unwraps) per tenant and KEK version.
+type CallCounts = BTreeMap<(TenantId, u32), (u64, u64)>;
+
+/// Stored keys re-wrapped per index round trip during a rotation.
+const REWRAP_PAGE: u32 = 128;
+
 /// Tenant keys by name, created on first use, cached unwrapped for a bounded time.
 #[derive(Clone)]
 pub struct KeyService {
@@ -88,6 +112,27 @@ pub struct KeyService {
     index: Arc<dyn Index>,
     compartments: Cache<CacheKey, Arc<CompartmentKey>>,
     macs: Cache<CacheKey, Arc<MacKey>>,
+    /// Each tenant's primary KEK version, re-read from the index at most this often: a
+    /// rotation run elsewhere reaches this server within `version_refresh` (zero: every wrap
+    /// reads it).
+    primaries: Cache<TenantId, u32>,
+    version_refresh: Duration,
+    /// Provider calls per (tenant, KEK version) not yet added to the index's counters.
+    calls: Arc<Mutex<CallCounts>>,
+}
+
+/// What one tenant's rotation did.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Rotation {
+    pub tenant: String,
+    /// The primary KEK version after the rotation.
+    pub primary: u32,
+    /// Whether this run added that version (`false`: it finished an interrupted rotation).
+    pub added: bool,
+    /// Stored keys re-wrapped under the primary version.
+    pub rewrapped: u64,
+    /// Versions destroyed in the provider.
+    pub destroyed: Vec<u32>,
 }
 
 impl KeyService {
@@ -97,27 +142,109 @@ impl KeyService {
             index,
             compartments: Cache::builder().max_capacity(capacity).time_to_live(ttl).build(),
             macs: Cache::builder().max_capacity(1024).time_to_live(ttl).build(),
+            primaries: Cache::builder().max_capacity(4096).time_to_live(DEFAULT_VERSION_REFRESH).build(),
+            version_refresh: DEFAULT_VERSION_REFRESH,
+            calls: Arc::default(),
         }
+    }
+
+    /// Re-read each tenant's primary KEK version at most every `refresh` (default 30 s).
+    #[must_use]
+    pub fn with_version_refresh(mut self, refresh: Duration) -> Self {
+        self.primaries =
+            Cache::builder().max_capacity(4096).time_to_live(refresh.max(Duration::from_millis(1))).build();
+        self.version_refresh = refresh;
+        self
     }
 
     pub fn provider(&self) -> &dyn KeyProvider {
         self.provider.as_ref()
     }
 
-    /// Make sure each tenant's primary KEK exists in the provider, the same one for every
-    /// replica: the index records which (`kek_versions`); a replica that generated another one
-    /// meanwhile destroys it and uses the recorded one.
+    /// Make sure each tenant's KEK versions exist in the provider, the same ones for every
+    /// replica: the index records which (`kek_versions`). A tenant without any gets version 1;
+    /// a replica that generated another one meanwhile destroys it and uses the recorded one.
     pub async fn prepare(&self, tenants: &[TenantId]) -> Result<(), KeyError> {
-        let version = self.provider.primary_version();
+        let recorded = self.index.kek_versions().await?;
         for tenant in tenants {
-            if let Some(id) = self.index.kek_id(tenant, version).await? {
-                self.provider.adopt_kek(tenant, version, &id, None).await?;
-                continue;
+            let live: Vec<_> =
+                recorded.iter().filter(|k| k.tenant == tenant.as_str() && k.destroyed_at.is_none()).collect();
+            if live.is_empty() {
+                self.add_version(tenant, 1, false).await?;
             }
-            let Some(found) = self.provider.provision_kek(tenant, version).await? else { continue };
-            let recorded = self.index.claim_kek_id(tenant, version, &found.id).await?;
-            let discard = (found.generated && recorded != found.id).then_some(found.id.as_slice());
-            self.provider.adopt_kek(tenant, version, &recorded, discard).await?;
+            for k in live {
+                self.provider.provision_kek(tenant, k.version, false).await?;
+                self.provider.adopt_kek(tenant, k.version, &k.key_id, None).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Find or generate `tenant`'s KEK of `version` and record it (the first replica to record
+    /// wins; a loser destroys what it generated).
+    async fn add_version(&self, tenant: &TenantId, version: u32, rotating: bool) -> Result<(), KeyError> {
+        let found = self.provider.provision_kek(tenant, version, rotating).await?;
+        let recorded = self.index.claim_kek_id(tenant, version, &found.id).await?;
+        let discard = (found.generated && recorded != found.id).then_some(found.id.as_slice());
+        self.provider.adopt_kek(tenant, version, &recorded, discard).await
+    }
+
+    /// The KEK version new wraps of `tenant` use: its newest recorded version not destroyed.
+    pub async fn primary_version(&self, tenant: &TenantId) -> Result<u32, KeyError> {
+        if self.version_refresh.is_zero() {
+            return read_primary(self.index.as_ref(), tenant).await;
+        }
+        let index = self.index.clone();
+        self.primaries
+            .try_get_with(tenant.clone(), async move { read_primary(index.as_ref(), tenant).await })
+            .await
+            .map_err(|e| unshare(&e))
+    }
+
+    async fn wrap(&self, tenant: &TenantId, key_ref: &str, key: &SecretKey) -> Result<WrappedKey, KeyError> {
+        let version = self.primary_version(tenant).await?;
+        let wrapped = self.provider.wrap(tenant, key_ref, key, version).await?;
+        self.count(tenant, version, 1, 0);
+        Ok(wrapped)
+    }
+
+    async fn unwrap(&self, tenant: &TenantId, key_ref: &str, wrapped: &WrappedKey) -> Result<SecretKey, KeyError> {
+        if wrapped.kek_version == ERASED {
+            return Err(KeyError::Erased(key_ref.to_owned()));
+        }
+        let key = self.provider.unwrap(tenant, key_ref, wrapped).await?;
+        self.count(tenant, wrapped.kek_version, 0, 1);
+        Ok(key)
+    }
+
+    fn count(&self, tenant: &TenantId, version: u32, wraps: u64, unwraps: u64) {
+        let mut calls = self.calls.lock().unwrap_or_else(PoisonError::into_inner);
+        let entry = calls.entry((tenant.clone(), version)).or_default();
+        entry.0 += wraps;
+        entry.1 += unwraps;
+    }
+
+    /// Add the provider calls counted since the last flush to the index's usage counters
+    /// (`fhirvault keys status` shows them). Counts that fail to be written are kept.
+    pub async fn flush_usage(&self) -> Result<(), KeyError> {
+        let taken = std::mem::take(&mut *self.calls.lock().unwrap_or_else(PoisonError::into_inner));
+        if taken.is_empty() {
+            return Ok(());
+        }
+        let calls: Vec<KekCalls> = taken
+            .iter()
+            .map(|((tenant, version), (wraps, unwraps))| KekCalls {
+                tenant: tenant.clone(),
+                version: *version,
+                wraps: *wraps,
+                unwraps: *unwraps,
+            })
+            .collect();
+        if let Err(e) = self.index.add_kek_calls(&calls).await {
+            for c in calls {
+                self.count(&c.tenant, c.version, c.wraps, c.unwraps);
+            }
+            return Err(e.into());
         }
         Ok(())
     }
@@ -148,7 +275,7 @@ impl KeyService {
         key_ref: &str,
     ) -> Result<(Arc<CompartmentKey>, WrappedKey), KeyError> {
         let fresh = SecretKey::generate()?;
-        let wrapped = self.provider.wrap(tenant, key_ref, &fresh).await?;
+        let wrapped = self.wrap(tenant, key_ref, &fresh).await?;
         Ok((Arc::new(CompartmentKey::new(fresh)), wrapped))
     }
 
@@ -157,7 +284,14 @@ impl KeyService {
         self.compartments.insert((tenant.clone(), key_ref.to_owned()), key).await;
     }
 
-    /// The compartment key for a read: it must exist (a missing key is an integrity failure).
+    /// Drop a compartment key from this server's cache (its compartment was erased). Other
+    /// servers drop theirs when it expires (`keys.cache_ttl_seconds`).
+    pub async fn forget_compartment_key(&self, tenant: &TenantId, key_ref: &str) {
+        self.compartments.invalidate(&(tenant.clone(), key_ref.to_owned())).await;
+    }
+
+    /// The compartment key for a read: it must exist (a missing key is an integrity failure;
+    /// an erased one is `Erased`).
     pub async fn compartment_key(&self, tenant: &TenantId, key_ref: &str) -> Result<Arc<CompartmentKey>, KeyError> {
         let cache_key = (tenant.clone(), key_ref.to_owned());
         let this = self.clone();
@@ -168,7 +302,7 @@ impl KeyService {
                     .tenant_key(tenant, key_ref)
                     .await?
                     .ok_or_else(|| KeyError::Missing(key_ref.to_owned()))?;
-                let key = this.provider.unwrap(tenant, key_ref, &wrapped).await?;
+                let key = this.unwrap(tenant, key_ref, &wrapped).await?;
                 Ok(Arc::new(CompartmentKey::new(key)))
             })
             .await
@@ -196,19 +330,123 @@ impl KeyService {
 
     async fn load_or_create(&self, tenant: &TenantId, key_ref: &str) -> Result<SecretKey, KeyError> {
         if let Some(wrapped) = self.index.tenant_key(tenant, key_ref).await? {
-            return self.provider.unwrap(tenant, key_ref, &wrapped).await;
+            return self.unwrap(tenant, key_ref, &wrapped).await;
         }
         let fresh = SecretKey::generate()?;
-        let wrapped = self.provider.wrap(tenant, key_ref, &fresh).await?;
+        let wrapped = self.wrap(tenant, key_ref, &fresh).await?;
         let stored = self.index.insert_tenant_key(tenant, key_ref, &wrapped).await?;
         if stored == wrapped {
             Ok(fresh)
         } else {
             // A concurrent writer (another replica) stored its key first: use that one.
-            self.provider.unwrap(tenant, key_ref, &stored).await
+            self.unwrap(tenant, key_ref, &stored).await
+        }
+    }
+
+    /// Rotate `tenant`'s KEK: a new version becomes primary, every stored key wrapped under an
+    /// older one is re-wrapped under it (the keys, never the data), and the older versions are
+    /// destroyed in the provider once nothing is wrapped under them. An interrupted rotation
+    /// (older versions still live) is finished instead of starting another.
+    ///
+    /// `settle` is how long servers may go on wrapping under the old primary (their
+    /// `keys.version_refresh_seconds`): the sweep waits that long after adding the version,
+    /// so that no key wrapped meanwhile under an old version escapes it. A key that still
+    /// does (a write slower than `settle`) keeps its version alive: this rotation fails
+    /// before destroying it, and running it again finishes.
+    pub async fn rotate(&self, tenant: &TenantId, settle: Duration) -> Result<Rotation, KeyError> {
+        let (primary, added) = self.begin_rotation(tenant).await?;
+        if added && !settle.is_zero() {
+            tracing::info!(tenant = %tenant, version = primary, ?settle, "new primary KEK; waiting for the servers to use it");
+            tokio::time::sleep(settle).await;
+        }
+        self.finish_rotation(tenant, primary, added).await
+    }
+
+    /// The first half of `rotate`: add the new primary version, unless a rotation is
+    /// unfinished (older versions still live). Returns the primary version and whether it is new.
+    pub async fn begin_rotation(&self, tenant: &TenantId) -> Result<(u32, bool), KeyError> {
+        let recorded = self.index.kek_versions().await?;
+        let live: Vec<u32> = recorded
+            .iter()
+            .filter(|k| k.tenant == tenant.as_str() && k.destroyed_at.is_none())
+            .map(|k| k.version)
+            .collect();
+        let Some(current) = live.iter().copied().max() else {
+            return Err(KeyError::Provider(format!(
+                "tenant `{tenant}` has no KEK recorded: start the server once before rotating"
+            )));
+        };
+        if live.len() > 1 {
+            return Ok((current, false));
+        }
+        let next = current.checked_add(1).ok_or_else(|| KeyError::Provider("KEK versions exhausted".into()))?;
+        self.add_version(tenant, next, true).await?;
+        self.primaries.invalidate(tenant).await;
+        Ok((next, true))
+    }
+
+    /// The second half of `rotate`, once the servers use `primary`: re-wrap what older
+    /// versions wrap, then destroy them.
+    pub async fn finish_rotation(&self, tenant: &TenantId, primary: u32, added: bool) -> Result<Rotation, KeyError> {
+        let recorded = self.index.kek_versions().await?;
+        let old: Vec<_> = recorded
+            .iter()
+            .filter(|k| k.tenant == tenant.as_str() && k.destroyed_at.is_none() && k.version < primary)
+            .collect();
+        let mut rewrapped = 0;
+        for k in &old {
+            rewrapped += self.rewrap_all(tenant, k.version, primary).await?;
+        }
+        let mut destroyed = Vec::new();
+        for k in old {
+            let left = self.index.count_under(tenant, k.version).await?;
+            if left > 0 {
+                return Err(KeyError::Provider(format!(
+                    "{left} keys of tenant `{tenant}` were wrapped under KEK version {} during the rotation; \
+                     run the rotation again to re-wrap them before that version is destroyed",
+                    k.version
+                )));
+            }
+            self.provider.destroy_kek(tenant, k.version, &k.key_id).await?;
+            self.index.kek_destroyed(tenant, k.version).await?;
+            destroyed.push(k.version);
+        }
+        Ok(Rotation { tenant: tenant.as_str().to_owned(), primary, added, rewrapped, destroyed })
+    }
+
+    /// Re-wrap every stored key of `tenant` under KEK `from` under KEK `to`.
+    async fn rewrap_all(&self, tenant: &TenantId, from: u32, to: u32) -> Result<u64, KeyError> {
+        let mut done = 0;
+        let mut after = String::new();
+        loop {
+            let page = self.index.keys_under(tenant, from, &after, REWRAP_PAGE).await?;
+            let Some((last, _)) = page.last() else { return Ok(done) };
+            after = last.clone();
+            for (key_ref, old) in &page {
+                let key = self.unwrap(tenant, key_ref, old).await?;
+                let new = self.provider.wrap(tenant, key_ref, &key, to).await?;
+                self.count(tenant, to, 1, 0);
+                // Changed meanwhile (another rotation re-wrapped it, or it was erased): leave it.
+                if self.index.rewrap_tenant_key(tenant, key_ref, old, &new).await? {
+                    done += 1;
+                }
+            }
         }
     }
 }
+
+/// `tenant`'s newest recorded KEK version not destroyed. Not prepared (a tenant added to the
+/// configuration of another replica): the first version, which `prepare` records when this
+/// server next starts.
+async fn read_primary(index: &dyn Index, tenant: &TenantId) -> Result<u32, KeyError> {
+    let versions = index.kek_versions().await?;
+    let primary =
+        versions.iter().filter(|k| k.tenant == tenant.as_str() && k.destroyed_at.is_none()).map(|k| k.version).max();
+    Ok(primary.unwrap_or(1))
+}
+
+/// How often a server re-reads each tenant's primary KEK version by default.
+pub const DEFAULT_VERSION_REFRESH: Duration = Duration::from_secs(30);
 
 /// moka shares an initialisation error between concurrent callers; give each its own copy.
 fn unshare(e: &Arc<KeyError>) -> KeyError {
@@ -216,6 +454,7 @@ fn unshare(e: &Arc<KeyError>) -> KeyError {
         KeyError::Provider(s) => KeyError::Provider(s.clone()),
         KeyError::Crypto(c) => KeyError::Crypto(c.clone()),
         KeyError::Missing(s) => KeyError::Missing(s.clone()),
+        KeyError::Erased(s) => KeyError::Erased(s.clone()),
         KeyError::Storage(s) => KeyError::Provider(format!("index: {s}")),
     }
 }

@@ -36,8 +36,6 @@ use crate::crypto::aead::NONCE_LEN;
 use crate::crypto::{KeyContext, SecretKey, WrappedKey, fill_random};
 use crate::ids::TenantId;
 
-/// The KEK version new wraps use (rotation adds versions).
-const KEK_VERSION: u32 = 1;
 /// AES-GCM tags of 128 bits, as everywhere else.
 const TAG_BITS: std::os::raw::c_ulong = 128;
 /// Sessions kept open for reuse.
@@ -223,7 +221,7 @@ impl Token {
     /// Find `tenant`'s KEK of `version` by its label, or generate it when none is there and
     /// generating is allowed. Several under the label (replicas that generated at once): the
     /// one with the smallest id, which `adopt` then settles through the index.
-    fn provision(&self, tenant: &TenantId, version: u32) -> Result<ProvisionedKek, KeyError> {
+    fn provision(&self, tenant: &TenantId, version: u32, rotating: bool) -> Result<ProvisionedKek, KeyError> {
         let label = kek_label(&self.options.label_prefix, tenant, version);
         let _one_at_a_time = OBJECT_CHANGES.lock().unwrap_or_else(PoisonError::into_inner);
         self.with_session(|s| {
@@ -232,7 +230,7 @@ impl Token {
             if let Some((_, id)) = found.into_iter().next() {
                 return Ok(ProvisionedKek { id, generated: false });
             }
-            if !self.options.create_missing_keys {
+            if !self.options.create_missing_keys && !rotating {
                 return Err(self.missing(&label));
             }
             Ok(ProvisionedKek { id: generate_kek(s, &label)?, generated: true })
@@ -263,6 +261,23 @@ impl Token {
         })?;
         self.keks.lock().unwrap_or_else(PoisonError::into_inner).insert((tenant.clone(), version), handle);
         Ok(())
+    }
+}
+
+impl Token {
+    /// Destroy the KEK with `id` under the label of `tenant`'s KEK of `version` (none there:
+    /// already destroyed).
+    fn destroy(&self, tenant: &TenantId, version: u32, id: &[u8]) -> Result<(), KeyError> {
+        let label = kek_label(&self.options.label_prefix, tenant, version);
+        let _one_at_a_time = OBJECT_CHANGES.lock().unwrap_or_else(PoisonError::into_inner);
+        self.keks.lock().unwrap_or_else(PoisonError::into_inner).remove(&(tenant.clone(), version));
+        self.with_session(|s| {
+            for (handle, _) in find_keys(s, &label, Some(id))? {
+                s.destroy_object(handle).map_err(|e| provider(format!("cannot destroy KEK `{label}`"), &e))?;
+                tracing::info!(label, "destroyed a tenant KEK version in the PKCS#11 token");
+            }
+            Ok(())
+        })
     }
 }
 
@@ -374,8 +389,8 @@ impl Pkcs11Provider {
         .await
     }
 
-    /// Generate a new KEK for `tenant` and `version` under its label; returns its id. (Start-up
-    /// goes through `KeyService::prepare`, which records the id; rotation will add versions.)
+    /// Generate a new KEK for `tenant` and `version` under its label; returns its id, which
+    /// nothing records (start-up and rotation go through `KeyService`, which does).
     pub async fn generate_kek(&self, tenant: &TenantId, version: u32) -> Result<Vec<u8>, KeyError> {
         let label = self.kek_label(tenant, version);
         self.blocking(move |token| {
@@ -415,19 +430,21 @@ impl KeyProvider for Pkcs11Provider {
         format!("pkcs11 token `{}` ({})", self.token.options.token_label, self.token.options.module.display())
     }
 
-    fn primary_version(&self) -> u32 {
-        KEK_VERSION
-    }
-
-    async fn wrap(&self, tenant: &TenantId, key_ref: &str, key: &SecretKey) -> Result<WrappedKey, KeyError> {
-        let aad = KeyContext { tenant, key_ref, kek_version: KEK_VERSION }.aad();
+    async fn wrap(
+        &self,
+        tenant: &TenantId,
+        key_ref: &str,
+        key: &SecretKey,
+        version: u32,
+    ) -> Result<WrappedKey, KeyError> {
+        let aad = KeyContext { tenant, key_ref, kek_version: version }.aad();
         let plain = Zeroizing::new(key.expose().to_vec());
         let tenant = tenant.clone();
         let mut nonce = [0u8; NONCE_LEN];
         fill_random(&mut nonce)?;
         let bytes = self
             .blocking(move |token| {
-                let kek = token.kek(&tenant, KEK_VERSION)?;
+                let kek = token.kek(&tenant, version)?;
                 token.with_session(|s| {
                     let mut iv = nonce;
                     let sealed = s
@@ -440,7 +457,7 @@ impl KeyProvider for Pkcs11Provider {
                 })
             })
             .await?;
-        Ok(WrappedKey { kek_version: KEK_VERSION, bytes })
+        Ok(WrappedKey { kek_version: version, bytes })
     }
 
     async fn unwrap(&self, tenant: &TenantId, key_ref: &str, wrapped: &WrappedKey) -> Result<SecretKey, KeyError> {
@@ -471,9 +488,14 @@ impl KeyProvider for Pkcs11Provider {
         SecretKey::from_slice(&plain).ok_or_else(integrity)
     }
 
-    async fn provision_kek(&self, tenant: &TenantId, version: u32) -> Result<Option<ProvisionedKek>, KeyError> {
+    async fn provision_kek(&self, tenant: &TenantId, version: u32, rotating: bool) -> Result<ProvisionedKek, KeyError> {
         let tenant = tenant.clone();
-        self.blocking(move |token| token.provision(&tenant, version).map(Some)).await
+        self.blocking(move |token| token.provision(&tenant, version, rotating)).await
+    }
+
+    async fn destroy_kek(&self, tenant: &TenantId, version: u32, id: &[u8]) -> Result<(), KeyError> {
+        let (tenant, id) = (tenant.clone(), id.to_vec());
+        self.blocking(move |token| token.destroy(&tenant, version, &id)).await
     }
 
     async fn adopt_kek(

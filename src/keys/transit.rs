@@ -23,9 +23,6 @@ use super::{KeyError, KeyProvider, ProvisionedKek};
 use crate::crypto::{CryptoError, KeyContext, SecretKey, WrappedKey};
 use crate::ids::TenantId;
 
-/// The KEK version new wraps use (rotation adds versions).
-const KEK_VERSION: u32 = 1;
-
 /// Where the engine is and how to use it (from `keys.provider` with `kind = "transit"`).
 #[derive(Debug, Clone)]
 pub struct TransitOptions {
@@ -156,17 +153,19 @@ impl KeyProvider for TransitProvider {
         format!("transit engine `{}` at {}", self.options.mount, self.options.address)
     }
 
-    fn primary_version(&self) -> u32 {
-        KEK_VERSION
-    }
-
-    async fn wrap(&self, tenant: &TenantId, key_ref: &str, key: &SecretKey) -> Result<WrappedKey, KeyError> {
-        let aad = KeyContext { tenant, key_ref, kek_version: KEK_VERSION }.aad();
+    async fn wrap(
+        &self,
+        tenant: &TenantId,
+        key_ref: &str,
+        key: &SecretKey,
+        version: u32,
+    ) -> Result<WrappedKey, KeyError> {
+        let aad = KeyContext { tenant, key_ref, kek_version: version }.aad();
         let plaintext = Zeroizing::new(STANDARD.encode(key.expose()));
         let body = json!({
             "plaintext": plaintext.as_str(),
             "associated_data": STANDARD.encode(aad),
-            "key_version": KEK_VERSION,
+            "key_version": version,
         });
         let name = self.key_name(tenant);
         let data = self
@@ -178,7 +177,11 @@ impl KeyProvider for TransitProvider {
             .and_then(|d| d.get("ciphertext"))
             .and_then(Value::as_str)
             .ok_or_else(|| KeyError::Provider(format!("transit encrypt with `{name}`: no ciphertext")))?;
-        Ok(WrappedKey { kek_version: KEK_VERSION, bytes: ciphertext.as_bytes().to_vec() })
+        // The engine says which version it used; it must be the one asked for.
+        if !ciphertext.starts_with(&format!("vault:v{version}:")) {
+            return Err(KeyError::Provider(format!("transit encrypt with `{name}` did not use version {version}")));
+        }
+        Ok(WrappedKey { kek_version: version, bytes: ciphertext.as_bytes().to_vec() })
     }
 
     async fn unwrap(&self, tenant: &TenantId, key_ref: &str, wrapped: &WrappedKey) -> Result<SecretKey, KeyError> {
@@ -220,34 +223,65 @@ impl KeyProvider for TransitProvider {
         }
     }
 
-    /// The tenant's transit key: found, or created when allowed. Its id is `{mount}/{name}`,
-    /// which the index records, so a later start with another mount or prefix is refused
-    /// rather than wrapping new keys under a KEK the old ones do not open with.
-    async fn provision_kek(&self, tenant: &TenantId, version: u32) -> Result<Option<ProvisionedKek>, KeyError> {
+    /// The tenant's transit key at `version`: found, created when allowed (or rotating), and
+    /// rotated in the engine up to `version` for a rotation. Its id is `{mount}/{name}`, which
+    /// the index records, so a later start with another mount or prefix is refused rather than
+    /// wrapping new keys under a KEK the old ones do not open with.
+    async fn provision_kek(&self, tenant: &TenantId, version: u32, rotating: bool) -> Result<ProvisionedKek, KeyError> {
         let name = self.key_name(tenant);
         let id = format!("{}/{name}", self.options.mount).into_bytes();
-        match self.latest_version(&name).await? {
-            Some(latest) if latest >= version => return Ok(Some(ProvisionedKek { id, generated: false })),
-            Some(latest) => {
-                return Err(KeyError::Provider(format!(
-                    "transit key `{name}` is at version {latest}; this server wraps under version {version}"
-                )));
-            }
-            None if !self.options.create_missing_keys => {
+        let mut latest = match self.latest_version(&name).await? {
+            Some(latest) => latest,
+            None if !self.options.create_missing_keys && !rotating => {
                 return Err(KeyError::Provider(format!(
                     "transit engine `{}` holds no key `{name}`",
                     self.options.mount
                 )));
             }
-            None => {}
+            None => {
+                // Creating a key that exists changes nothing: replicas racing here end with one key.
+                let body = json!({ "type": "aes256-gcm96", "exportable": false, "allow_plaintext_backup": false });
+                self.call(reqwest::Method::POST, &format!("keys/{name}"), Some(&body))
+                    .await
+                    .map_err(|e| unexpected(e, &format!("creating key `{name}`")))?;
+                tracing::info!(key = %name, "created a tenant KEK in the transit engine");
+                1
+            }
+        };
+        if latest < version && !rotating {
+            return Err(KeyError::Provider(format!(
+                "transit key `{name}` is at version {latest}; the index records version {version}"
+            )));
         }
-        // Creating a key that exists changes nothing: replicas racing here end with one key.
-        let body = json!({ "type": "aes256-gcm96", "exportable": false, "allow_plaintext_backup": false });
-        self.call(reqwest::Method::POST, &format!("keys/{name}"), Some(&body))
+        // One engine rotation per missing version: the engine numbers versions as we do.
+        while latest < version {
+            self.call(reqwest::Method::POST, &format!("keys/{name}/rotate"), Some(&json!({})))
+                .await
+                .map_err(|e| unexpected(e, &format!("rotating key `{name}`")))?;
+            latest = self
+                .latest_version(&name)
+                .await?
+                .ok_or_else(|| KeyError::Provider(format!("transit key `{name}` vanished while rotating")))?;
+            tracing::info!(key = %name, version = latest, "rotated a tenant KEK in the transit engine");
+        }
+        Ok(ProvisionedKek { id, generated: false })
+    }
+
+    /// Trim the transit key below `version + 1`: the engine deletes those versions for good
+    /// (and no longer decrypts or encrypts with them).
+    async fn destroy_kek(&self, tenant: &TenantId, version: u32, _id: &[u8]) -> Result<(), KeyError> {
+        let name = self.key_name(tenant);
+        let keep_from = version.saturating_add(1);
+        let config = json!({ "min_decryption_version": keep_from, "min_encryption_version": keep_from });
+        self.call(reqwest::Method::POST, &format!("keys/{name}/config"), Some(&config))
             .await
-            .map_err(|e| unexpected(e, &format!("creating key `{name}`")))?;
-        tracing::info!(key = %name, "created a tenant KEK in the transit engine");
-        Ok(Some(ProvisionedKek { id, generated: false }))
+            .map_err(|e| unexpected(e, &format!("retiring version {version} of key `{name}`")))?;
+        let trim = json!({ "min_available_version": keep_from });
+        self.call(reqwest::Method::POST, &format!("keys/{name}/trim"), Some(&trim))
+            .await
+            .map_err(|e| unexpected(e, &format!("destroying version {version} of key `{name}`")))?;
+        tracing::info!(key = %name, version, "destroyed a tenant KEK version in the transit engine");
+        Ok(())
     }
 
     async fn adopt_kek(

@@ -27,7 +27,7 @@ use crate::residency;
 
 /// The schema and the policies shipped with the server (file name, text), in file-name order.
 const SCHEMA: &str = include_str!("../../policies/schema.cedarschema");
-const SHIPPED: [(&str, &str); 10] = [
+const SHIPPED: [(&str, &str); 11] = [
     ("10-tenant-isolation.cedar", include_str!("../../policies/10-tenant-isolation.cedar")),
     ("15-jurisdiction.cedar", include_str!("../../policies/15-jurisdiction.cedar")),
     ("20-researchers.cedar", include_str!("../../policies/20-researchers.cedar")),
@@ -37,6 +37,7 @@ const SHIPPED: [(&str, &str); 10] = [
     ("40-smart-scopes.cedar", include_str!("../../policies/40-smart-scopes.cedar")),
     ("50-patient-compartment.cedar", include_str!("../../policies/50-patient-compartment.cedar")),
     ("60-sensitive-labels.cedar", include_str!("../../policies/60-sensitive-labels.cedar")),
+    ("70-erasure.cedar", include_str!("../../policies/70-erasure.cedar")),
     ("90-clinical-access.cedar", include_str!("../../policies/90-clinical-access.cedar")),
 ];
 const SCHEMA_FILE: &str = "schema.cedarschema";
@@ -55,6 +56,10 @@ pub enum Action {
     /// Reading the audit log (its checkpoints, proofs and events), on resource type
     /// `AuditEvent`, in a patient's compartment for that patient's access log.
     ReadAudit,
+    /// Scheduling or cancelling the erasure of a patient's data (`Patient/{id}/$erase`).
+    Erase,
+    /// Setting or clearing a legal hold on a patient's data (`Patient/{id}/$legal-hold`).
+    LegalHold,
 }
 
 impl Action {
@@ -68,6 +73,8 @@ impl Action {
             Self::HistoryType => "history-type",
             Self::Search => "search",
             Self::ReadAudit => "read-audit",
+            Self::Erase => "erase",
+            Self::LegalHold => "legal-hold",
         }
     }
 
@@ -79,6 +86,8 @@ impl Action {
             Self::Delete => Permission::Delete,
             Self::HistoryType | Self::Search => Permission::Search,
             Self::ReadAudit => Permission::Read,
+            Self::Erase => Permission::Delete,
+            Self::LegalHold => Permission::Update,
         }
     }
 }
@@ -634,6 +643,23 @@ mod tests {
             ("demo", Role::Admin, None, None, Action::ReadAudit, log, Some(&p1), Err("no-permit")),
             ("demo", Role::Service, None, None, Action::ReadAudit, log, None, Err("no-permit")),
             ("demo", Role::Researcher, None, None, Action::ReadAudit, log, None, Err("researcher-bulk-export-only")),
+            // Erasure and legal holds: administrators only, on a patient's record, in their tenant.
+            ("demo", Role::Admin, None, None, Action::Erase, patient, Some(&p1), Ok(())),
+            ("demo", Role::Admin, None, None, Action::LegalHold, patient, Some(&p1), Ok(())),
+            ("other", Role::Admin, None, None, Action::Erase, patient, Some(&p1), Err("tenant-isolation")),
+            ("demo", Role::Admin, Some("user/Patient.r"), None, Action::Erase, patient, Some(&p1), Err("smart-scopes")),
+            ("demo", Role::Practitioner, None, None, Action::Erase, patient, Some(&p1), Err("erasure-by-admins-only")),
+            (
+                "demo",
+                Role::Patient,
+                Some("patient/*.cruds"),
+                Some("p1"),
+                Action::Erase,
+                patient,
+                Some(&p1),
+                Err("erasure-by-admins-only"),
+            ),
+            ("demo", Role::Auditor, None, None, Action::LegalHold, patient, Some(&p1), Err("auditor-no-clinical-data")),
             // Nobody writes the audit log through the API.
             (
                 "demo",
@@ -774,6 +800,8 @@ mod tests {
                 "smart-scopes",
                 "patient-compartment",
                 "sensitive-labels",
+                "erasure-by-admins-only",
+                "admin-erases",
                 "clinical-access"
             ]
         );

@@ -11,6 +11,7 @@ pub mod audit_log;
 pub mod commit;
 pub mod gc;
 mod lease;
+pub mod lifecycle;
 pub mod objects;
 mod page_cache;
 pub mod postgres;
@@ -31,6 +32,7 @@ use crate::time::Timestamp;
 
 pub use audit_log::{LogEntry, LogFilter, LogSealer, LogSearch, SealReport, StoredCheckpoint};
 pub use commit::Committer;
+pub use lifecycle::{ERASED, Erasure, ErasureState, KekCalls, KekVersion, LegalHold, PatientStatus};
 pub use objects::{Locations, ObjectKey, ObjectStorage};
 pub use search::{Direction, Link, LinkQuery, Order, Position, SearchQuery, SearchRows};
 
@@ -171,8 +173,16 @@ pub struct KekUsage {
     pub version: u32,
     /// The provider's id of the KEK (`None` for the development provider, which derives it).
     pub key_id: Option<Vec<u8>>,
-    /// Stored keys (compartment, MAC and server keys) wrapped under it.
+    /// Stored keys (compartment, MAC and server keys) wrapped under it. Version 0 counts the
+    /// tombstones of erased compartments.
     pub wrapped_keys: u64,
+    /// When it was recorded (`None` for a version only in use, never recorded).
+    pub created_at: Option<Timestamp>,
+    /// When the provider destroyed it.
+    pub destroyed_at: Option<Timestamp>,
+    /// Provider calls made with it (wraps, unwraps), as the servers flushed them.
+    pub wraps: u64,
+    pub unwraps: u64,
 }
 
 /// The index. Every method is one round trip or one transaction; none holds a lock across calls.
@@ -279,6 +289,83 @@ pub trait Index: Send + Sync {
     /// Every KEK version recorded or in use: per tenant and version, the provider's id of the
     /// KEK (when recorded) and how many stored keys it wraps.
     async fn kek_usage(&self) -> Result<Vec<KekUsage>, StorageError>;
+
+    /// Every recorded KEK version of every tenant, by tenant and version.
+    async fn kek_versions(&self) -> Result<Vec<KekVersion>, StorageError>;
+
+    /// Add provider calls to the usage counters of their KEK versions.
+    async fn add_kek_calls(&self, calls: &[KekCalls]) -> Result<(), StorageError>;
+
+    /// Record that the provider destroyed `tenant`'s KEK of `version`.
+    async fn kek_destroyed(&self, tenant: &TenantId, version: u32) -> Result<(), StorageError>;
+
+    /// Up to `limit` stored keys of `tenant` wrapped under KEK `version`, named after `after`,
+    /// by name.
+    async fn keys_under(
+        &self,
+        tenant: &TenantId,
+        version: u32,
+        after: &str,
+        limit: u32,
+    ) -> Result<Vec<(String, WrappedKey)>, StorageError>;
+
+    /// How many stored keys of `tenant` are wrapped under KEK `version`.
+    async fn count_under(&self, tenant: &TenantId, version: u32) -> Result<u64, StorageError>;
+
+    /// Replace a stored key by its re-wrapped form if it is still `old`; `false` if it changed
+    /// meanwhile (re-wrapped by another rotation, or erased).
+    async fn rewrap_tenant_key(
+        &self,
+        tenant: &TenantId,
+        key_ref: &str,
+        old: &WrappedKey,
+        new: &WrappedKey,
+    ) -> Result<bool, StorageError>;
+
+    /// A patient's erasure and legal hold, if any.
+    async fn patient_status(&self, tenant: &TenantId, patient: &str) -> Result<PatientStatus, StorageError>;
+
+    /// The newest change of each resource type in a compartment (`Patient/{id}`).
+    async fn compartment_activity(
+        &self,
+        tenant: &TenantId,
+        compartment: &str,
+    ) -> Result<Vec<(String, Timestamp)>, StorageError>;
+
+    /// In ONE transaction: schedule a patient's erasure (due at `due_at`) and append `audit`.
+    /// `false` (nothing written): a legal hold is set, or an erasure is already scheduled or
+    /// done.
+    async fn schedule_erasure(
+        &self,
+        tenant: &TenantId,
+        patient: &str,
+        requested_by: &str,
+        due_at: Timestamp,
+        audit: &AuditRecord,
+    ) -> Result<bool, StorageError>;
+
+    /// In ONE transaction: cancel a scheduled erasure not yet due and append `audit`; `false`
+    /// (nothing written) when there was none to cancel.
+    async fn cancel_erasure(&self, tenant: &TenantId, patient: &str, audit: &AuditRecord)
+    -> Result<bool, StorageError>;
+
+    /// In ONE transaction: set (`Some`) or clear a patient's legal hold and append `audit`.
+    /// Setting one cancels a scheduled erasure (then `true`).
+    async fn set_legal_hold(
+        &self,
+        tenant: &TenantId,
+        patient: &str,
+        hold: Option<&LegalHold>,
+        audit: &AuditRecord,
+    ) -> Result<bool, StorageError>;
+
+    /// In ONE transaction, if the patient's erasure is scheduled, due at `audit.recorded` and no
+    /// legal hold is set: mark it done, replace the compartment key by its tombstone, remove the
+    /// compartment's search rows, append `audit`. `false` (nothing written) otherwise.
+    async fn erase(&self, tenant: &TenantId, patient: &str, audit: &AuditRecord) -> Result<bool, StorageError>;
+
+    /// Up to `limit` (tenant, patient) whose scheduled erasure is due at `now`, oldest first.
+    async fn due_erasures(&self, now: Timestamp, limit: u32) -> Result<Vec<(String, String)>, StorageError>;
 
     /// Whether some version row names this object key (the orphan sweeper asks).
     async fn knows_object(&self, key: &str) -> Result<bool, StorageError>;

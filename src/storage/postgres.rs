@@ -202,6 +202,34 @@ fn insert_search(first: usize, token_sets: &str) -> String {
     items.join(", ")
 }
 
+/// Remove the search rows of the resources that ever belonged to a compartment ($1 tenant,
+/// $2 compartment): one statement per table.
+static DELETE_COMPARTMENT_SEARCH: LazyLock<Vec<String>> = LazyLock::new(|| {
+    sql::SEARCH_TABLES_BY_RESOURCE
+        .iter()
+        .chain(std::iter::once(&"search_token_sets"))
+        .map(|table| {
+            format!(
+                "DELETE FROM {table} x USING (SELECT DISTINCT resource_type, resource_id FROM resource_versions \
+                 WHERE tenant = $1 AND compartment = $2) c \
+                 WHERE x.tenant = $1 AND x.resource_type = c.resource_type AND x.resource_id = c.resource_id"
+            )
+        })
+        .collect()
+});
+
+/// Remove every search row of the resources that ever belonged to `compartment` (an erasure).
+async fn delete_compartment_search(
+    conn: &mut PgConnection,
+    tenant: &str,
+    compartment: &str,
+) -> Result<(), StorageError> {
+    for delete in DELETE_COMPARTMENT_SEARCH.iter() {
+        sqlx::query(delete.as_str()).bind(tenant).bind(compartment).execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
 /// Replace the search rows of updated resources: delete the old rows of the resources $1-$3
 /// (tenant, type, id arrays) and insert the new ones from $4; a resource's new token set
 /// replaces its old one. One statement, whatever the batch.
@@ -583,4 +611,5 @@ impl CopyRows {
 }
 
 super::audit_log::impl_log_reads!(PostgresIndex);
+super::lifecycle::impl_lifecycle!(PostgresIndex, Postgres);
 super::sql::impl_index!(PostgresIndex, Postgres, commit_workers = 2, dialect = super::search::Dialect::Postgres);

@@ -143,7 +143,8 @@ pub(super) const SELECT_KEK_VERSION: &str = "SELECT key_id FROM kek_versions WHE
 pub(super) const INSERT_KEK_VERSION: &str = "INSERT INTO kek_versions (tenant, version, key_id, created_at) \
      VALUES ($1, $2, $3, $4) ON CONFLICT (tenant, version) DO NOTHING";
 
-pub(super) const KEK_RECORDS: &str = "SELECT tenant, version, key_id FROM kek_versions";
+pub(super) const KEK_RECORDS: &str =
+    "SELECT tenant, version, key_id, created_at, destroyed_at, wraps, unwraps FROM kek_versions";
 
 pub(super) const WRAPPED_PER_KEK: &str =
     "SELECT tenant, kek_version, COUNT(*) FROM tenant_keys GROUP BY tenant, kek_version";
@@ -160,22 +161,40 @@ pub(super) fn version_from_db(raw: i64) -> Result<crate::ids::VersionId, Storage
 /// The KEK versions the index records or uses, in order: `records` are `kek_versions` rows,
 /// `counts` the stored keys per tenant and KEK version.
 pub(super) fn kek_usage(
-    records: Vec<(String, i64, Vec<u8>)>,
+    records: Vec<super::lifecycle::DbKekVersion>,
     counts: Vec<(String, i64, i64)>,
 ) -> Result<Vec<super::KekUsage>, StorageError> {
     let version = |v: i64| u32::try_from(v).map_err(|_| StorageError::Corrupt("kek version".into()));
     let mut usage: std::collections::BTreeMap<(String, u32), super::KekUsage> = std::collections::BTreeMap::new();
-    for (tenant, v, key_id) in records {
-        let v = version(v)?;
-        usage
-            .insert((tenant.clone(), v), super::KekUsage { tenant, version: v, key_id: Some(key_id), wrapped_keys: 0 });
+    for record in records {
+        let k = super::lifecycle::kek_version_from_db(record)?;
+        let usage_of = super::KekUsage {
+            tenant: k.tenant.clone(),
+            version: k.version,
+            key_id: Some(k.key_id),
+            wrapped_keys: 0,
+            created_at: Some(k.created_at),
+            destroyed_at: k.destroyed_at,
+            wraps: k.wraps,
+            unwraps: k.unwraps,
+        };
+        usage.insert((k.tenant, k.version), usage_of);
     }
     for (tenant, v, n) in counts {
         let v = version(v)?;
         let n = u64::try_from(n).map_err(|_| StorageError::Corrupt("a negative count".into()))?;
         usage
             .entry((tenant.clone(), v))
-            .or_insert(super::KekUsage { tenant, version: v, key_id: None, wrapped_keys: 0 })
+            .or_insert(super::KekUsage {
+                tenant,
+                version: v,
+                key_id: None,
+                wrapped_keys: 0,
+                created_at: None,
+                destroyed_at: None,
+                wraps: 0,
+                unwraps: 0,
+            })
             .wrapped_keys = n;
     }
     Ok(usage.into_values().collect())
@@ -694,7 +713,7 @@ macro_rules! impl_index {
 
             async fn kek_usage(&self) -> Result<Vec<$crate::storage::KekUsage>, $crate::storage::StorageError> {
                 let mut conn = self.leases.get().await?;
-                let records: Vec<(String, i64, Vec<u8>)> =
+                let records: Vec<$crate::storage::lifecycle::DbKekVersion> =
                     sqlx::query_as($crate::storage::sql::KEK_RECORDS).fetch_all(&mut *conn).await?;
                 let counts: Vec<(String, i64, i64)> =
                     sqlx::query_as($crate::storage::sql::WRAPPED_PER_KEK).fetch_all(&mut *conn).await?;
@@ -769,6 +788,116 @@ macro_rules! impl_index {
                 q: &$crate::storage::audit_log::LogSearch,
             ) -> Result<u64, $crate::storage::StorageError> {
                 self.read_log_count(q).await
+            }
+
+            async fn kek_versions(&self) -> Result<Vec<$crate::storage::KekVersion>, $crate::storage::StorageError> {
+                self.lc_kek_versions().await
+            }
+
+            async fn add_kek_calls(
+                &self,
+                calls: &[$crate::storage::KekCalls],
+            ) -> Result<(), $crate::storage::StorageError> {
+                self.lc_add_kek_calls(calls).await
+            }
+
+            async fn kek_destroyed(
+                &self,
+                tenant: &$crate::ids::TenantId,
+                version: u32,
+            ) -> Result<(), $crate::storage::StorageError> {
+                self.lc_kek_destroyed(tenant, version).await
+            }
+
+            async fn keys_under(
+                &self,
+                tenant: &$crate::ids::TenantId,
+                version: u32,
+                after: &str,
+                limit: u32,
+            ) -> Result<Vec<(String, $crate::crypto::WrappedKey)>, $crate::storage::StorageError> {
+                self.lc_keys_under(tenant, version, after, limit).await
+            }
+
+            async fn count_under(
+                &self,
+                tenant: &$crate::ids::TenantId,
+                version: u32,
+            ) -> Result<u64, $crate::storage::StorageError> {
+                self.lc_count_under(tenant, version).await
+            }
+
+            async fn rewrap_tenant_key(
+                &self,
+                tenant: &$crate::ids::TenantId,
+                key_ref: &str,
+                old: &$crate::crypto::WrappedKey,
+                new: &$crate::crypto::WrappedKey,
+            ) -> Result<bool, $crate::storage::StorageError> {
+                self.lc_rewrap(tenant, key_ref, old, new).await
+            }
+
+            async fn patient_status(
+                &self,
+                tenant: &$crate::ids::TenantId,
+                patient: &str,
+            ) -> Result<$crate::storage::PatientStatus, $crate::storage::StorageError> {
+                self.lc_patient_status(tenant, patient).await
+            }
+
+            async fn compartment_activity(
+                &self,
+                tenant: &$crate::ids::TenantId,
+                compartment: &str,
+            ) -> Result<Vec<(String, $crate::time::Timestamp)>, $crate::storage::StorageError> {
+                self.lc_compartment_activity(tenant, compartment).await
+            }
+
+            async fn schedule_erasure(
+                &self,
+                tenant: &$crate::ids::TenantId,
+                patient: &str,
+                requested_by: &str,
+                due_at: $crate::time::Timestamp,
+                audit: &$crate::audit::AuditRecord,
+            ) -> Result<bool, $crate::storage::StorageError> {
+                self.lc_schedule_erasure(tenant, patient, requested_by, due_at, audit).await
+            }
+
+            async fn cancel_erasure(
+                &self,
+                tenant: &$crate::ids::TenantId,
+                patient: &str,
+                audit: &$crate::audit::AuditRecord,
+            ) -> Result<bool, $crate::storage::StorageError> {
+                self.lc_cancel_erasure(tenant, patient, audit).await
+            }
+
+            async fn set_legal_hold(
+                &self,
+                tenant: &$crate::ids::TenantId,
+                patient: &str,
+                hold: Option<&$crate::storage::LegalHold>,
+                audit: &$crate::audit::AuditRecord,
+            ) -> Result<bool, $crate::storage::StorageError> {
+                self.lc_set_legal_hold(tenant, patient, hold, audit).await
+            }
+
+            async fn erase(
+                &self,
+                tenant: &$crate::ids::TenantId,
+                patient: &str,
+                audit: &$crate::audit::AuditRecord,
+            ) -> Result<bool, $crate::storage::StorageError> {
+                self.lc_erase(tenant, patient, audit).await
+            }
+
+            async fn due_erasures(
+                &self,
+                now: $crate::time::Timestamp,
+                limit: u32,
+            ) -> Result<Vec<(String, String)>, $crate::storage::StorageError> {
+                self.lc_due_erasures(now, limit).await
             }
 
             async fn knows_object(&self, key: &str) -> Result<bool, $crate::storage::StorageError> {

@@ -316,6 +316,41 @@ const SELECT_TOKEN_SET: &str =
 const DELETE_TOKEN: &str =
     "DELETE FROM search_tokens WHERE token = $1 AND tenant = $2 AND resource_type = $3 AND resource_id = $4";
 
+/// Remove a resource's search rows but its token set (which the caller replaces or removes);
+/// its token rows are found through the set.
+async fn delete_search_rows(conn: &mut SqliteConnection, tenant: &str, rt: &str, id: &str) -> Result<(), StorageError> {
+    for delete in DELETE_SEARCH.iter() {
+        sqlx::query(delete.as_str()).bind(tenant).bind(rt).bind(id).execute(&mut *conn).await?;
+    }
+    let set: Option<Vec<u8>> =
+        sqlx::query_scalar(SELECT_TOKEN_SET).bind(tenant).bind(rt).bind(id).fetch_optional(&mut *conn).await?;
+    for token in search::tokens_of_set(set.as_deref().unwrap_or_default()) {
+        sqlx::query(DELETE_TOKEN).bind(token).bind(tenant).bind(rt).bind(id).execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+const DELETE_TOKEN_SET: &str =
+    "DELETE FROM search_token_sets WHERE tenant = $1 AND resource_type = $2 AND resource_id = $3";
+
+/// Remove every search row of the resources that ever belonged to `compartment` (an erasure).
+async fn delete_compartment_search(
+    conn: &mut SqliteConnection,
+    tenant: &str,
+    compartment: &str,
+) -> Result<(), StorageError> {
+    let resources: Vec<(String, String)> = sqlx::query_as(super::lifecycle::COMPARTMENT_RESOURCES)
+        .bind(tenant)
+        .bind(compartment)
+        .fetch_all(&mut *conn)
+        .await?;
+    for (rt, id) in resources {
+        delete_search_rows(conn, tenant, &rt, &id).await?;
+        sqlx::query(DELETE_TOKEN_SET).bind(tenant).bind(&rt).bind(&id).execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
 /// Each version's search rows in place of its resource's old ones; the old token rows are
 /// found through the resource's token set.
 async fn replace_search_rows(
@@ -323,15 +358,7 @@ async fn replace_search_rows(
     rows: &[(&NewVersion, &SearchRows)],
 ) -> Result<(), StorageError> {
     for (v, _) in rows.iter().filter(|(v, _)| v.expected_current.is_some()) {
-        let (tenant, rt, id) = (v.tenant.as_str(), v.resource_type.as_str(), v.id.as_str());
-        for delete in DELETE_SEARCH.iter() {
-            sqlx::query(delete.as_str()).bind(tenant).bind(rt).bind(id).execute(&mut *conn).await?;
-        }
-        let set: Option<Vec<u8>> =
-            sqlx::query_scalar(SELECT_TOKEN_SET).bind(tenant).bind(rt).bind(id).fetch_optional(&mut *conn).await?;
-        for token in search::tokens_of_set(set.as_deref().unwrap_or_default()) {
-            sqlx::query(DELETE_TOKEN).bind(token).bind(tenant).bind(rt).bind(id).execute(&mut *conn).await?;
-        }
+        delete_search_rows(conn, v.tenant.as_str(), v.resource_type.as_str(), v.id.as_str()).await?;
     }
     for chunk in chunks(rows) {
         let mut query = sqlx::query(INSERT_TOKEN_SETS.sql(chunk.len()));
@@ -403,4 +430,5 @@ async fn replace_search_rows(
 
 // One writer at a time: a second committer would only wait for the lock.
 super::audit_log::impl_log_reads!(SqliteIndex);
+super::lifecycle::impl_lifecycle!(SqliteIndex, Sqlite);
 super::sql::impl_index!(SqliteIndex, Sqlite, commit_workers = 1, dialect = search::Dialect::Sqlite);

@@ -268,5 +268,5 @@ async fn the_capability_statement_describes_the_audit_log() {
     let patient = resources.iter().find(|r| r["type"] == "Patient").unwrap();
     let operations: Vec<&str> =
         patient["operation"].as_array().unwrap().iter().map(|o| o["name"].as_str().unwrap()).collect();
-    assert_eq!(operations, ["everything", "access-log"]);
+    assert_eq!(operations, ["everything", "access-log", "erase", "erase-cancel", "legal-hold"]);
 }

@@ -141,7 +141,7 @@ fn policy_check_validates_a_policy_directory_and_names_what_is_wrong() {
     let shipped = Command::new(BIN).args(["policy", "check"]).output().unwrap();
     assert!(shipped.status.success(), "{}", String::from_utf8_lossy(&shipped.stderr));
     let stdout = String::from_utf8_lossy(&shipped.stdout);
-    assert!(stdout.starts_with("12 policies valid: tenant-isolation, eea-jurisdiction,"), "{stdout}");
+    assert!(stdout.starts_with("14 policies valid: tenant-isolation, eea-jurisdiction,"), "{stdout}");
 
     // The project's directory, as an operator would check a copy before deploying it.
     let project = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");

@@ -156,7 +156,8 @@ async fn keys_status_counts_the_keys_each_kek_wraps() {
     let demo = rows.as_array().unwrap().iter().find(|r| r["tenant"] == "demo").unwrap();
     assert_eq!(demo["kek_version"], 1);
     assert_eq!(demo["wrapped_keys"], stored);
-    assert!(demo["provider_key"].is_null(), "the development provider records no key: {demo}");
+    assert_eq!(demo["provider_key"], "derived-from-root-file", "the development provider derives its KEKs: {demo}");
+    assert_eq!(demo["state"], "primary");
     let table = keys_status(&app, false);
-    assert!(table.contains("(derived from the local key file)") && table.contains("demo"), "{table}");
+    assert!(table.contains("derived-from-root-file") && table.contains("demo"), "{table}");
 }

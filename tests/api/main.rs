@@ -18,6 +18,7 @@ mod bench;
 mod binary;
 mod conditional;
 mod crud;
+mod erasure;
 mod errors;
 mod gc;
 mod health;

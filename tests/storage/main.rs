@@ -1007,12 +1007,12 @@ async fn key_provider_conformance(mut open: impl FnMut() -> Arc<dyn KeyProvider>
     let demo = TenantId::parse("demo").unwrap();
     let other = TenantId::parse("other").unwrap();
     let key = SecretKey::generate().unwrap();
-    let wrapped = provider.wrap(&demo, "Patient/1", &key).await.unwrap();
-    assert_eq!(wrapped.kek_version, provider.primary_version());
+    let wrapped = provider.wrap(&demo, "Patient/1", &key, 1).await.unwrap();
+    assert_eq!(wrapped.kek_version, 1);
     let in_clear = |w: &[u8]| SecretKey::from_slice(&Zeroizing::new(w.to_vec())).is_some_and(|k| k.same_as(&key));
     assert!(!wrapped.bytes.windows(32).any(in_clear), "the key is not in its wrapped form");
     assert!(provider.unwrap(&demo, "Patient/1", &wrapped).await.unwrap().same_as(&key));
-    let again = provider.wrap(&demo, "Patient/1", &key).await.unwrap();
+    let again = provider.wrap(&demo, "Patient/1", &key, 1).await.unwrap();
     assert_ne!(again.bytes, wrapped.bytes, "every wrap takes a fresh nonce");
 
     let restarted = open();
@@ -1121,9 +1121,9 @@ async fn replicas_starting_together_agree_on_one_kek() {
     let demo = TenantId::parse("demo").unwrap();
     let a = Pkcs11Provider::open(options.clone()).unwrap();
     let b = Pkcs11Provider::open(options.clone()).unwrap();
-    let found_by_a = a.provision_kek(&demo, 1).await.unwrap().unwrap();
+    let found_by_a = a.provision_kek(&demo, 1, false).await.unwrap();
     // b looks before a's KEK is recorded: it finds a's, which it did not generate.
-    let found_by_b = b.provision_kek(&demo, 1).await.unwrap().unwrap();
+    let found_by_b = b.provision_kek(&demo, 1, false).await.unwrap();
     assert!(found_by_a.generated && !found_by_b.generated);
     assert_eq!(found_by_a.id, found_by_b.id);
 
@@ -1140,7 +1140,7 @@ async fn replicas_starting_together_agree_on_one_kek() {
     d.adopt_kek(&demo, 1, &recorded, Some(&from_d)).await.unwrap();
     assert_eq!(c.kek_ids(&demo, 1).await.unwrap(), std::slice::from_ref(&recorded), "the spare KEK is destroyed");
     let key = SecretKey::generate().unwrap();
-    let wrapped = d.wrap(&demo, "Patient/9", &key).await.unwrap();
+    let wrapped = d.wrap(&demo, "Patient/9", &key, 1).await.unwrap();
     assert!(c.unwrap(&demo, "Patient/9", &wrapped).await.unwrap().same_as(&key));
 }
 
@@ -1207,6 +1207,196 @@ async fn the_transit_provider_refuses_what_it_cannot_use() {
     // A token the engine does not accept: the engine's refusal, not an integrity error.
     let forged = TransitOptions { token: SecretString::from("not-a-token"), ..options };
     let provider = TransitProvider::new(forged).unwrap();
-    let err = provider.wrap(&demo, "tenant", &SecretKey::generate().unwrap()).await.unwrap_err().to_string();
+    let err = provider.wrap(&demo, "tenant", &SecretKey::generate().unwrap(), 1).await.unwrap_err().to_string();
     assert!(err.contains("403"), "{err}");
+}
+
+/// An erasure waits for its due date, gives way to a legal hold, is cancellable until due,
+/// and once executed leaves a tombstone for the compartment key and no search row of the
+/// patient's records; other patients keep theirs.
+#[tokio::test]
+async fn an_erasure_shreds_the_key_and_the_search_rows_unless_held() {
+    use fhirvault::storage::{ERASED, ErasureState, LegalHold};
+    let t = fresh_index().await;
+    let index = t.index.as_ref();
+    let demo = tenant();
+    let outcomes = index
+        .commit_batch(
+            &[
+                searchable(new_version("a", 1, None, 1_000), rows(&[1, 2], Some((100, 200)), Some((5.0, "mg")), None)),
+                searchable(new_version("b", 1, None, 2_000), rows(&[2], Some((150, 400)), None, Some("a"))),
+            ],
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
+    for id in ["a", "b"] {
+        let key = WrappedKey { kek_version: 1, bytes: vec![7; 60] };
+        index.insert_tenant_key(&demo, &format!("Patient/{id}"), &key).await.unwrap();
+    }
+    let now = Timestamp::now();
+    let later = Timestamp::from_millis(now.millis() + 3_600_000);
+
+    // Scheduled for later: not due, cancellable, then scheduled again.
+    assert!(index.schedule_erasure(&demo, "a", "admin-1", later, &audit("erase-1")).await.unwrap());
+    assert!(!index.schedule_erasure(&demo, "a", "admin-1", later, &audit("erase-2")).await.unwrap(), "once");
+    assert!(index.due_erasures(now, 10).await.unwrap().is_empty());
+    assert!(!index.erase(&demo, "a", &audit("run-1")).await.unwrap(), "not due yet");
+    assert!(index.cancel_erasure(&demo, "a", &audit("cancel-1")).await.unwrap());
+    assert!(!index.cancel_erasure(&demo, "a", &audit("cancel-2")).await.unwrap(), "nothing left to cancel");
+    let status = index.patient_status(&demo, "a").await.unwrap();
+    assert_eq!(status.erasure.unwrap().state, ErasureState::Cancelled);
+
+    // A legal hold cancels a scheduled erasure and refuses new ones until cleared.
+    assert!(index.schedule_erasure(&demo, "a", "admin-1", now, &audit("erase-3")).await.unwrap());
+    let hold = LegalHold { reason: "court order 2026-118".into(), set_by: "admin-2".into(), set_at: now };
+    assert!(index.set_legal_hold(&demo, "a", Some(&hold), &audit("hold-1")).await.unwrap(), "cancelled");
+    assert!(!index.schedule_erasure(&demo, "a", "admin-1", now, &audit("erase-4")).await.unwrap(), "held");
+    assert_eq!(index.patient_status(&demo, "a").await.unwrap().hold, Some(hold));
+    assert!(!index.set_legal_hold(&demo, "a", None, &audit("hold-2")).await.unwrap());
+    assert_eq!(index.patient_status(&demo, "a").await.unwrap().hold, None);
+
+    // Due now: executed once.
+    assert!(index.schedule_erasure(&demo, "a", "admin-1", now, &audit("erase-5")).await.unwrap());
+    let due = index.due_erasures(Timestamp::from_millis(now.millis() + 1), 10).await.unwrap();
+    assert_eq!(due, [("demo".to_owned(), "a".to_owned())]);
+    let mut run = audit("run-2");
+    run.recorded = Timestamp::from_millis(now.millis() + 1);
+    assert!(index.erase(&demo, "a", &run).await.unwrap());
+    assert!(!index.erase(&demo, "a", &run).await.unwrap(), "done once");
+    let status = index.patient_status(&demo, "a").await.unwrap();
+    assert_eq!(status.erasure.as_ref().map(|e| e.state), Some(ErasureState::Done));
+    let tombstone = index.tenant_key(&demo, "Patient/a").await.unwrap().unwrap();
+    assert_eq!(tombstone, WrappedKey { kek_version: ERASED, bytes: Vec::new() });
+    assert_eq!(index.tenant_key(&demo, "Patient/b").await.unwrap().unwrap().kek_version, 1);
+    let fresh = WrappedKey { kek_version: 1, bytes: vec![1; 60] };
+    let stored = index.insert_tenant_key(&demo, "Patient/a", &fresh).await.unwrap();
+    assert_eq!(stored.kek_version, ERASED, "nothing takes the erased key's place");
+
+    // The erased patient's search rows are gone, every kind; the other patient's stay.
+    assert_eq!(found(index, vec![Filter::AnyToken(vec![[2; 16]])]).await, ["b"]);
+    assert!(found(index, vec![Filter::AnyToken(vec![[1; 16]])]).await.is_empty());
+    let dates = vec![(Bound::Lo, Cmp::Ge, 0)];
+    assert_eq!(found(index, vec![Filter::Date { param: "date".into(), any: vec![dates] }]).await, ["b"]);
+    let numbers = vec![(Cmp::Gt, 0.0)];
+    assert!(found(index, vec![Filter::Number { param: "value".into(), any: vec![(numbers, None)] }]).await.is_empty());
+    let activity = index.compartment_activity(&demo, "Patient/b").await.unwrap();
+    assert_eq!(activity, [("Patient".to_owned(), Timestamp::from_millis(2_000))]);
+}
+
+/// Rotation on a key provider: a new KEK version becomes primary, every stored key is
+/// re-wrapped under it and opens as before, the old version is destroyed; a wrapped key kept
+/// from before (a backup of the index) then no longer opens, which is what makes an erasure
+/// reach backups. An interrupted rotation is finished by the next run.
+async fn rotation_conformance(provider: Arc<dyn KeyProvider>, index: &Arc<dyn Index>) {
+    use fhirvault::storage::ERASED;
+    let demo = tenant();
+    let keys = || {
+        KeyService::new(provider.clone(), index.clone(), 16, Duration::from_secs(60))
+            .with_version_refresh(Duration::ZERO)
+    };
+    let service = keys();
+    service.prepare(std::slice::from_ref(&demo)).await.unwrap();
+    for id in ["p1", "p2", "p3"] {
+        service.compartment_key_for_write(&demo, &format!("Patient/{id}")).await.unwrap();
+    }
+    service.mac_key(&demo, "search").await.unwrap();
+    let stored =
+        |key_ref: &'static str| async move { index.tenant_key(&demo_tenant(), key_ref).await.unwrap().unwrap() };
+    let clear = |wrapped: WrappedKey, key_ref: &'static str| {
+        let provider = provider.clone();
+        async move { provider.unwrap(&demo_tenant(), key_ref, &wrapped).await }
+    };
+    // The backup: the wrapped keys as a copy of the index taken now holds them.
+    let backup_p1 = stored("Patient/p1").await;
+    let backup_p2 = stored("Patient/p2").await;
+    let p2 = clear(backup_p2.clone(), "Patient/p2").await.unwrap();
+    assert_eq!(backup_p1.kek_version, 1);
+
+    // Patient p1 is erased: the current index no longer holds the key.
+    assert!(index.schedule_erasure(&demo, "p1", "admin", Timestamp::now(), &audit("erase")).await.unwrap());
+    assert!(index.erase(&demo, "p1", &audit("run")).await.unwrap());
+    assert_eq!(stored("Patient/p1").await.kek_version, ERASED);
+    let err = keys().compartment_key(&demo, "Patient/p1").await.err().unwrap();
+    assert!(matches!(err, fhirvault::keys::KeyError::Erased(_)), "{err}");
+    assert!(clear(backup_p1.clone(), "Patient/p1").await.is_ok(), "until the next rotation, a backup still opens it");
+
+    // The rotation: version 2 is primary, the live keys are re-wrapped, version 1 destroyed.
+    let rotation = service.rotate(&demo, Duration::ZERO).await.unwrap();
+    assert_eq!((rotation.primary, rotation.added, rotation.destroyed.as_slice()), (2, true, &[1][..]));
+    assert_eq!(rotation.rewrapped, 3, "p2, p3 and the search key; the tombstone is left alone");
+    let now_p2 = stored("Patient/p2").await;
+    assert_eq!(now_p2.kek_version, 2);
+    assert!(clear(now_p2, "Patient/p2").await.unwrap().same_as(&p2), "the same key, under the new KEK");
+    assert!(keys().compartment_key(&demo, "Patient/p3").await.is_ok());
+    assert_eq!(stored("Patient/p1").await.kek_version, ERASED);
+    if provider.destroys_keks() {
+        assert!(clear(backup_p1, "Patient/p1").await.is_err(), "the backup no longer opens the erased patient");
+        assert!(clear(backup_p2, "Patient/p2").await.is_err(), "nor anything else under the destroyed KEK");
+    }
+    let usage = index.kek_usage().await.unwrap();
+    let v1 = usage.iter().find(|u| u.tenant == "demo" && u.version == 1).unwrap();
+    assert!(v1.destroyed_at.is_some() && v1.wrapped_keys == 0, "{v1:?}");
+
+    // A rotation interrupted after its new version: the next run finishes it.
+    let (primary, added) = keys().begin_rotation(&demo).await.unwrap();
+    assert_eq!((primary, added), (3, true));
+    let finished = keys().rotate(&demo, Duration::ZERO).await.unwrap();
+    assert_eq!((finished.primary, finished.added, finished.destroyed.as_slice()), (3, false, &[2][..]));
+    assert_eq!(finished.rewrapped, 3);
+    keys().compartment_key_for_write(&demo, "Patient/p4").await.unwrap();
+    assert_eq!(stored("Patient/p4").await.kek_version, 3, "new keys are wrapped under the primary version");
+
+    // A stale re-wrap (what another rotation read before this one changed it) changes nothing.
+    let current = stored("Patient/p3").await;
+    let stale = WrappedKey { kek_version: 2, bytes: vec![0; 60] };
+    assert!(!index.rewrap_tenant_key(&demo, "Patient/p3", &stale, &current).await.unwrap());
+
+    // The provider calls were counted per version.
+    service.flush_usage().await.unwrap();
+    let usage = index.kek_usage().await.unwrap();
+    let v2 = usage.iter().find(|u| u.tenant == "demo" && u.version == 2).unwrap();
+    assert!(v2.wraps >= 3, "{v2:?}");
+}
+
+fn demo_tenant() -> TenantId {
+    tenant()
+}
+
+#[tokio::test]
+async fn the_local_key_file_provider_rotates() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("root.key");
+    LocalFileProvider::ensure_file(&path).unwrap();
+    let db = fresh_index().await;
+    rotation_conformance(Arc::new(LocalFileProvider::load(&path).unwrap()), &db.index).await;
+}
+
+/// A label prefix of this test's own: rotation destroys KEKs, which the other tests share.
+fn own_prefix(prefix: &str) -> String {
+    let mut bytes = [0u8; 6];
+    fhirvault::crypto::fill_random(&mut bytes).unwrap();
+    format!("{prefix}-rot-{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pkcs11_provider_rotates_and_destroys() {
+    let Some(settings) = pkcs11_settings() else { return };
+    let options = Pkcs11Options { label_prefix: own_prefix(&settings.label_prefix), ..pkcs11_options(&settings) };
+    let db = fresh_index().await;
+    let provider = Pkcs11Provider::open(options).unwrap();
+    rotation_conformance(Arc::new(provider.clone()), &db.index).await;
+    let demo = tenant();
+    assert!(provider.kek_ids(&demo, 1).await.unwrap().is_empty(), "version 1 is gone from the token");
+    assert!(provider.kek_ids(&demo, 2).await.unwrap().is_empty(), "version 2 too");
+    assert_eq!(provider.kek_ids(&demo, 3).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn the_transit_provider_rotates_and_destroys() {
+    let Some(settings) = transit_settings() else { return };
+    let options = TransitOptions { key_prefix: own_prefix(&settings.key_prefix), ..transit_options(&settings) };
+    let db = fresh_index().await;
+    rotation_conformance(Arc::new(TransitProvider::new(options).unwrap()), &db.index).await;
 }
