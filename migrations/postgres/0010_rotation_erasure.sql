@@ -34,6 +34,3 @@ CREATE TABLE legal_holds (
     set_at     BIGINT  NOT NULL,
     PRIMARY KEY (tenant, patient_id)
 );
-
--- Which resources a patient's compartment holds (an erasure removes their search rows).
-CREATE INDEX resource_versions_by_compartment ON resource_versions (tenant, compartment);
