@@ -172,8 +172,9 @@ impl KeyService {
             if live.is_empty() {
                 self.add_version(tenant, 1, false).await?;
             }
+            // A recorded version is only checked: looking it up through `provision_kek` could
+            // generate a stray KEK under its label when the recorded one is gone.
             for k in live {
-                self.provider.provision_kek(tenant, k.version, false).await?;
                 self.provider.adopt_kek(tenant, k.version, &k.key_id, None).await?;
             }
         }
