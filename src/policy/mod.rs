@@ -25,6 +25,8 @@ use crate::fhir::Compartment;
 use crate::ids::{CountryCode, ResourceType, TenantId};
 use crate::residency;
 
+mod memo;
+
 /// The schema and the policies shipped with the server (file name, text), in file-name order.
 const SCHEMA: &str = include_str!("../../policies/schema.cedarschema");
 const SHIPPED: [(&str, &str); 11] = [
@@ -43,7 +45,7 @@ const SHIPPED: [(&str, &str); 11] = [
 const SCHEMA_FILE: &str = "schema.cedarschema";
 
 /// What the principal wants to do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Action {
     Create,
     Read,
@@ -180,6 +182,10 @@ pub struct Policies {
     types: EntityTypes,
     /// Tenants not listed have the default facts (nothing beyond the EEA, 403 refusals).
     tenants: HashMap<TenantId, TenantFacts>,
+    /// What the policies read of the attributes a remembered decision may leave out.
+    observes: memo::Observes,
+    /// Decisions already taken, by everything they depend on (`memo`).
+    remembered: moka::sync::Cache<memo::MemoKey, memo::Remembered>,
 }
 
 /// The entity types and the one principal and resource uid a request uses.
@@ -267,12 +273,14 @@ impl Policies {
             return Err(PolicyError::Validation(result.to_string()));
         }
         Ok(Self {
+            observes: memo::Observes::of(&set),
             set,
             schema,
             forbids,
             authorizer: Authorizer::new(),
             types: EntityTypes::new()?,
             tenants: HashMap::new(),
+            remembered: memo::cache(),
         })
     }
 
@@ -280,6 +288,7 @@ impl Policies {
     #[must_use]
     pub fn with_tenant(mut self, tenant: TenantId, facts: TenantFacts) -> Self {
         self.tenants.insert(tenant, facts);
+        self.remembered.invalidate_all();
         self
     }
 
@@ -297,8 +306,9 @@ impl Policies {
         Decisions { policies: self, principal, action, seen: HashMap::new() }
     }
 
-    /// Decide whether `principal` may perform `action` on `resource`.
-    pub fn authorize(&self, principal: &Principal, action: Action, resource: &Resource<'_>) -> Result<Permit, Deny> {
+    /// Whether the token's SMART scopes grant `action` on `resource_type` (in the context of
+    /// the principal's role): what the policies see as `context.scopes_allow`.
+    fn scopes_allow(&self, principal: &Principal, action: Action, resource_type: ResourceType) -> bool {
         let permission = action.permission();
         let contexts: &[ScopeContext] = match principal.role() {
             Role::Researcher => &[],
@@ -308,9 +318,38 @@ impl Policies {
             Role::Service => &[ScopeContext::System],
             Role::Practitioner | Role::Admin => &[ScopeContext::User],
         };
-        let scopes_allow =
-            !contexts.is_empty() && principal.scopes().allows(contexts, resource.resource_type, permission);
-        let decided = self.decide(principal, action, resource, scopes_allow).unwrap_or_else(|error| Decided {
+        !contexts.is_empty() && principal.scopes().allows(contexts, resource_type, permission)
+    }
+
+    /// Decide whether `principal` may perform `action` on `resource`.
+    pub fn authorize(&self, principal: &Principal, action: Action, resource: &Resource<'_>) -> Result<Permit, Deny> {
+        let scopes_allow = self.scopes_allow(principal, action, resource.resource_type);
+        let now = now_seconds();
+        let key = memo::MemoKey::new(self.observes, principal, action, resource, scopes_allow, now);
+        if let Some(remembered) = self.remembered.get(&key) {
+            return remembered.map(|rule| Permit { rule });
+        }
+        let decided = self.decide_now(principal, action, resource, scopes_allow, now);
+        match &decided {
+            Ok(permit) => self.remembered.insert(key, Ok(permit.rule.clone())),
+            // A policy that failed to evaluate is asked again (and logged) every time.
+            Err(deny) if deny.rule == EVALUATION_ERROR => {}
+            Err(deny) => self.remembered.insert(key, Err(deny.clone())),
+        }
+        decided
+    }
+
+    /// `authorize` without remembering: ask the policies.
+    fn decide_now(
+        &self,
+        principal: &Principal,
+        action: Action,
+        resource: &Resource<'_>,
+        scopes_allow: bool,
+        now: i64,
+    ) -> Result<Permit, Deny> {
+        let permission = action.permission();
+        let decided = self.decide(principal, action, resource, scopes_allow, now).unwrap_or_else(|error| Decided {
             decision: Decision::Deny,
             reasons: HashSet::new(),
             failed: Some(error),
@@ -323,7 +362,7 @@ impl Policies {
         if let Some(error) = decided.failed {
             tracing::error!(%error, "an access policy failed to evaluate: denied");
             return Err(Deny {
-                rule: "policy-evaluation-error".into(),
+                rule: EVALUATION_ERROR.into(),
                 reason: "the access policies could not decide this request".into(),
                 hide_existence: false,
             });
@@ -361,6 +400,7 @@ impl Policies {
         action: Action,
         resource: &Resource<'_>,
         scopes_allow: bool,
+        now: i64,
     ) -> Result<Decided, String> {
         let t = &self.types;
         // What this code builds matches the schema; the tests check it, a release build trusts it.
@@ -419,7 +459,7 @@ impl Policies {
         let context = Context::from_pairs([
             ("scopes_allow".to_owned(), RestrictedExpression::new_bool(scopes_allow)),
             ("break_glass".to_owned(), RestrictedExpression::new_bool(resource.break_glass)),
-            ("now".to_owned(), RestrictedExpression::new_long(now_seconds())),
+            ("now".to_owned(), RestrictedExpression::new_long(now)),
             (
                 "location_jurisdiction".to_owned(),
                 string(self.facts(resource.tenant).location_jurisdiction.as_ref().map_or("", CountryCode::as_str)),
@@ -462,6 +502,9 @@ impl Decisions<'_> {
         decided
     }
 }
+
+/// The rule of the refusal when a policy failed to evaluate.
+const EVALUATION_ERROR: &str = "policy-evaluation-error";
 
 /// Seconds since the epoch, for the policies' `context.now`.
 fn now_seconds() -> i64 {
@@ -1115,5 +1158,106 @@ mod tests {
             }
             assert_eq!(decisions.seen.len(), 3, "p1, p2 and the tenant compartment, once each");
         }
+    }
+
+    /// What a remembered decision may leave out, read from the policies themselves.
+    #[test]
+    fn the_memo_leaves_out_only_what_no_policy_reads() {
+        let shipped = Policies::shipped().unwrap();
+        assert_eq!(shipped.observes, memo::Observes { now: false, compartment: false });
+        let permit = "@id(\"p\") @reason(\"r\") permit (principal, action, resource);";
+        let observes = |condition: &str| {
+            let forbid =
+                format!("@id(\"f\") @reason(\"r\") forbid (principal, action, resource) when {{ {condition} }};");
+            with(&[("a.cedar", permit), ("b.cedar", &forbid)]).unwrap().observes
+        };
+        let none = memo::Observes { now: false, compartment: false };
+        let now = memo::Observes { now: true, compartment: false };
+        let compartment = memo::Observes { now: false, compartment: true };
+        for (condition, expected) in [
+            ("resource has compartment && principal has patient && resource.compartment != principal.patient", none),
+            ("principal has patient && resource has compartment && principal.patient == resource.compartment", none),
+            ("context.now > 1700000000", now),
+            ("context.break_glass", none),
+            ("resource has compartment && resource.compartment like \"Patient/vip-*\"", compartment),
+            ("resource has compartment && resource.compartment == \"Patient/p1\"", compartment),
+            ("resource has compartment && [\"Patient/p1\"].contains(resource.compartment)", compartment),
+        ] {
+            assert_eq!(observes(condition), expected, "{condition}");
+        }
+    }
+
+    /// A remembered decision is the decision the policies take, for every principal, action and
+    /// resource, whether the memo reduces the compartment (shipped policies) or keeps it.
+    #[test]
+    fn a_remembered_decision_is_the_decision_of_the_policies() {
+        let f = Fixture::new();
+        let permit = "@id(\"p\") @reason(\"r\") permit (principal, action, resource);";
+        let vip = "@id(\"vip\") @reason(\"r\") forbid (principal, action, resource) when { principal.role == \
+                   \"practitioner\" && resource has compartment && resource.compartment like \"Patient/vip-*\" };";
+        let clock = "@id(\"clock\") @reason(\"r\") forbid (principal, action, resource) when { context.now < 0 };";
+        let sets =
+            [Policies::shipped().unwrap(), with(&[("a.cedar", permit), ("b.cedar", vip), ("c.cedar", clock)]).unwrap()];
+        let demo = TenantId::parse("demo").unwrap();
+        let principals = [
+            f.principal("demo", Role::Practitioner, None, None),
+            f.principal("demo", Role::Practitioner, Some("user/Observation.rs"), None),
+            f.principal("demo", Role::Patient, None, Some("p1")),
+            f.principal("demo", Role::Patient, Some("patient/*.cruds"), Some("vip-1")),
+            f.principal("demo", Role::Auditor, None, None),
+            f.principal("demo", Role::Admin, None, None),
+            f.principal("other", Role::Practitioner, None, None),
+            f.principal_in("demo", Role::Service, None, None, Some("US")),
+        ];
+        let compartments = [
+            None,
+            Some(Compartment::Tenant),
+            Some(Compartment::Patient(ResourceId::parse("p1").unwrap())),
+            Some(Compartment::Patient(ResourceId::parse("p2").unwrap())),
+            Some(Compartment::Patient(ResourceId::parse("vip-1").unwrap())),
+            Some(Compartment::Patient(ResourceId::parse("vip-2").unwrap())),
+        ];
+        let labels = ["PSY".to_owned()];
+        let types = [ResourceType::PATIENT, ResourceType::parse("Observation").unwrap(), ResourceType::AUDIT_EVENT];
+        let actions = [Action::Read, Action::Update, Action::Search, Action::ReadAudit, Action::Erase];
+        let mut asked = 0;
+        for policies in &sets {
+            // Twice over: the first round fills the memo, the second answers from it.
+            for _ in 0..2 {
+                for principal in &principals {
+                    for action in actions {
+                        for rt in types {
+                            for compartment in &compartments {
+                                for labels in [None, Some(&labels[..])] {
+                                    let resource = Resource {
+                                        tenant: &demo,
+                                        resource_type: rt,
+                                        compartment: compartment.as_ref(),
+                                        labels,
+                                        break_glass: false,
+                                    };
+                                    let remembered = policies.authorize(principal, action, &resource);
+                                    let scopes_allow = policies.scopes_allow(principal, action, rt);
+                                    let fresh =
+                                        policies.decide_now(principal, action, &resource, scopes_allow, now_seconds());
+                                    assert_eq!(
+                                        remembered.map(|p| p.rule),
+                                        fresh.map(|p| p.rule),
+                                        "{principal:?} {action:?} {rt} {compartment:?} {labels:?}"
+                                    );
+                                    asked += 1;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(asked, 2 * 2 * principals.len() * actions.len() * types.len() * compartments.len() * 2);
+        for policies in &sets {
+            policies.remembered.run_pending_tasks();
+        }
+        // The shipped policies never read a compartment's value: far fewer decisions than asked.
+        assert!(sets[0].remembered.entry_count() < sets[1].remembered.entry_count());
     }
 }
