@@ -176,5 +176,7 @@ impl MemoKey {
 pub(super) type Remembered = Result<String, Deny>;
 
 pub(super) fn cache() -> moka::sync::Cache<MemoKey, Remembered> {
-    moka::sync::Cache::builder().max_capacity(CAPACITY).time_to_live(TTL).build()
+    // Room for a few principals at first: the map grows with use rather than taking the memory
+    // of its whole capacity at start.
+    moka::sync::Cache::builder().max_capacity(CAPACITY).initial_capacity(256).time_to_live(TTL).build()
 }
