@@ -4,7 +4,8 @@
 //! - a compartment key from the cache (hit) and from the index + key provider (miss);
 //! - validating Synthea's Patient, Observation and Encounter against the R4 model, and parsing +
 //!   re-serialising a Patient;
-//! - one access decision by the shipped Cedar policies (a permit and a refusal);
+//! - one access decision by the shipped Cedar policies, asked afresh (a permit and a refusal) and
+//!   remembered;
 //! - a whole request in process (routing, token check, JSON, index, object, crypto, audit) for a
 //!   Patient read and create, on the embedded default.
 //!
@@ -185,24 +186,35 @@ fn policy(c: &mut Criterion) {
     assert!(policies.authorize(&own, Action::Read, &resource).is_ok(), "the permit case permits");
     assert!(policies.authorize(&other, Action::Read, &resource).is_err(), "the deny case denies");
     let mut group = c.benchmark_group("access decision (shipped policies)");
+    // Asked afresh: what a decision costs the first time the server sees its inputs.
     group.bench_function("permit: practitioner reads an Observation", |b| {
-        b.iter(|| black_box(policies.authorize(&own, Action::Read, &resource).is_ok()));
+        b.iter(|| black_box(policies.decide_afresh(&own, Action::Read, &resource).is_ok()));
     });
     group.bench_function("deny: another tenant's token", |b| {
-        b.iter(|| black_box(policies.authorize(&other, Action::Read, &resource).is_err()));
+        b.iter(|| black_box(policies.decide_afresh(&other, Action::Read, &resource).is_err()));
     });
     // The heaviest shipped decision: an opened record with a sensitive label, by break-glass.
     let labels = vec!["PSY".to_owned(), "N".to_owned()];
     let labelled = PolicyResource { labels: Some(&labels), break_glass: true, ..resource };
     assert!(policies.authorize(&own, Action::Read, &labelled).is_ok(), "break-glass permits");
     group.bench_function("permit: labelled record, break-glass", |b| {
-        b.iter(|| black_box(policies.authorize(&own, Action::Read, &labelled).is_ok()));
+        b.iter(|| black_box(policies.decide_afresh(&own, Action::Read, &labelled).is_ok()));
+    });
+    // Remembered (`policy::memo`): the same reader, another patient's record each time.
+    let patients: Vec<Compartment> =
+        (0..1_000).map(|i| Compartment::Patient(ResourceId::parse(&format!("p{i}")).unwrap())).collect();
+    let mut next = patients.iter().cycle();
+    group.bench_function("remembered permit: practitioner reads another patient's Observation", |b| {
+        b.iter(|| {
+            let compartment = next.next();
+            black_box(policies.authorize(&own, Action::Read, &PolicyResource { compartment, ..resource }).is_ok())
+        });
     });
     group.finish();
 
     let cases = [("permit", &own, &resource), ("deny", &other, &resource), ("labelled, break-glass", &own, &labelled)];
     for (name, principal, target) in cases {
-        percentiles(name, || black_box(policies.authorize(principal, Action::Read, target).is_ok()));
+        percentiles(name, || black_box(policies.decide_afresh(principal, Action::Read, target).is_ok()));
     }
 }
 
