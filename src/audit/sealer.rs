@@ -16,6 +16,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::future::BoxFuture;
+
 use super::log::{Frontier, Hash, LogKey, SERVER_LOG, record_hash};
 use super::{AuditRecord, event};
 use crate::ids::TenantId;
@@ -63,11 +65,11 @@ impl Sealer {
     pub fn key(&self) -> Arc<LogKey> {
         self.key.clone()
     }
+}
 
-    /// Whether the in-memory state of `log` matches the index's head.
-    fn current(&self, log: &str, head: LogHead) -> bool {
-        self.logs.get(log).is_some_and(|s| s.frontier.size() == head.size)
-    }
+/// Whether the in-memory state of `log` matches the index's head.
+fn current(logs: &BTreeMap<String, LogState>, log: &str, head: LogHead) -> bool {
+    logs.get(log).is_some_and(|s| s.frontier.size() == head.size)
 }
 
 /// Sign `log`'s tree as it stands, and note that it is signed.
@@ -88,26 +90,44 @@ impl LogSealer for Sealer {
     fn needs(&self, heads: &BTreeMap<String, LogHead>) -> Vec<(String, Vec<u64>)> {
         heads
             .iter()
-            .filter(|(log, head)| head.size > 0 && !self.current(log, **head))
+            .filter(|(log, head)| head.size > 0 && !current(&self.logs, log, **head))
             .map(|(log, head)| (log.clone(), Frontier::indexes(head.size)))
             .collect()
     }
 
-    /// Rendering, hashing and signing a batch takes a few milliseconds of CPU at once; on the
-    /// server's multi-threaded runtime, the tasks queued behind it on this thread (the
-    /// committers that answer reads among them) move to another thread meanwhile.
-    fn seal(
-        &mut self,
-        heads: &BTreeMap<String, LogHead>,
+    /// Rendering, hashing and signing a full batch takes tens of milliseconds of CPU at once:
+    /// on the thread that holds the transaction (the server's main thread, where the
+    /// committers answer reads too) it would hold up every read in flight meanwhile. It runs on
+    /// a thread of its own at the lowest CPU priority instead (`background`), and so takes the
+    /// cores only where requests leave them idle: its one deadline is the next checkpoint,
+    /// theirs is the client waiting. The logs' state travels to that thread and back; if it
+    /// does not come back (a panic, or the pass dropped), the next pass reloads it.
+    fn seal<'a>(
+        &'a mut self,
+        heads: &'a BTreeMap<String, LogHead>,
         loaded: Vec<(String, u64, [u8; 32])>,
         inbox: Vec<InboxEntry>,
-    ) -> Result<Sealed, StorageError> {
-        let flavor = tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor());
-        if matches!(flavor, Ok(tokio::runtime::RuntimeFlavor::MultiThread)) {
-            tokio::task::block_in_place(|| self.seal_records(heads, loaded, inbox))
-        } else {
-            self.seal_records(heads, loaded, inbox)
-        }
+    ) -> BoxFuture<'a, Result<Sealed, StorageError>> {
+        let mut work = Work {
+            key: self.key.clone(),
+            cadence: self.cadence,
+            sign_tails: self.sign_tails,
+            logs: std::mem::take(&mut self.logs),
+        };
+        let heads = heads.clone();
+        let (done, result) = tokio::sync::oneshot::channel();
+        let spawned = std::thread::Builder::new().name("audit-sealer".to_owned()).spawn(move || {
+            background();
+            let sealed = work.seal(&heads, loaded, inbox);
+            let _ = done.send((work.logs, sealed));
+        });
+        Box::pin(async move {
+            spawned.map_err(|e| StorageError::Task(format!("cannot start the sealer's thread: {e}")))?;
+            let (logs, sealed) =
+                result.await.map_err(|_| StorageError::Task("the sealer's thread stopped".to_owned()))?;
+            self.logs = logs;
+            sealed
+        })
     }
 
     fn abort(&mut self) {
@@ -115,8 +135,16 @@ impl LogSealer for Sealer {
     }
 }
 
-impl Sealer {
-    fn seal_records(
+/// What a pass's CPU work needs, moved to the sealer's thread and back.
+struct Work {
+    key: Arc<LogKey>,
+    cadence: Cadence,
+    sign_tails: bool,
+    logs: BTreeMap<String, LogState>,
+}
+
+impl Work {
+    fn seal(
         &mut self,
         heads: &BTreeMap<String, LogHead>,
         loaded: Vec<(String, u64, [u8; 32])>,
@@ -128,7 +156,7 @@ impl Sealer {
             loaded_by_log.entry(log).or_default().push((i, Hash(hash)));
         }
         for (log, head) in heads {
-            if self.current(log, *head) {
+            if current(&self.logs, log, *head) {
                 if let Some(state) = self.logs.get_mut(log) {
                     state.checkpoint_size = head.checkpoint_size;
                 }
@@ -171,6 +199,16 @@ impl Sealer {
             }
         }
         Ok(sealed)
+    }
+}
+
+/// Lowers the calling thread to the lowest CPU priority (nice 19; on Linux the nice value is
+/// the thread's own). Where the system refuses, the thread keeps its priority: sealing is then
+/// only less polite, not wrong.
+fn background() {
+    #[cfg(target_os = "linux")]
+    if let Err(error) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), 19) {
+        tracing::debug!(%error, "the sealer's thread keeps its CPU priority");
     }
 }
 

@@ -486,7 +486,7 @@ impl PostgresIndex {
                 loaded.push((name.clone(), i, hash));
             }
         }
-        let sealed = sealer.seal(&heads, loaded, inbox)?;
+        let sealed = sealer.seal(&heads, loaded, inbox).await?;
         if !sealed.entries.is_empty() {
             let mut rows = CopyRows::with_capacity(sealed.entries.iter().map(|e| e.event.len() + 160).sum());
             for e in &sealed.entries {

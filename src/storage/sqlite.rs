@@ -105,7 +105,7 @@ impl SqliteIndex {
                 }
             }
         }
-        let sealed = sealer.seal(&heads, loaded, inbox)?;
+        let sealed = sealer.seal(&heads, loaded, inbox).await?;
         for chunk in chunks(&sealed.entries) {
             let mut query = sqlx::query(INSERT_ENTRIES.sql(chunk.len()));
             for e in chunk {
