@@ -273,7 +273,7 @@ impl Tree {
         Ok(())
     }
 
-    /// Every stored hash, in stored-hash index order (what `audit_hashes` holds).
+    /// Every stored hash, in stored-hash index order (what `audit_hash_runs` holds, in runs).
     pub fn stored_hashes(&self) -> &[Hash] {
         &self.hashes
     }

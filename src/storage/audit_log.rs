@@ -1,5 +1,6 @@
 //! The sealed audit log in the index: the inbox (`audit_records`), the entries (`audit_log`),
-//! the tree's stored hashes (`audit_hashes`) and the signed checkpoints (`audit_checkpoints`).
+//! the tree's stored hashes (`audit_hash_runs`, up to `RUN` consecutive hashes a row) and the
+//! signed checkpoints (`audit_checkpoints`).
 //!
 //! The storage layer moves rows; what goes into the log (the rendered AuditEvent, the tree
 //! hashes, the signed checkpoints) is decided by a `LogSealer` (the audit module's sealer), in
@@ -236,8 +237,10 @@ pub(super) const READ_ENTRIES: &str = "SELECT tenant, idx, recorded_at, action, 
      event FROM audit_log WHERE tenant = $1 AND idx >= $2 ORDER BY idx LIMIT $3";
 pub(super) const READ_EVENTS: &str =
     "SELECT idx, event FROM audit_log WHERE tenant = $1 AND idx >= $2 ORDER BY idx LIMIT $3";
-pub(super) const READ_HASHES: &str =
-    "SELECT idx, hash FROM audit_hashes WHERE tenant = $1 AND idx >= $2 ORDER BY idx LIMIT $3";
+/// The runs of stored hashes from the one that holds stored hash `$2` on, `$3` runs at most.
+pub(super) const READ_HASH_RUNS: &str = "SELECT idx, hashes FROM audit_hash_runs WHERE tenant = $1 AND idx >= \
+     COALESCE((SELECT idx FROM audit_hash_runs WHERE tenant = $1 AND idx <= $2 ORDER BY idx DESC LIMIT 1), 0) \
+     ORDER BY idx LIMIT $3";
 pub(super) const READ_CHECKPOINTS: &str =
     "SELECT tenant, size, note, created_at FROM audit_checkpoints WHERE tenant = $1 ORDER BY size";
 pub(super) const LATEST_CHECKPOINT: &str = "SELECT tenant, size, note, created_at FROM audit_checkpoints \
@@ -245,7 +248,83 @@ pub(super) const LATEST_CHECKPOINT: &str = "SELECT tenant, size, note, created_a
 /// Stored hashes looked up per statement (a proof needs at most about 2 log2(n)).
 pub(super) const HASHES_PER_QUERY: usize = 64;
 pub(super) const LOG_NAMES: &str =
-    "SELECT DISTINCT tenant FROM audit_checkpoints UNION SELECT DISTINCT tenant FROM audit_hashes ORDER BY 1";
+    "SELECT DISTINCT tenant FROM audit_checkpoints UNION SELECT DISTINCT tenant FROM audit_hash_runs ORDER BY 1";
+
+/// Stored hashes in one row of `audit_hash_runs` at most (2 KB: see its migration, 0011).
+pub(super) const RUN: usize = 64;
+
+/// A pass's stored hashes (log, stored-hash index, hash) as rows of `audit_hash_runs`: for each
+/// log, its hashes in index order cut into runs of at most `RUN` consecutive ones (log, index
+/// of the first, the hashes end to end).
+pub(super) fn hash_runs(hashes: &[(String, u64, [u8; 32])]) -> Vec<(&str, u64, Vec<u8>)> {
+    let mut by_log: BTreeMap<&str, Vec<(u64, &[u8; 32])>> = BTreeMap::new();
+    for (log, i, hash) in hashes {
+        by_log.entry(log).or_default().push((*i, hash));
+    }
+    let mut runs = Vec::new();
+    for (log, mut hashes) in by_log {
+        hashes.sort_unstable_by_key(|(i, _)| *i);
+        let mut run: Option<(u64, Vec<u8>)> = None;
+        for (i, hash) in hashes {
+            match &mut run {
+                Some((first, bytes)) if bytes.len() < RUN * 32 && *first + (bytes.len() / 32) as u64 == i => {
+                    bytes.extend_from_slice(hash);
+                }
+                _ => {
+                    runs.extend(run.take().map(|(first, bytes)| (log, first, bytes)));
+                    let mut bytes = Vec::with_capacity(RUN * 32);
+                    bytes.extend_from_slice(hash);
+                    run = Some((i, bytes));
+                }
+            }
+        }
+        runs.extend(run.map(|(first, bytes)| (log, first, bytes)));
+    }
+    runs
+}
+
+/// The hashes of the run stored at `idx`: (stored-hash index, hash).
+pub(super) fn run_hashes(idx: i64, bytes: &[u8]) -> Result<(u64, &[[u8; 32]]), StorageError> {
+    let first = u64::try_from(idx).map_err(|_| StorageError::Corrupt("stored hash index".into()))?;
+    match bytes.as_chunks::<32>() {
+        (hashes, []) if !hashes.is_empty() => Ok((first, hashes)),
+        _ => Err(StorageError::Corrupt(format!("the stored hash run at {first}"))),
+    }
+}
+
+/// The runs holding the stored hashes `$2`, `$3`, ... (`n` of them) of log `$1`: for each, the
+/// run with the greatest first index at or below it.
+pub(super) fn hash_runs_at(n: usize) -> String {
+    let wanted: Vec<String> = (0..n).map(|k| format!("(CAST(${} AS BIGINT))", k + 2)).collect();
+    // Only placeholders are formatted into the statement.
+    format!(
+        "WITH wanted (i) AS (VALUES {}) SELECT idx, hashes FROM audit_hash_runs WHERE tenant = $1 AND idx IN \
+         (SELECT (SELECT idx FROM audit_hash_runs WHERE tenant = $1 AND idx <= wanted.i ORDER BY idx DESC LIMIT 1) \
+         FROM wanted)",
+        wanted.join(", ")
+    )
+}
+
+/// The stored hashes at `indexes` out of the runs `hash_runs_at` found, in index order; an
+/// index that no run holds is left out.
+pub(super) fn pick_hashes(indexes: &[u64], rows: &[(i64, Vec<u8>)]) -> Result<Vec<(u64, [u8; 32])>, StorageError> {
+    let mut runs = BTreeMap::new();
+    for (idx, bytes) in rows {
+        let (first, hashes) = run_hashes(*idx, bytes)?;
+        runs.insert(first, hashes);
+    }
+    let mut picked: Vec<(u64, [u8; 32])> = indexes
+        .iter()
+        .filter_map(|&i| {
+            let (first, hashes) = runs.range(..=i).next_back()?;
+            let hash = hashes.get(usize::try_from(i - first).ok()?)?;
+            Some((i, *hash))
+        })
+        .collect();
+    picked.sort_unstable_by_key(|(i, _)| *i);
+    picked.dedup_by_key(|(i, _)| *i);
+    Ok(picked)
+}
 
 #[derive(sqlx::FromRow)]
 pub(super) struct DbEntry {
@@ -299,12 +378,6 @@ impl TryFrom<DbCheckpoint> for StoredCheckpoint {
     }
 }
 
-pub(super) fn hash_from_db(idx: i64, bytes: &[u8]) -> Result<(u64, [u8; 32]), StorageError> {
-    let idx = u64::try_from(idx).map_err(|_| StorageError::Corrupt("stored hash index".into()))?;
-    let hash = <[u8; 32]>::try_from(bytes).map_err(|_| StorageError::Corrupt(format!("stored hash {idx}")))?;
-    Ok((idx, hash))
-}
-
 pub(super) fn to_i64(n: u64) -> Result<i64, StorageError> {
     i64::try_from(n).map_err(|_| StorageError::Corrupt("a log index beyond 2^63".into()))
 }
@@ -319,7 +392,7 @@ pub(super) fn logs_to_head(inbox: &[InboxEntry], sealer: &dyn LogSealer) -> Vec<
 /// The log-reading part of `Index`, the same SQL on both databases, as inherent methods that
 /// `impl_index!` delegates to.
 macro_rules! impl_log_reads {
-    ($index:ty) => {
+    ($index:ty, $conn:ty) => {
         impl $index {
             async fn read_log_names(&self) -> Result<Vec<String>, $crate::storage::StorageError> {
                 let mut conn = self.leases.get().await?;
@@ -347,7 +420,7 @@ macro_rules! impl_log_reads {
                 rows.into_iter().map(l::LogEntry::try_from).collect()
             }
 
-            /// `(idx, blob)` rows of `sql` (`READ_EVENTS` or `READ_HASHES`): `log`, from `from`, up to `limit`.
+            /// `(idx, blob)` rows of `sql` (`READ_EVENTS` or `READ_HASH_RUNS`): `log`, from `from`, up to `limit`.
             async fn read_log_blobs(
                 &self,
                 sql: &'static str,
@@ -390,8 +463,17 @@ macro_rules! impl_log_reads {
                 limit: u32,
             ) -> Result<Vec<(u64, [u8; 32])>, $crate::storage::StorageError> {
                 use $crate::storage::audit_log as l;
-                let rows = self.read_log_blobs(l::READ_HASHES, log, from, limit).await?;
-                rows.iter().map(|(i, h)| l::hash_from_db(*i, h)).collect()
+                // Enough runs for `limit` hashes when they are full; fewer hashes when they are
+                // not (the caller reads on from the last one it got).
+                let runs = u32::try_from(l::RUN).map_or(limit, |run| limit.div_ceil(run).saturating_add(1));
+                let rows = self.read_log_blobs(l::READ_HASH_RUNS, log, from, runs).await?;
+                let mut hashes = Vec::new();
+                for (idx, bytes) in &rows {
+                    let (first, run) = l::run_hashes(*idx, bytes)?;
+                    hashes.extend((first..).zip(run.iter().copied()).filter(|(i, _)| *i >= from));
+                }
+                hashes.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+                Ok(hashes)
             }
 
             async fn read_log_hashes_at(
@@ -399,27 +481,30 @@ macro_rules! impl_log_reads {
                 log: &str,
                 indexes: &[u64],
             ) -> Result<Vec<(u64, [u8; 32])>, $crate::storage::StorageError> {
-                use $crate::storage::audit_log as l;
-                let mut out = Vec::with_capacity(indexes.len());
                 let mut conn = self.leases.get().await?;
+                let hashes = Self::hashes_at(&mut conn, log, indexes).await?;
+                conn.done();
+                Ok(hashes)
+            }
+
+            /// The stored hashes of `log` at `indexes` (those it has), on `conn`: a reader's
+            /// connection, or the sealer's transaction.
+            async fn hashes_at(
+                conn: &mut $conn,
+                log: &str,
+                indexes: &[u64],
+            ) -> Result<Vec<(u64, [u8; 32])>, $crate::storage::StorageError> {
+                use $crate::storage::audit_log as l;
+                let mut rows = Vec::new();
                 for chunk in indexes.chunks(l::HASHES_PER_QUERY) {
-                    let placeholders: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
-                    // Only placeholders are formatted into the statement.
-                    let sql = format!(
-                        "SELECT idx, hash FROM audit_hashes WHERE tenant = $1 AND idx IN ({}) ORDER BY idx",
-                        placeholders.join(", ")
-                    );
+                    let sql = l::hash_runs_at(chunk.len());
                     let mut query = sqlx::query_as::<_, (i64, Vec<u8>)>(sqlx::AssertSqlSafe(sql)).bind(log);
                     for &i in chunk {
                         query = query.bind(l::to_i64(i)?);
                     }
-                    let rows = query.fetch_all(&mut *conn).await?;
-                    for (i, h) in &rows {
-                        out.push(l::hash_from_db(*i, h)?);
-                    }
+                    rows.extend(query.fetch_all(&mut *conn).await?);
                 }
-                conn.done();
-                Ok(out)
+                l::pick_hashes(indexes, &rows)
             }
 
             async fn read_log_checkpoints(
@@ -492,4 +577,55 @@ pub struct SealReport {
     pub checkpoints: Vec<StoredCheckpoint>,
     /// Another process holds the sealer lock.
     pub busy: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hash(n: u64) -> [u8; 32] {
+        let mut h = [0; 32];
+        for (d, s) in h.iter_mut().zip(n.to_be_bytes()) {
+            *d = s;
+        }
+        h
+    }
+
+    #[test]
+    fn a_pass_hashes_become_runs_of_consecutive_indexes_per_log() {
+        // Two logs interleaved as a pass makes them; `b` has a gap (never made by a sealer, but
+        // a run must not cross it).
+        let mut hashes = Vec::new();
+        for i in 10..150 {
+            hashes.push(("a".to_owned(), i, hash(i)));
+            if i % 3 == 0 && i != 42 {
+                hashes.push(("b".to_owned(), i / 3, hash(1_000 + i / 3)));
+            }
+        }
+        let runs = hash_runs(&hashes);
+        let shape: Vec<(&str, u64, usize)> =
+            runs.iter().map(|(log, first, bytes)| (*log, *first, bytes.len() / 32)).collect();
+        assert_eq!(shape, [("a", 10, 64), ("a", 74, 64), ("a", 138, 12), ("b", 4, 10), ("b", 15, 35)]);
+        for (log, first, bytes) in &runs {
+            let (start, run) = run_hashes(to_i64(*first).unwrap(), bytes).unwrap();
+            for (i, h) in (start..).zip(run) {
+                let offset = if *log == "a" { 0 } else { 1_000 };
+                assert_eq!(*h, hash(offset + i));
+            }
+        }
+    }
+
+    #[test]
+    fn hashes_are_picked_from_the_runs_that_hold_them() {
+        let rows: Vec<(i64, Vec<u8>)> = vec![
+            (0, (0..64).flat_map(hash).collect()),
+            (64, hash(64).to_vec()),
+            (65, (65..70).flat_map(hash).collect()),
+        ];
+        let picked = pick_hashes(&[69, 0, 64, 63, 70, 65, 0], &rows).unwrap();
+        let expected: Vec<(u64, [u8; 32])> = [0, 63, 64, 65, 69].into_iter().map(|i| (i, hash(i))).collect();
+        assert_eq!(picked, expected, "in order, once each, and 70 (past the last run) left out");
+        assert!(pick_hashes(&[0], &[(0, vec![0; 33])]).is_err(), "a run that is not whole hashes is corrupt");
+        assert!(pick_hashes(&[0], &[(0, Vec::new())]).is_err());
+    }
 }

@@ -386,7 +386,8 @@ pub trait Index: Send + Sync {
     /// `log_entries`, to check those columns too).
     async fn log_events(&self, log: &str, from: u64, limit: u32) -> Result<Vec<(u64, Vec<u8>)>, StorageError>;
 
-    /// Up to `limit` stored tree hashes of `log` from stored-hash index `from`, in order.
+    /// Up to `limit` stored tree hashes of `log` from stored-hash index `from`, in order; fewer
+    /// does not mean the last (read on from the last one returned until none come).
     async fn log_hashes(&self, log: &str, from: u64, limit: u32) -> Result<Vec<(u64, [u8; 32])>, StorageError>;
 
     /// The stored tree hashes of `log` at these stored-hash indexes (those it has).

@@ -478,13 +478,8 @@ impl PostgresIndex {
         }
         let mut loaded = Vec::new();
         for (name, indexes) in sealer.needs(&heads) {
-            let indexes = indexes.into_iter().map(log::to_i64).collect::<Result<Vec<_>, _>>()?;
-            let rows: Vec<(i64, Vec<u8>)> =
-                sqlx::query_as(LOAD_HASHES).bind(&name).bind(&indexes).fetch_all(&mut *tx).await?;
-            for (i, hash) in rows {
-                let (i, hash) = log::hash_from_db(i, &hash)?;
-                loaded.push((name.clone(), i, hash));
-            }
+            let hashes = Self::hashes_at(&mut tx, &name, &indexes).await?;
+            loaded.extend(hashes.into_iter().map(|(i, hash)| (name.clone(), i, hash)));
         }
         let sealed = sealer.seal(&heads, loaded, inbox).await?;
         if !sealed.entries.is_empty() {
@@ -503,15 +498,16 @@ impl PostgresIndex {
             }
             copy_in(&mut tx, &COPY_ENTRIES, rows).await?;
         }
-        if !sealed.hashes.is_empty() {
-            let mut rows = CopyRows::with_capacity(sealed.hashes.len() * 64);
-            for (name, i, hash) in &sealed.hashes {
+        let runs = log::hash_runs(&sealed.hashes);
+        if !runs.is_empty() {
+            let mut rows = CopyRows::with_capacity(runs.iter().map(|(_, _, hashes)| hashes.len() + 48).sum());
+            for (name, first, hashes) in &runs {
                 rows.row(3);
                 rows.text(Some(name))?;
-                rows.int8(log::to_i64(*i)?);
-                rows.bytes(hash)?;
+                rows.int8(log::to_i64(*first)?);
+                rows.bytes(hashes)?;
             }
-            copy_in(&mut tx, COPY_HASHES, rows).await?;
+            copy_in(&mut tx, COPY_HASH_RUNS, rows).await?;
         }
         for c in &sealed.checkpoints {
             sqlx::query(log::INSERT_CHECKPOINT)
@@ -533,7 +529,6 @@ const SEALER_LOCK: i64 = 0x6668_6972_7661_756c;
 /// The lock, and the flag the inbox's delete trigger wants (for this transaction only).
 const TRY_SEALER_LOCK: &str =
     "SELECT pg_try_advisory_xact_lock($1) AND set_config('fhirvault.sealer', 'on', true) = 'on'";
-const LOAD_HASHES: &str = "SELECT idx, hash FROM audit_hashes WHERE tenant = $1 AND idx = ANY($2)";
 /// The first records of the inbox, taken out of it (the transaction puts them back if it does
 /// not commit). One statement and one snapshot: a record with a smaller sequence number that
 /// commits meanwhile is neither read nor deleted, and waits for the next pass. `RETURNING`
@@ -544,12 +539,12 @@ static TAKE_INBOX: LazyLock<String> = LazyLock::new(|| {
         log::INBOX_COLUMNS
     )
 });
-/// Sealed entries and tree hashes go in with binary COPY: a pass writes a few thousand rows of
-/// about 2 KB, and COPY streams them into the table without the arrays that a single INSERT of
+/// Sealed entries and runs of tree hashes go in with binary COPY: a pass writes a few thousand
+/// rows of about 2 KB, and COPY streams them into the table without the arrays that a single INSERT of
 /// them needs (built, sent, parsed and unnested: about 7% of a pass).
 static COPY_ENTRIES: LazyLock<String> =
     LazyLock::new(|| format!("COPY audit_log ({}) FROM STDIN WITH (FORMAT binary)", log::ENTRY_COLUMNS));
-const COPY_HASHES: &str = "COPY audit_hashes (tenant, idx, hash) FROM STDIN WITH (FORMAT binary)";
+const COPY_HASH_RUNS: &str = "COPY audit_hash_runs (tenant, idx, hashes) FROM STDIN WITH (FORMAT binary)";
 
 async fn copy_in(tx: &mut Transaction<'_, Postgres>, statement: &str, rows: CopyRows) -> Result<(), StorageError> {
     let mut copy = tx.copy_in_raw(statement).await?;
@@ -610,6 +605,6 @@ impl CopyRows {
     }
 }
 
-super::audit_log::impl_log_reads!(PostgresIndex);
+super::audit_log::impl_log_reads!(PostgresIndex, PgConnection);
 super::lifecycle::impl_lifecycle!(PostgresIndex, Postgres);
 super::sql::impl_index!(PostgresIndex, Postgres, commit_workers = 2, dialect = super::search::Dialect::Postgres);

@@ -96,14 +96,8 @@ impl SqliteIndex {
         }
         let mut loaded = Vec::new();
         for (name, indexes) in sealer.needs(&heads) {
-            for i in indexes {
-                let hash: Option<Vec<u8>> =
-                    sqlx::query_scalar(LOAD_HASH).bind(&name).bind(log::to_i64(i)?).fetch_optional(&mut *tx).await?;
-                if let Some(hash) = hash {
-                    let (i, hash) = log::hash_from_db(log::to_i64(i)?, &hash)?;
-                    loaded.push((name.clone(), i, hash));
-                }
-            }
+            let hashes = Self::hashes_at(&mut tx, &name, &indexes).await?;
+            loaded.extend(hashes.into_iter().map(|(i, hash)| (name.clone(), i, hash)));
         }
         let sealed = sealer.seal(&heads, loaded, inbox).await?;
         for chunk in chunks(&sealed.entries) {
@@ -122,10 +116,11 @@ impl SqliteIndex {
             }
             query.execute(&mut *tx).await?;
         }
-        for chunk in chunks(&sealed.hashes) {
-            let mut query = sqlx::query(INSERT_HASHES.sql(chunk.len()));
-            for (name, i, hash) in chunk {
-                query = query.bind(name).bind(log::to_i64(*i)?).bind(hash.as_slice());
+        let runs = log::hash_runs(&sealed.hashes);
+        for chunk in chunks(&runs) {
+            let mut query = sqlx::query(INSERT_HASH_RUNS.sql(chunk.len()));
+            for (name, first, hashes) in chunk {
+                query = query.bind(*name).bind(log::to_i64(*first)?).bind(hashes.as_slice());
             }
             query.execute(&mut *tx).await?;
         }
@@ -167,11 +162,11 @@ static TAKE_INBOX: LazyLock<String> =
 /// SQLite's default page cache: 2,000 KiB per connection.
 const SQLITE_DEFAULT_CACHE_KIB: i64 = 2_000;
 const RESET_CACHE: &str = "PRAGMA cache_size = -2000";
-const LOAD_HASH: &str = "SELECT hash FROM audit_hashes WHERE tenant = $1 AND idx = $2";
 /// Under `BEGIN IMMEDIATE` nothing was added to the inbox since it was read.
 const DELETE_INBOX: &str = "DELETE FROM audit_records WHERE seq <= $1";
 static INSERT_ENTRIES: LazyLock<MultiRow> = LazyLock::new(|| MultiRow::new("audit_log", log::ENTRY_COLUMNS, ""));
-static INSERT_HASHES: LazyLock<MultiRow> = LazyLock::new(|| MultiRow::new("audit_hashes", "tenant, idx, hash", ""));
+static INSERT_HASH_RUNS: LazyLock<MultiRow> =
+    LazyLock::new(|| MultiRow::new("audit_hash_runs", "tenant, idx, hashes", ""));
 
 /// Multi-row statements: rows are cut into chunks of these sizes, largest first, so that each
 /// connection prepares (and caches) a few statements per table however batches vary.
@@ -429,6 +424,6 @@ async fn replace_search_rows(
 }
 
 // One writer at a time: a second committer would only wait for the lock.
-super::audit_log::impl_log_reads!(SqliteIndex);
+super::audit_log::impl_log_reads!(SqliteIndex, SqliteConnection);
 super::lifecycle::impl_lifecycle!(SqliteIndex, Sqlite);
 super::sql::impl_index!(SqliteIndex, Sqlite, commit_workers = 1, dialect = search::Dialect::Sqlite);

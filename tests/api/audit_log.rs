@@ -39,12 +39,12 @@ async fn verify(app: &TestApp) -> LogReport {
 async fn disable_log_triggers(app: &TestApp) -> sqlx::AnyPool {
     let pool = app.index().await;
     let statements: Vec<String> = if app.on_postgres() {
-        ["audit_log", "audit_hashes", "audit_checkpoints"]
+        ["audit_log", "audit_hash_runs", "audit_checkpoints"]
             .iter()
             .map(|t| format!("ALTER TABLE {t} DISABLE TRIGGER USER"))
             .collect()
     } else {
-        ["audit_log", "audit_hashes", "audit_checkpoints"]
+        ["audit_log", "audit_hash_runs", "audit_checkpoints"]
             .iter()
             .flat_map(|t| [format!("DROP TRIGGER {t}_no_update"), format!("DROP TRIGGER {t}_no_delete")])
             .collect()
@@ -82,7 +82,7 @@ async fn edited(pool: &sqlx::AnyPool, idx: i64) -> Vec<u8> {
 /// Rewrite `demo`'s whole log as `events`, with consistent tree hashes, and checkpoints at
 /// `sizes` signed by `key`: the most an attacker with the database (and perhaps a key) can do.
 async fn rewrite_log(pool: &sqlx::AnyPool, events: &[Vec<u8>], key: &LogKey, sizes: &[u64]) {
-    for table in ["audit_log", "audit_hashes", "audit_checkpoints"] {
+    for table in ["audit_log", "audit_hash_runs", "audit_checkpoints"] {
         sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {table} WHERE tenant = 'demo'")))
             .execute(pool)
             .await
@@ -102,7 +102,7 @@ async fn rewrite_log(pool: &sqlx::AnyPool, events: &[Vec<u8>], key: &LogKey, siz
         .unwrap();
     }
     for (i, hash) in tree.stored_hashes().iter().enumerate() {
-        sqlx::query("INSERT INTO audit_hashes (tenant, idx, hash) VALUES ('demo', $1, $2)")
+        sqlx::query("INSERT INTO audit_hash_runs (tenant, idx, hashes) VALUES ('demo', $1, $2)")
             .bind(i as i64)
             .bind(hash.0.to_vec())
             .execute(pool)

@@ -248,7 +248,7 @@ async fn the_database_keeps_the_audit_inbox_unchangeable_and_the_log_append_only
     assert_eq!(inbox, 0, "sealed records leave the inbox");
 
     let mut refused = Vec::new();
-    for table in ["audit_log", "audit_hashes", "audit_checkpoints"] {
+    for table in ["audit_log", "audit_hash_runs", "audit_checkpoints"] {
         refused.push(format!("UPDATE {table} SET tenant = 'other'"));
         refused.push(format!("DELETE FROM {table}"));
         if on_postgres() {
@@ -288,7 +288,7 @@ async fn on_postgres_the_servers_role_holds_no_update_or_delete_right_on_the_log
         index.append_audit(&[audit("a"), audit("b")]).await.unwrap();
         assert_eq!(index.seal(100, &mut sealer(1)).await.unwrap().sealed, 2, "the sealer needs no more rights");
         let mut app = sqlx::PgConnection::connect(&url).await.unwrap();
-        for table in ["audit_log", "audit_hashes", "audit_checkpoints"] {
+        for table in ["audit_log", "audit_hash_runs", "audit_checkpoints"] {
             let disable = format!("ALTER TABLE {table} DISABLE TRIGGER USER");
             sqlx::query(sqlx::AssertSqlSafe(disable)).execute(&mut app).await.unwrap();
             for statement in [
@@ -382,6 +382,121 @@ async fn sealing_moves_the_inbox_into_a_tree_per_tenant_in_order() {
     // Every 4 entries after the last checkpoint, and the tail at the end of each pass (first
     // pass: 7 entries; second: 4 more; third: the last 8).
     assert_eq!(sizes, [4, 7, 11, 12, 16, 19]);
+}
+
+/// The tree's stored hashes are kept in runs of consecutive hashes, one run per log and pass at
+/// least: read back whole, page by page, or at chosen indexes (as a proof or a restarted sealer
+/// asks), they are exactly the tree's, across runs and passes of every size.
+#[tokio::test]
+async fn stored_hashes_read_back_across_runs_and_passes() {
+    let t = fresh_index().await;
+    let first = sealer(50);
+    let mut sealed = 0;
+    for (pass, n) in [70, 1, 130, 64].into_iter().enumerate() {
+        let records: Vec<AuditRecord> = (0..n).map(|i| audit(&format!("p{pass}-{i}"))).collect();
+        t.index.append_audit(&records).await.unwrap();
+        // A fresh sealer for each pass loads the tree's frontier from the runs.
+        sealed += t.index.seal(1_000, &mut sealer_with_key_of(&first)).await.unwrap().sealed;
+    }
+    assert_eq!(sealed, 265);
+    let mut tree = fhirvault::audit::log::Tree::new();
+    for (_, event) in t.index.log_events("demo", 0, 1_000).await.unwrap() {
+        tree.push(fhirvault::audit::log::record_hash(&event)).unwrap();
+    }
+    let expected: Vec<(u64, [u8; 32])> =
+        tree.stored_hashes().iter().enumerate().map(|(i, h)| (i as u64, h.0)).collect();
+    assert!(expected.len() > 500);
+
+    assert_eq!(t.index.log_hashes("demo", 0, 10_000).await.unwrap(), expected, "read whole");
+    let mut paged = Vec::new();
+    loop {
+        let page = t.index.log_hashes("demo", paged.len() as u64, 37).await.unwrap();
+        assert!(page.len() <= 37);
+        if page.is_empty() {
+            break;
+        }
+        paged.extend(page);
+    }
+    assert_eq!(paged, expected, "read in pages that start inside runs");
+
+    let size = expected.len() as u64;
+    let wanted = [0, 1, 63, 64, 65, 139, 140, 141, 142, 300, size - 1, size, size + 100];
+    let at = t.index.log_hashes_at("demo", &wanted).await.unwrap();
+    let found: Vec<(u64, [u8; 32])> = expected.iter().filter(|(i, _)| wanted.contains(i)).copied().collect();
+    assert_eq!(at, found, "chosen indexes, those beyond the tree left out");
+    assert!(t.index.log_hashes_at("other", &[0, 1]).await.unwrap().is_empty());
+
+    let evidence = verify::gather(t.index.as_ref(), &Locations::new(), "demo").await.unwrap();
+    let report = verify::verify_log(&evidence, &first.key().verifier_key("demo"));
+    assert!(report.ok(), "{:?}", report.findings);
+    assert_eq!(report.verified_size, 265);
+}
+
+/// Migration 0011 moves the stored tree hashes into runs (those already stored become runs of
+/// one): a log sealed before it is read back, extended by the next pass and verified after it.
+#[tokio::test]
+async fn a_log_sealed_before_migration_11_is_extended_and_verified_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = if on_postgres() { Some(PgDatabase::create().await) } else { None };
+    let url = database
+        .as_ref()
+        .map_or_else(|| format!("sqlite://{}", dir.path().join("index.sqlite").display()), |db| db.url.clone());
+    if on_postgres() {
+        let pool = sqlx::PgPool::connect(&url).await.unwrap();
+        sqlx::migrate!("./migrations/postgres").run_to(10, &pool).await.unwrap();
+        pool.close().await;
+    } else {
+        let options = url.parse::<sqlx::sqlite::SqliteConnectOptions>().unwrap().create_if_missing(true);
+        let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+        sqlx::migrate!("./migrations/sqlite").run_to(10, &pool).await.unwrap();
+        pool.close().await;
+    }
+    // 40 entries and their stored hashes, a row each, as the sealer wrote them before 0011.
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&url).await.unwrap();
+    let mut tree = fhirvault::audit::log::Tree::new();
+    for i in 0..40 {
+        let record = audit(&format!("old-{i}"));
+        let e = fhirvault::audit::sealer::log_entry("demo", i, &record, fhirvault::audit::event::render(&record, i));
+        tree.push(fhirvault::audit::log::record_hash(&e.event)).unwrap();
+        sqlx::query(
+            "INSERT INTO audit_log (tenant, idx, recorded_at, action, outcome, agent, patient, entity, event) \
+             VALUES ('demo', $1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(i as i64)
+        .bind(e.recorded.millis())
+        .bind(e.action)
+        .bind(i64::from(e.outcome))
+        .bind(e.agent)
+        .bind(e.patient)
+        .bind(e.entity)
+        .bind(e.event)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    for (i, hash) in tree.stored_hashes().iter().enumerate() {
+        sqlx::query("INSERT INTO audit_hashes (tenant, idx, hash) VALUES ('demo', $1, $2)")
+            .bind(i as i64)
+            .bind(hash.0.to_vec())
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    pool.close().await;
+
+    let index = open_index(&SecretString::from(url.clone()), &options()).await.unwrap();
+    let expected: Vec<(u64, [u8; 32])> =
+        tree.stored_hashes().iter().enumerate().map(|(i, h)| (i as u64, h.0)).collect();
+    assert_eq!(index.log_hashes("demo", 0, 10_000).await.unwrap(), expected, "the hashes, now runs of one");
+    let records: Vec<AuditRecord> = (0..25).map(|i| audit(&format!("new-{i}"))).collect();
+    index.append_audit(&records).await.unwrap();
+    let mut sealer = sealer(8);
+    assert_eq!(index.seal(100, &mut sealer).await.unwrap().sealed, 25, "a new sealer loads its frontier from them");
+    let evidence = verify::gather(index.as_ref(), &Locations::new(), "demo").await.unwrap();
+    let report = verify::verify_log(&evidence, &sealer.key().verifier_key("demo"));
+    assert!(report.ok(), "{:?}", report.findings);
+    assert_eq!(report.verified_size, 65);
 }
 
 /// Another sealer holding the same log key (as a second replica would).
