@@ -540,8 +540,8 @@ static TAKE_INBOX: LazyLock<String> = LazyLock::new(|| {
     )
 });
 /// Sealed entries and runs of tree hashes go in with binary COPY: a pass writes a few thousand
-/// rows of about 2 KB, and COPY streams them into the table without the arrays that a single INSERT of
-/// them needs (built, sent, parsed and unnested: about 7% of a pass).
+/// rows of about 2 KB, and COPY streams them into the table without the arrays that a single
+/// INSERT of them needs (built, sent, parsed and unnested: about 7% of a pass).
 static COPY_ENTRIES: LazyLock<String> =
     LazyLock::new(|| format!("COPY audit_log ({}) FROM STDIN WITH (FORMAT binary)", log::ENTRY_COLUMNS));
 const COPY_HASH_RUNS: &str = "COPY audit_hash_runs (tenant, idx, hashes) FROM STDIN WITH (FORMAT binary)";
