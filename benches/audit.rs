@@ -86,13 +86,12 @@ fn sealing(c: &mut Criterion) {
     group.throughput(Throughput::Elements(BATCH));
     group.sample_size(10);
 
-    // On the sealer's own thread, as in the server (its start is part of the pass).
     group.bench_function("CPU only: render, hash, extend the tree, sign (5,000 records)", |b| {
         b.iter_batched(
             || (sealer(&key), records.iter().enumerate().map(|(i, r)| InboxEntry { seq: i as i64, record: r.clone() })),
             |(mut sealer, inbox)| {
                 let heads = BTreeMap::from([("demo".to_owned(), LogHead::default())]);
-                black_box(runtime.block_on(sealer.seal(&heads, Vec::new(), inbox.collect())).unwrap())
+                black_box(sealer.seal(&heads, Vec::new(), inbox.collect()).unwrap())
             },
             BatchSize::LargeInput,
         );

@@ -50,6 +50,8 @@ pub enum StartupError {
     Issuer { name: String, source: crate::auth::oidc::FetchError },
     #[error("cannot load the audit log key")]
     AuditKey(#[from] crate::audit::log::LogError),
+    #[error("cannot start the audit sealer's thread")]
+    Sealer(#[source] std::io::Error),
     #[error("cannot listen on `{addr}`")]
     Listen { addr: String, source: std::io::Error },
 }
@@ -82,7 +84,7 @@ impl Application {
         spawn_key_lifecycle(&settings, tasks_state);
         if settings.audit.sealer {
             let sealer = audit_sealer(&settings, &index).await?;
-            crate::audit::sealer::spawn(index, sealer, open_locations(&settings)?);
+            crate::audit::sealer::spawn(index, sealer, open_locations(&settings)?).map_err(StartupError::Sealer)?;
         }
         tracing::info!(address = %addr.ip(), port, tenants = settings.tenants.len(), "fhirvault listening");
         Ok(Self { server, port })

@@ -16,8 +16,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::future::BoxFuture;
-
 use super::log::{Frontier, Hash, LogKey, SERVER_LOG, record_hash};
 use super::{AuditRecord, event};
 use crate::ids::TenantId;
@@ -95,55 +93,6 @@ impl LogSealer for Sealer {
             .collect()
     }
 
-    /// Rendering, hashing and signing a full batch takes tens of milliseconds of CPU at once:
-    /// on the thread that holds the transaction (the server's main thread, where the
-    /// committers answer reads too) it would hold up every read in flight meanwhile. It runs on
-    /// a thread of its own at the lowest CPU priority instead (`background`), and so takes the
-    /// cores only where requests leave them idle: its one deadline is the next checkpoint,
-    /// theirs is the client waiting. The logs' state travels to that thread and back; if it
-    /// does not come back (a panic, or the pass dropped), the next pass reloads it.
-    fn seal<'a>(
-        &'a mut self,
-        heads: &'a BTreeMap<String, LogHead>,
-        loaded: Vec<(String, u64, [u8; 32])>,
-        inbox: Vec<InboxEntry>,
-    ) -> BoxFuture<'a, Result<Sealed, StorageError>> {
-        let mut work = Work {
-            key: self.key.clone(),
-            cadence: self.cadence,
-            sign_tails: self.sign_tails,
-            logs: std::mem::take(&mut self.logs),
-        };
-        let heads = heads.clone();
-        let (done, result) = tokio::sync::oneshot::channel();
-        let spawned = std::thread::Builder::new().name("audit-sealer".to_owned()).spawn(move || {
-            background();
-            let sealed = work.seal(&heads, loaded, inbox);
-            let _ = done.send((work.logs, sealed));
-        });
-        Box::pin(async move {
-            spawned.map_err(|e| StorageError::Task(format!("cannot start the sealer's thread: {e}")))?;
-            let (logs, sealed) =
-                result.await.map_err(|_| StorageError::Task("the sealer's thread stopped".to_owned()))?;
-            self.logs = logs;
-            sealed
-        })
-    }
-
-    fn abort(&mut self) {
-        self.logs.clear();
-    }
-}
-
-/// What a pass's CPU work needs, moved to the sealer's thread and back.
-struct Work {
-    key: Arc<LogKey>,
-    cadence: Cadence,
-    sign_tails: bool,
-    logs: BTreeMap<String, LogState>,
-}
-
-impl Work {
     fn seal(
         &mut self,
         heads: &BTreeMap<String, LogHead>,
@@ -199,6 +148,10 @@ impl Work {
             }
         }
         Ok(sealed)
+    }
+
+    fn abort(&mut self) {
+        self.logs.clear();
     }
 }
 
@@ -277,23 +230,72 @@ pub async fn drain(index: &dyn Index, sealer: &mut Sealer, locations: &Locations
     }
 }
 
-/// The background sealer: a pass, then another at once while the inbox was full, else after
-/// `idle`. A failed pass is logged and retried: records wait in the inbox, nothing is lost.
-pub fn spawn(index: Arc<dyn Index>, mut sealer: Sealer, locations: Locations) {
+/// The background sealer, on a thread of its own (`audit-sealer`) at the lowest CPU priority,
+/// with a single-threaded runtime of its own: a pass, then another at once while the inbox was
+/// full, else after `idle`. A failed pass is logged and retried: records wait in the inbox,
+/// nothing is lost.
+///
+/// The server's main runtime is single-threaded and runs the committers that answer every
+/// read's audit record. A pass on it (decoding a few thousand inbox rows, rendering and
+/// hashing them, encoding and sending about 12 MB of `COPY` data, freeing it all) held up every
+/// read in flight for milliseconds at a time; here it takes the cores only where requests leave
+/// them idle. Its one deadline is the next checkpoint; theirs is the client waiting.
+///
+/// The thread stops (at its next pass or wait) when the runtime that called `spawn` shuts down.
+pub fn spawn(index: Arc<dyn Index>, sealer: Sealer, locations: Locations) -> std::io::Result<Background> {
+    let (running, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
-        let full = usize::try_from(sealer.cadence.batch).unwrap_or(usize::MAX);
-        loop {
-            let wait = match pass(index.as_ref(), &mut sealer, &locations).await {
-                Ok(sealed) if sealed >= full => Duration::ZERO,
-                Ok(_) => sealer.cadence.idle,
-                Err(error) => {
-                    tracing::error!(%error, "audit sealing failed; the records wait in the inbox");
-                    sealer.cadence.idle.max(Duration::from_secs(1))
-                }
-            };
-            if !wait.is_zero() {
-                tokio::time::sleep(wait).await;
-            }
-        }
+        let _running = running;
+        std::future::pending::<()>().await;
     });
+    let (progress, sealed) = tokio::sync::watch::channel(0);
+    let thread = std::thread::Builder::new().name("audit-sealer".to_owned()).spawn(move || {
+        background();
+        let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(runtime) => runtime,
+            Err(error) => {
+                tracing::error!(%error, "cannot start the audit sealer's runtime; records wait in the inbox");
+                return;
+            }
+        };
+        runtime.block_on(async move {
+            tokio::select! {
+                _ = stopped => {}
+                () = seal_forever(index, sealer, locations, progress) => {}
+            }
+        });
+    })?;
+    Ok(Background { sealed, thread })
+}
+
+/// The background sealer's thread, and how many records it has sealed so far.
+pub struct Background {
+    pub sealed: tokio::sync::watch::Receiver<u64>,
+    pub thread: std::thread::JoinHandle<()>,
+}
+
+async fn seal_forever(
+    index: Arc<dyn Index>,
+    mut sealer: Sealer,
+    locations: Locations,
+    progress: tokio::sync::watch::Sender<u64>,
+) {
+    let full = usize::try_from(sealer.cadence.batch).unwrap_or(usize::MAX);
+    loop {
+        let result = pass(index.as_ref(), &mut sealer, &locations).await;
+        if let Ok(sealed) = result {
+            progress.send_modify(|total| *total = total.saturating_add(u64::try_from(sealed).unwrap_or(u64::MAX)));
+        }
+        let wait = match result {
+            Ok(sealed) if sealed >= full => Duration::ZERO,
+            Ok(_) => sealer.cadence.idle,
+            Err(error) => {
+                tracing::error!(%error, "audit sealing failed; the records wait in the inbox");
+                sealer.cadence.idle.max(Duration::from_secs(1))
+            }
+        };
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+    }
 }

@@ -136,14 +136,13 @@ pub trait LogSealer: Send {
     fn logs(&self) -> Vec<String>;
     /// The stored hashes it needs loaded to extend these logs (empty when it has them).
     fn needs(&self, heads: &BTreeMap<String, LogHead>) -> Vec<(String, Vec<u64>)>;
-    /// The entries, hashes and checkpoints for these records (taken in inbox order). A future,
-    /// so that the work can leave the thread that holds the transaction.
-    fn seal<'a>(
-        &'a mut self,
-        heads: &'a BTreeMap<String, LogHead>,
+    /// The entries, hashes and checkpoints for these records (taken in inbox order).
+    fn seal(
+        &mut self,
+        heads: &BTreeMap<String, LogHead>,
         loaded: Vec<(String, u64, [u8; 32])>,
         inbox: Vec<InboxEntry>,
-    ) -> futures::future::BoxFuture<'a, Result<Sealed, StorageError>>;
+    ) -> Result<Sealed, StorageError>;
     /// The transaction did not commit: forget what `seal` assumed.
     fn abort(&mut self);
 }

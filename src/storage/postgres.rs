@@ -36,7 +36,8 @@ pub struct PostgresIndex {
 }
 
 /// One pool partition (see `lease`) per thread that talks to the database, at the defaults:
-/// the HTTP workers and the main runtime's threads, one of each per core.
+/// two per core, for the HTTP workers (one per core), the main runtime's thread and the audit
+/// sealer's.
 fn pool_partitions() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get().saturating_mul(2))
 }
@@ -481,7 +482,7 @@ impl PostgresIndex {
             let hashes = Self::hashes_at(&mut tx, &name, &indexes).await?;
             loaded.extend(hashes.into_iter().map(|(i, hash)| (name.clone(), i, hash)));
         }
-        let sealed = sealer.seal(&heads, loaded, inbox).await?;
+        let sealed = sealer.seal(&heads, loaded, inbox)?;
         if !sealed.entries.is_empty() {
             let mut rows = CopyRows::with_capacity(sealed.entries.iter().map(|e| e.event.len() + 160).sum());
             for e in &sealed.entries {

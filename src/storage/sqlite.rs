@@ -99,7 +99,7 @@ impl SqliteIndex {
             let hashes = Self::hashes_at(&mut tx, &name, &indexes).await?;
             loaded.extend(hashes.into_iter().map(|(i, hash)| (name.clone(), i, hash)));
         }
-        let sealed = sealer.seal(&heads, loaded, inbox).await?;
+        let sealed = sealer.seal(&heads, loaded, inbox)?;
         for chunk in chunks(&sealed.entries) {
             let mut query = sqlx::query(INSERT_ENTRIES.sql(chunk.len()));
             for e in chunk {

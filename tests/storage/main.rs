@@ -542,6 +542,43 @@ async fn two_sealers_never_seal_the_same_record_twice() {
     assert!(report.ok(), "{:?}", report.findings);
 }
 
+/// The server's sealer works on a thread and runtime of its own, and ends with the runtime that
+/// started it (a server shutting down, or a test's runtime) rather than outliving it.
+#[tokio::test]
+async fn the_background_sealer_seals_on_its_own_thread_and_stops_with_the_runtime_that_started_it() {
+    let t = fresh_index().await;
+    let records: Vec<AuditRecord> = (0..250).map(|i| audit(&format!("bg{i}"))).collect();
+    t.index.append_audit(&records).await.unwrap();
+    let first = sealer(100);
+    let mut after = sealer_with_key_of(&first);
+
+    let owner = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let background = {
+        let _in_owner = owner.enter();
+        fhirvault::audit::sealer::spawn(t.index.clone(), first, Locations::new()).unwrap()
+    };
+    assert_eq!(background.thread.thread().name(), Some("audit-sealer"));
+    let mut sealed = background.sealed.clone();
+    let bound = Duration::from_secs(60);
+    tokio::time::timeout(bound, sealed.wait_for(|n| *n >= 250)).await.expect("sealed in time").unwrap();
+
+    owner.shutdown_background();
+    let thread = background.thread;
+    tokio::time::timeout(bound, tokio::task::spawn_blocking(move || thread.join()))
+        .await
+        .expect("the sealer's thread stops with its runtime")
+        .unwrap()
+        .unwrap();
+
+    // Records that arrive after it stopped stay in the inbox.
+    t.index.append_audit(&[audit("after")]).await.unwrap();
+    let evidence = verify::gather(t.index.as_ref(), &Locations::new(), "demo").await.unwrap();
+    assert_eq!(evidence.entries.len(), 250);
+    let report = verify::verify_log(&evidence, &after.key().verifier_key("demo"));
+    assert!(report.ok(), "{:?}", report.findings);
+    assert_eq!(t.index.seal(1_000, &mut after).await.unwrap().sealed, 1);
+}
+
 fn commit(version: NewVersion, request: &str) -> VersionCommit {
     VersionCommit { version, audit: audit(request), new_key: None, search: None }
 }
