@@ -230,8 +230,8 @@ pub async fn drain(index: &dyn Index, sealer: &mut Sealer, locations: &Locations
     }
 }
 
-/// The background sealer, on a thread of its own (`audit-sealer`) at the lowest CPU priority,
-/// with a single-threaded runtime of its own: a pass, then another at once while the inbox was
+/// The background sealer, on a thread of its own (`audit-sealer`) at the lowest CPU priority
+/// (except where its lock holds up writers: SQLite), with a single-threaded runtime of its own: a pass, then another at once while the inbox was
 /// full, else after `idle`. A failed pass is logged and retried: records wait in the inbox,
 /// nothing is lost.
 ///
@@ -249,8 +249,13 @@ pub fn spawn(index: Arc<dyn Index>, sealer: Sealer, locations: Locations) -> std
         std::future::pending::<()>().await;
     });
     let (progress, sealed) = tokio::sync::watch::channel(0);
+    // Where writers wait for the pass's lock, the lowest priority would make them wait on a
+    // thread the scheduler runs last: the sealer then keeps its priority.
+    let polite = !index.sealing_blocks_writers();
     let thread = std::thread::Builder::new().name("audit-sealer".to_owned()).spawn(move || {
-        background();
+        if polite {
+            background();
+        }
         let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
             Ok(runtime) => runtime,
             Err(error) => {

@@ -191,6 +191,10 @@ pub trait Index: Send + Sync {
     /// How many group-commit tasks suit this database (see `Committer::start`).
     fn commit_workers(&self) -> usize;
 
+    /// Whether other writers wait while a sealing pass holds its lock (SQLite's one write lock;
+    /// on PostgreSQL the sealer's advisory lock stops only other sealers).
+    fn sealing_blocks_writers(&self) -> bool;
+
     /// Readiness: the database answers.
     async fn ping(&self) -> Result<(), StorageError>;
 

@@ -608,4 +608,10 @@ impl CopyRows {
 
 super::audit_log::impl_log_reads!(PostgresIndex, PgConnection);
 super::lifecycle::impl_lifecycle!(PostgresIndex, Postgres);
-super::sql::impl_index!(PostgresIndex, Postgres, commit_workers = 2, dialect = super::search::Dialect::Postgres);
+super::sql::impl_index!(
+    PostgresIndex,
+    Postgres,
+    commit_workers = 2,
+    sealing_blocks_writers = false,
+    dialect = super::search::Dialect::Postgres
+);

@@ -210,7 +210,13 @@ pub(super) fn kek_usage(
 /// `insert_audit_rows` (multi-row `VALUES` on SQLite, `UNNEST` of arrays on PostgreSQL) and
 /// `replace_search_rows` (a version's search rows in place of its resource's old ones).
 macro_rules! impl_index {
-    ($index:ty, $db:ty, commit_workers = $workers:expr, dialect = $dialect:expr) => {
+    (
+        $index:ty,
+        $db:ty,
+        commit_workers = $workers:expr,
+        sealing_blocks_writers = $blocks:expr,
+        dialect = $dialect:expr
+    ) => {
         /// Store the new compartment keys; a name already taken fails that version.
         async fn insert_new_keys(
             tx: &mut sqlx::Transaction<'_, $db>,
@@ -371,6 +377,10 @@ macro_rules! impl_index {
         impl $crate::storage::Index for $index {
             fn commit_workers(&self) -> usize {
                 $workers
+            }
+
+            fn sealing_blocks_writers(&self) -> bool {
+                $blocks
             }
 
             async fn ping(&self) -> Result<(), $crate::storage::StorageError> {

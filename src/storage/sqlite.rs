@@ -426,4 +426,10 @@ async fn replace_search_rows(
 // One writer at a time: a second committer would only wait for the lock.
 super::audit_log::impl_log_reads!(SqliteIndex, SqliteConnection);
 super::lifecycle::impl_lifecycle!(SqliteIndex, Sqlite);
-super::sql::impl_index!(SqliteIndex, Sqlite, commit_workers = 1, dialect = search::Dialect::Sqlite);
+super::sql::impl_index!(
+    SqliteIndex,
+    Sqlite,
+    commit_workers = 1,
+    sealing_blocks_writers = true,
+    dialect = search::Dialect::Sqlite
+);

@@ -561,6 +561,9 @@ async fn the_background_sealer_seals_on_its_own_thread_and_stops_with_the_runtim
     let mut sealed = background.sealed.clone();
     let bound = Duration::from_secs(60);
     tokio::time::timeout(bound, sealed.wait_for(|n| *n >= 250)).await.expect("sealed in time").unwrap();
+    // The lowest CPU priority, except where writers wait for the pass's lock (SQLite).
+    #[cfg(target_os = "linux")]
+    assert_eq!(nice_of_thread("audit-sealer"), Some(if t.index.sealing_blocks_writers() { 0 } else { 19 }));
 
     owner.shutdown_background();
     let thread = background.thread;
@@ -577,6 +580,20 @@ async fn the_background_sealer_seals_on_its_own_thread_and_stops_with_the_runtim
     let report = verify::verify_log(&evidence, &after.key().verifier_key("demo"));
     assert!(report.ok(), "{:?}", report.findings);
     assert_eq!(t.index.seal(1_000, &mut after).await.unwrap().sealed, 1);
+}
+
+/// The nice value of this process's thread named `name` (`/proc/self/task/*/stat`, field 19).
+#[cfg(target_os = "linux")]
+fn nice_of_thread(name: &str) -> Option<i64> {
+    std::fs::read_dir("/proc/self/task").unwrap().flatten().find_map(|task| {
+        let comm = std::fs::read_to_string(task.path().join("comm")).ok()?;
+        if comm.trim_end() != name {
+            return None;
+        }
+        let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
+        let (_, after_comm) = stat.rsplit_once(')')?;
+        after_comm.split_whitespace().nth(16)?.parse().ok()
+    })
 }
 
 fn commit(version: NewVersion, request: &str) -> VersionCommit {
