@@ -230,10 +230,10 @@ pub async fn drain(index: &dyn Index, sealer: &mut Sealer, locations: &Locations
     }
 }
 
-/// The background sealer, on a thread of its own (`audit-sealer`) at the lowest CPU priority
-/// (except where its lock holds up writers: SQLite), with a single-threaded runtime of its own: a pass, then another at once while the inbox was
-/// full, else after `idle`. A failed pass is logged and retried: records wait in the inbox,
-/// nothing is lost.
+/// The background sealer, on a thread of its own (`audit-sealer`) with a single-threaded
+/// runtime of its own, at the lowest CPU priority except where its lock holds up writers
+/// (SQLite): a pass, then another at once while the inbox was full, else after `idle`. A failed
+/// pass is logged and retried: records wait in the inbox, nothing is lost.
 ///
 /// The server's main runtime is single-threaded and runs the committers that answer every
 /// read's audit record. A pass on it (decoding a few thousand inbox rows, rendering and
@@ -287,13 +287,11 @@ async fn seal_forever(
 ) {
     let full = usize::try_from(sealer.cadence.batch).unwrap_or(usize::MAX);
     loop {
-        let result = pass(index.as_ref(), &mut sealer, &locations).await;
-        if let Ok(sealed) = result {
-            progress.send_modify(|total| *total = total.saturating_add(u64::try_from(sealed).unwrap_or(u64::MAX)));
-        }
-        let wait = match result {
-            Ok(sealed) if sealed >= full => Duration::ZERO,
-            Ok(_) => sealer.cadence.idle,
+        let wait = match pass(index.as_ref(), &mut sealer, &locations).await {
+            Ok(sealed) => {
+                progress.send_modify(|total| *total = total.saturating_add(u64::try_from(sealed).unwrap_or(u64::MAX)));
+                if sealed >= full { Duration::ZERO } else { sealer.cadence.idle }
+            }
             Err(error) => {
                 tracing::error!(%error, "audit sealing failed; the records wait in the inbox");
                 sealer.cadence.idle.max(Duration::from_secs(1))
