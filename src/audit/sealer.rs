@@ -242,7 +242,11 @@ pub async fn drain(index: &dyn Index, sealer: &mut Sealer, locations: &Locations
 /// them idle. Its one deadline is the next checkpoint; theirs is the client waiting.
 ///
 /// The thread stops (at its next pass or wait) when the runtime that called `spawn` shuts down.
+/// An error: the sealer's runtime or thread could not start.
 pub fn spawn(index: Arc<dyn Index>, sealer: Sealer, locations: Locations) -> std::io::Result<Background> {
+    // Built here, so that a runtime that cannot start stops the server's start (an error, not
+    // a log line while records pile up in the inbox).
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let (running, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
         let _running = running;
@@ -256,13 +260,6 @@ pub fn spawn(index: Arc<dyn Index>, sealer: Sealer, locations: Locations) -> std
         if polite {
             background();
         }
-        let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-            Ok(runtime) => runtime,
-            Err(error) => {
-                tracing::error!(%error, "cannot start the audit sealer's runtime; records wait in the inbox");
-                return;
-            }
-        };
         runtime.block_on(async move {
             tokio::select! {
                 _ = stopped => {}
