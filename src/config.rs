@@ -103,7 +103,7 @@ pub struct DatabaseSettings {
     /// `index.sqlite` in the data directory. The scheme selects the backend.
     #[schemars(with = "Option<String>")]
     pub url: Option<SecretString>,
-    /// Largest number of open connections.
+    /// Largest number of open connections (PostgreSQL: plus two for batched reads by id).
     pub max_connections: u32,
     /// Seconds to wait for a connection (from the pool, or a new one).
     pub connect_timeout_seconds: u64,

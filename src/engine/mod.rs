@@ -32,7 +32,7 @@ use crate::fhir::{Compartment, ResourceError};
 use crate::ids::{ResourceId, ResourceType, TenantId, VersionId};
 use crate::keys::{KeyError, KeyService};
 use crate::policy::{Action, Deny, Permit, Policies};
-use crate::storage::{Committer, Index, Locations, ObjectStorage, StorageError, VersionRow};
+use crate::storage::{Committer, Index, Locations, Lookups, ObjectStorage, StorageError, VersionRow};
 use crate::time::Timestamp;
 
 pub use audit_events::AuditSearchRequest;
@@ -251,6 +251,8 @@ pub struct Engine {
     index: Arc<dyn Index>,
     /// Every index write goes through the group committer.
     commits: Committer,
+    /// Reads by id look up through this where the index batches lookups.
+    lookups: Option<Lookups>,
     locations: Locations,
     keys: KeyService,
     /// The access policies every interaction asks.
@@ -263,7 +265,7 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Needs a Tokio runtime: it starts the group-commit tasks.
+    /// Needs a Tokio runtime: it starts the group-commit tasks (and the lookup task).
     pub fn new(
         index: Arc<dyn Index>,
         locations: Locations,
@@ -273,8 +275,9 @@ impl Engine {
         limits: Limits,
     ) -> Self {
         let commits = Committer::start(&index, index.commit_workers());
+        let lookups = index.batches_lookups().then(|| Lookups::start(&index));
         let erasure = ErasurePolicy::default();
-        Self { index, commits, locations, keys, policies, model, search_params, limits, erasure }
+        Self { index, commits, lookups, locations, keys, policies, model, search_params, limits, erasure }
     }
 
     /// Time erasures and refuse them as `erasure` says (default: at once, no retention rule).

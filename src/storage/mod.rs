@@ -12,6 +12,7 @@ pub mod commit;
 pub mod gc;
 mod lease;
 pub mod lifecycle;
+mod lookup;
 pub mod objects;
 mod page_cache;
 pub mod postgres;
@@ -33,6 +34,7 @@ use crate::time::Timestamp;
 pub use audit_log::{LogEntry, LogFilter, LogSealer, LogSearch, SealReport, StoredCheckpoint};
 pub use commit::Committer;
 pub use lifecycle::{ERASED, Erasure, ErasureState, KekCalls, KekVersion, LegalHold, PatientStatus};
+pub use lookup::Lookups;
 pub use objects::{Locations, ObjectKey, ObjectStorage};
 pub use search::{Direction, Link, LinkQuery, Order, Position, SearchQuery, SearchRows};
 
@@ -152,6 +154,14 @@ pub struct VersionCommit {
     pub search: Option<SearchRows>,
 }
 
+/// A resource whose current version a read by id wants (see `Index::look_up`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lookup {
+    pub tenant: TenantId,
+    pub resource_type: ResourceType,
+    pub id: ResourceId,
+}
+
 /// Which versions a history request wants, newest first.
 #[derive(Debug, Clone)]
 pub struct HistoryQuery {
@@ -195,6 +205,11 @@ pub trait Index: Send + Sync {
     /// on PostgreSQL the sealer's advisory lock stops only other sealers).
     fn sealing_blocks_writers(&self) -> bool;
 
+    /// Whether reads by id should hand their lookups to a `Lookups` task, which reads all
+    /// those that queued up meanwhile in one round trip (`look_up`). Worth it where a round
+    /// trip wakes a server process (PostgreSQL); not on SQLite, in-process.
+    fn batches_lookups(&self) -> bool;
+
     /// Readiness: the database answers.
     async fn ping(&self) -> Result<(), StorageError>;
 
@@ -206,6 +221,9 @@ pub trait Index: Send + Sync {
         rt: ResourceType,
         id: &ResourceId,
     ) -> Result<Option<VersionRow>, StorageError>;
+
+    /// The current version of each of `lookups`, in their order (each as `current` answers).
+    async fn look_up(&self, lookups: &[Lookup]) -> Result<Vec<Option<VersionRow>>, StorageError>;
 
     /// One version, or `None` if that version does not exist.
     async fn version(

@@ -23,7 +23,7 @@ use super::audit_log::{self as log, LogSealer, SealReport};
 use super::lease::Leases;
 use super::search::{DateRow, NumberRow, RefRow, SearchRows};
 use super::sql::{self, InsertedVersion};
-use super::{IndexOptions, NewVersion, ObjectKey, StorageError, VersionCommit};
+use super::{IndexOptions, Lookup, NewVersion, ObjectKey, StorageError, VersionCommit, VersionRow};
 use crate::audit::AuditRecord;
 use crate::crypto::WrappedKey;
 use crate::ids::{ResourceId, ResourceType, TenantId};
@@ -32,8 +32,17 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres
 
 pub struct PostgresIndex {
     leases: Leases<Postgres>,
+    /// Connections for batched lookups (`LOOK_UP`) only, whose sessions always use a prepared
+    /// statement's generic plan. PostgreSQL plans a statement anew at each execution while a
+    /// plan for the values at hand looks cheaper than the generic one, and for an array whose
+    /// length it sees, it always does: planning `LOOK_UP` cost more than running it, and
+    /// doubled the database's CPU per read. Its generic plan is the one wanted at any length.
+    lookup_leases: Leases<Postgres>,
     statistics: Statistics,
 }
+
+/// Connections of the lookups' pool: one batch in flight, one more opening or closing.
+const LOOKUP_CONNECTIONS: u32 = 2;
 
 /// One pool partition (see `lease`) per thread that talks to the database, at the defaults:
 /// two per core, for the HTTP workers (one per core), the main runtime's thread and the audit
@@ -51,7 +60,9 @@ impl PostgresIndex {
         let leases =
             Leases::open(&connect, options.max_connections, pool_partitions(), options.connect_timeout, &MIGRATOR)
                 .await?;
-        Ok(Self { leases, statistics: Statistics::default() })
+        let generic = connect.options([("plan_cache_mode", "force_generic_plan")]);
+        let lookup_leases = Leases::new(&generic, LOOKUP_CONNECTIONS, 1, options.connect_timeout)?;
+        Ok(Self { leases, lookup_leases, statistics: Statistics::default() })
     }
 
     /// Once per process, a few milliseconds: the batch that crosses the threshold waits for it.
@@ -77,6 +88,45 @@ impl PostgresIndex {
         Ok(())
     }
 }
+
+impl PostgresIndex {
+    /// `Index::look_up`: one statement, on a connection of the lookups' own pool.
+    async fn look_up_rows(&self, lookups: &[Lookup]) -> Result<Vec<Option<VersionRow>>, StorageError> {
+        if lookups.is_empty() {
+            return Ok(Vec::new());
+        }
+        let args = arguments(|a| {
+            a.add(lookups.iter().map(|l| l.tenant.as_str()).collect::<Vec<_>>())?;
+            a.add(lookups.iter().map(|l| l.resource_type.as_str()).collect::<Vec<_>>())?;
+            a.add(lookups.iter().map(|l| l.id.as_str()).collect::<Vec<_>>())
+        })?;
+        let mut conn = self.lookup_leases.get().await?;
+        let rows: Vec<sql::DbVersion> = sqlx::query_as_with(LOOK_UP.as_str(), args).fetch_all(&mut *conn).await?;
+        conn.done();
+        // At most one row per resource (its current version), however many lookups name it.
+        let mut found = std::collections::HashMap::with_capacity(rows.len());
+        for row in rows {
+            let row = VersionRow::try_from(row)?;
+            found.insert((row.tenant.clone(), row.resource_type, row.id.clone()), row);
+        }
+        Ok(lookups.iter().map(|l| found.get(&(l.tenant.clone(), l.resource_type, l.id.clone())).cloned()).collect())
+    }
+}
+
+/// The current versions of the resources named by three arrays (tenant, type, id). One
+/// primary-key lookup per name: `LATERAL ... LIMIT 1` keeps the planner from turning the
+/// names into a hash table probed by a scan of every resource, which a prepared statement's
+/// generic plan (ten names assumed) otherwise chose.
+static LOOK_UP: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT c.* FROM UNNEST($1::text[], $2::text[], $3::text[]) AS k (tenant, resource_type, resource_id) \
+         CROSS JOIN LATERAL (SELECT {} FROM resources r JOIN resource_versions v ON v.tenant = r.tenant \
+         AND v.resource_type = r.resource_type AND v.resource_id = r.resource_id AND v.version = r.current_version \
+         WHERE r.tenant = k.tenant AND r.resource_type = k.resource_type AND r.resource_id = k.resource_id \
+         LIMIT 1) c",
+        sql::VERSION_FIELDS_OF_V
+    )
+});
 
 /// Planner statistics for a database that has never had any.
 ///
@@ -612,6 +662,7 @@ super::sql::impl_index!(
     PostgresIndex,
     Postgres,
     commit_workers = 2,
+    batches_lookups = true,
     sealing_blocks_writers = false,
     dialect = super::search::Dialect::Postgres
 );

@@ -203,6 +203,7 @@ pub(super) fn kek_usage(
 /// `impl Index for $index`, where `$index` has `leases` (a `lease::Leases<$db>`),
 /// `async fn begin_write(&mut $db's connection) -> Result<Transaction<'_, $db>, StorageError>`,
 /// `async fn append_audit_rows(&self, &[&AuditRecord])` (one atomic append),
+/// `async fn look_up_rows(&self, &[Lookup])` (`Index::look_up`),
 /// `async fn note_versions(&self, usize)` (told the size of each batch of versions before it commits) and
 /// `async fn commit_creates(&self, &[VersionCommit], &[AuditRecord]) -> Result<Option<Vec<i64>>, _>`
 /// (a shortcut for batches of new resources; `None`: take the general path), and the invoking
@@ -214,6 +215,7 @@ macro_rules! impl_index {
         $index:ty,
         $db:ty,
         commit_workers = $workers:expr,
+        batches_lookups = $batches:expr,
         sealing_blocks_writers = $blocks:expr,
         dialect = $dialect:expr
     ) => {
@@ -381,6 +383,17 @@ macro_rules! impl_index {
 
             fn sealing_blocks_writers(&self) -> bool {
                 $blocks
+            }
+
+            fn batches_lookups(&self) -> bool {
+                $batches
+            }
+
+            async fn look_up(
+                &self,
+                lookups: &[$crate::storage::Lookup],
+            ) -> Result<Vec<Option<$crate::storage::VersionRow>>, $crate::storage::StorageError> {
+                self.look_up_rows(lookups).await
             }
 
             async fn ping(&self) -> Result<(), $crate::storage::StorageError> {

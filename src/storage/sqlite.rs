@@ -59,6 +59,16 @@ impl SqliteIndex {
         Ok(None)
     }
 
+    /// `Index::look_up`: each on its own (a statement here costs no round trip).
+    async fn look_up_rows(&self, lookups: &[super::Lookup]) -> Result<Vec<Option<super::VersionRow>>, StorageError> {
+        use super::Index as _;
+        let mut rows = Vec::with_capacity(lookups.len());
+        for l in lookups {
+            rows.push(self.current(&l.tenant, l.resource_type, &l.id).await?);
+        }
+        Ok(rows)
+    }
+
     async fn append_audit_rows(&self, records: &[&AuditRecord]) -> Result<(), StorageError> {
         let mut conn = self.leases.get().await?;
         let mut tx = Self::begin_write(&mut conn).await?;
@@ -430,6 +440,7 @@ super::sql::impl_index!(
     SqliteIndex,
     Sqlite,
     commit_workers = 1,
+    batches_lookups = false,
     sealing_blocks_writers = true,
     dialect = search::Dialect::Sqlite
 );

@@ -25,8 +25,8 @@ use fhirvault::keys::{
 };
 use fhirvault::storage::search::{Bound, Cmp, DateRow, Filter, Linked, NumberRow, RefRow, SortBy, SortKey, Unit};
 use fhirvault::storage::{
-    Committer, Direction, HistoryQuery, Index, IndexOptions, LinkQuery, Locations, Method, NewVersion, ObjectKey,
-    ObjectStorage, Order, Position, SearchQuery, SearchRows, StorageError, VersionCommit, open_index,
+    Committer, Direction, HistoryQuery, Index, IndexOptions, LinkQuery, Locations, Lookup, Lookups, Method, NewVersion,
+    ObjectKey, ObjectStorage, Order, Position, SearchQuery, SearchRows, StorageError, VersionCommit, open_index,
 };
 use fhirvault::time::Timestamp;
 use secrecy::SecretString;
@@ -219,6 +219,70 @@ async fn a_deletion_has_no_object() {
     t.index.commit_version(&delete, &audit("r2")).await.unwrap();
     let current = t.index.current(&tenant(), patient(), &ResourceId::parse("p1").unwrap()).await.unwrap().unwrap();
     assert!(current.is_deletion() && current.object_key.is_none());
+}
+
+#[tokio::test]
+async fn a_batch_of_lookups_answers_each_as_current_does() {
+    let t = fresh_index().await;
+    let other = TenantId::parse("other").unwrap();
+    t.index.commit_version(&new_version("p1", 1, None, 1), &audit("r1")).await.unwrap();
+    t.index.commit_version(&new_version("p1", 2, Some(1), 2), &audit("r2")).await.unwrap();
+    t.index.commit_version(&new_version("p2", 1, None, 3), &audit("r3")).await.unwrap();
+    let delete = NewVersion { method: Method::Delete, object_key: None, ..new_version("p2", 2, Some(1), 4) };
+    t.index.commit_version(&delete, &audit("r4")).await.unwrap();
+    let in_other = NewVersion { tenant: other.clone(), ..new_version("p3", 1, None, 5) };
+    t.index.commit_version(&in_other, &audit("r5")).await.unwrap();
+
+    let lookup = |tenant: &TenantId, id: &str| Lookup {
+        tenant: tenant.clone(),
+        resource_type: patient(),
+        id: ResourceId::parse(id).unwrap(),
+    };
+    // Present, deleted, never written, named twice, another tenant's (not ours to see), and
+    // the other tenant's own; in an order that is not the rows' order.
+    let lookups = [
+        lookup(&tenant(), "p2"),
+        lookup(&tenant(), "p1"),
+        lookup(&tenant(), "nobody"),
+        lookup(&tenant(), "p1"),
+        lookup(&tenant(), "p3"),
+        lookup(&other, "p3"),
+    ];
+    let rows = t.index.look_up(&lookups).await.unwrap();
+    assert_eq!(rows.len(), lookups.len());
+    for (l, row) in lookups.iter().zip(&rows) {
+        assert_eq!(row, &t.index.current(&l.tenant, l.resource_type, &l.id).await.unwrap(), "{l:?}");
+    }
+    assert_eq!(rows[1].as_ref().unwrap().version, v(2));
+    assert!(rows[0].as_ref().unwrap().is_deletion());
+    assert!(rows[2].is_none() && rows[4].is_none());
+    assert_eq!(rows[5].as_ref().unwrap().tenant, other);
+    assert!(t.index.look_up(&[]).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn concurrent_reads_through_the_lookup_task_each_get_their_own_row() {
+    let t = fresh_index().await;
+    for i in 0..40 {
+        t.index.commit_version(&new_version(&format!("p{i}"), 1, None, i), &audit(&format!("r{i}"))).await.unwrap();
+    }
+    let lookups = Lookups::start(&t.index);
+    let reads = (0..200).map(|i| {
+        let lookups = lookups.clone();
+        tokio::spawn(async move {
+            let id = format!("p{}", i % 50);
+            let lookup = Lookup { tenant: tenant(), resource_type: patient(), id: ResourceId::parse(&id).unwrap() };
+            (id, lookups.current(lookup).await.unwrap())
+        })
+    });
+    for read in futures::future::join_all(reads).await {
+        let (id, row) = read.unwrap();
+        let n: i64 = id[1..].parse().unwrap();
+        match row {
+            Some(row) => assert_eq!((row.id.as_str(), row.last_updated), (id.as_str(), Timestamp::from_millis(n))),
+            None => assert!(n >= 40, "{id} was written"),
+        }
+    }
 }
 
 #[tokio::test]
