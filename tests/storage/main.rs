@@ -286,6 +286,34 @@ async fn concurrent_reads_through_the_lookup_task_each_get_their_own_row() {
 }
 
 #[tokio::test]
+async fn a_lookup_batch_whose_connection_died_is_read_again_one_by_one() {
+    if !on_postgres() {
+        return;
+    }
+    let t = fresh_index().await;
+    t.index.commit_version(&new_version("p1", 1, None, 7), &audit("r1")).await.unwrap();
+    let lookups = Lookups::start(&t.index);
+    let lookup = || Lookup { tenant: tenant(), resource_type: patient(), id: ResourceId::parse("p1").unwrap() };
+    assert_eq!(lookups.current(lookup()).await.unwrap().unwrap().last_updated, Timestamp::from_millis(7));
+    // The database ends the lookups' session (a restart, a failover, an administrator): the
+    // next batch fails on its connection, and each of its lookups is answered all the same.
+    let pool = sqlx::PgPool::connect(&t.url).await.unwrap();
+    let ended: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND query LIKE 'SELECT c.* FROM UNNEST%'",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(ended, [true]);
+    let again = futures::future::join_all((0..3).map(|_| lookups.current(lookup()))).await;
+    for row in again {
+        assert_eq!(row.unwrap().unwrap().last_updated, Timestamp::from_millis(7));
+    }
+    assert!(lookups.current(lookup()).await.unwrap().is_some());
+}
+
+#[tokio::test]
 async fn the_database_keeps_the_audit_inbox_unchangeable_and_the_log_append_only() {
     let t = fresh_index().await;
     t.index.append_audit(&[audit("a"), audit("b").outcome(404, Some("not found".into()))]).await.unwrap();
