@@ -104,12 +104,10 @@ impl PostgresIndex {
         let rows: Vec<sql::DbVersion> = sqlx::query_as_with(LOOK_UP.as_str(), args).fetch_all(&mut *conn).await?;
         conn.done();
         // At most one row per resource (its current version), however many lookups name it.
-        let mut found = std::collections::HashMap::with_capacity(rows.len());
-        for row in rows {
-            let row = VersionRow::try_from(row)?;
-            found.insert((row.tenant.clone(), row.resource_type, row.id.clone()), row);
-        }
-        Ok(lookups.iter().map(|l| found.get(&(l.tenant.clone(), l.resource_type, l.id.clone())).cloned()).collect())
+        let rows = rows.into_iter().map(VersionRow::try_from).collect::<Result<Vec<_>, _>>()?;
+        let found: std::collections::HashMap<(&TenantId, ResourceType, &ResourceId), &VersionRow> =
+            rows.iter().map(|r| ((&r.tenant, r.resource_type, &r.id), r)).collect();
+        Ok(lookups.iter().map(|l| found.get(&(&l.tenant, l.resource_type, &l.id)).map(|&r| r.clone())).collect())
     }
 }
 
