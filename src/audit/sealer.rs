@@ -235,7 +235,7 @@ pub async fn drain(index: &dyn Index, sealer: &mut Sealer, locations: &Locations
 /// (SQLite): a pass, then another at once while the inbox was full, else after `idle`. A failed
 /// pass is logged and retried: records wait in the inbox, nothing is lost.
 ///
-/// The server's main runtime is single-threaded and runs the committers that answer every
+/// The server's main runtime is single-threaded and runs the committer that answers every
 /// read's audit record (and, on PostgreSQL, the task that answers its lookup). A pass on it
 /// (decoding a few thousand inbox rows, rendering and hashing them, encoding and sending about
 /// 12 MB of `COPY` data, freeing it all) held up every read in flight for milliseconds at a time; here it takes the cores only where requests leave

@@ -1,5 +1,5 @@
-//! Group commit: requests hand their index writes (version commits and audit records) to a few
-//! committer tasks, and each task writes whatever has queued up meanwhile in one transaction.
+//! Group commit: requests hand their index writes (version commits and audit records) to a
+//! committer task, which writes whatever has queued up meanwhile in one transaction.
 //!
 //! A durable commit costs a flush (an fsync of the WAL, on either database) and, on PostgreSQL,
 //! a few round trips; sharing them between the requests that arrive together is what lets every
@@ -36,8 +36,9 @@ pub struct Committer {
 }
 
 impl Committer {
-    /// Start `workers` committer tasks on the current Tokio runtime. One is right for SQLite
-    /// (a single writer); more let PostgreSQL flush one batch while the next one fills.
+    /// Start `workers` committer tasks on the current Tokio runtime. Both databases take one
+    /// (`Index::commit_workers`): SQLite has a single writer, and PostgreSQL flushes one commit
+    /// at a time, so a second task mostly adds flushes; the next batch fills while one commits.
     pub fn start(index: &Arc<dyn Index>, workers: usize) -> Self {
         let (jobs, queue) = mpsc::channel(QUEUE);
         let queue = Arc::new(Mutex::new(queue));

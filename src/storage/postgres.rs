@@ -502,7 +502,6 @@ impl PostgresIndex {
     }
 }
 
-// Two committers: one flushes its batch while the other fills the next.
 impl PostgresIndex {
     /// One sealing pass, under a transaction-scoped advisory lock: a second sealer (another
     /// replica) finds it taken and skips this pass.
@@ -656,10 +655,14 @@ impl CopyRows {
 
 super::audit_log::impl_log_reads!(PostgresIndex, PgConnection);
 super::lifecycle::impl_lifecycle!(PostgresIndex, Postgres);
+// One committer: PostgreSQL flushes its WAL one flush at a time, so a second committer's
+// commit mostly waited for the first one's flush and then flushed again for its own few
+// records. With one, whatever queues up during a flush shares the next: 2.7-2.8 reads' audit
+// records a flush instead of 2.0-2.1, and 8 % less CPU a read (BENCHMARKS.md, "One committer").
 super::sql::impl_index!(
     PostgresIndex,
     Postgres,
-    commit_workers = 2,
+    commit_workers = 1,
     batches_lookups = true,
     sealing_blocks_writers = false,
     dialect = super::search::Dialect::Postgres
