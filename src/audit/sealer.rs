@@ -238,8 +238,8 @@ pub async fn drain(index: &dyn Index, sealer: &mut Sealer, locations: &Locations
 /// The server's main runtime is single-threaded and runs the committer that answers every
 /// read's audit record (and, on PostgreSQL, the task that answers its lookup). A pass on it
 /// (decoding a few thousand inbox rows, rendering and hashing them, encoding and sending about
-/// 12 MB of `COPY` data, freeing it all) held up every read in flight for milliseconds at a time; here it takes the cores only where requests leave
-/// them idle. Its one deadline is the next checkpoint; theirs is the client waiting.
+/// 12 MB of `COPY` data, freeing it all) held up every read in flight for milliseconds at a
+/// time; here it takes the cores only where requests leave them idle. Its one deadline is the next checkpoint; theirs is the client waiting.
 ///
 /// The thread stops (at its next pass or wait) when the runtime that called `spawn` shuts down.
 /// An error: the sealer's runtime or thread could not start.

@@ -274,7 +274,7 @@ impl Engine {
         (model, search_params): (&'static Model, &'static SearchParams),
         limits: Limits,
     ) -> Self {
-        let commits = Committer::start(&index, index.commit_workers());
+        let commits = Committer::start(&index);
         let lookups = index.batches_lookups().then(|| Lookups::start(&index));
         let erasure = ErasurePolicy::default();
         Self { index, commits, lookups, locations, keys, policies, model, search_params, limits, erasure }

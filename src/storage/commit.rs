@@ -12,7 +12,7 @@
 
 use std::sync::Arc;
 
-use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
 use super::{Index, StorageError, VersionCommit};
 use crate::audit::AuditRecord;
@@ -28,7 +28,7 @@ enum Job {
     Audit(Vec<AuditRecord>, oneshot::Sender<Result<(), StorageError>>),
 }
 
-/// The handle requests commit through. Cloning it is cheap; the tasks stop when every handle
+/// The handle requests commit through. Cloning it is cheap; the task stops when every handle
 /// is dropped and the queue is empty.
 #[derive(Clone)]
 pub struct Committer {
@@ -36,15 +36,13 @@ pub struct Committer {
 }
 
 impl Committer {
-    /// Start `workers` committer tasks on the current Tokio runtime. Both databases take one
-    /// (`Index::commit_workers`): SQLite has a single writer, and PostgreSQL flushes one commit
-    /// at a time, so a second task mostly adds flushes; the next batch fills while one commits.
-    pub fn start(index: &Arc<dyn Index>, workers: usize) -> Self {
+    /// Start the committer task on the current Tokio runtime. One task on either database:
+    /// SQLite has a single writer, and PostgreSQL flushes one commit at a time, so a second
+    /// task only split the batches and added flushes (BENCHMARKS.md, "One committer"). The
+    /// next batch fills while one commits.
+    pub fn start(index: &Arc<dyn Index>) -> Self {
         let (jobs, queue) = mpsc::channel(QUEUE);
-        let queue = Arc::new(Mutex::new(queue));
-        for _ in 0..workers.max(1) {
-            tokio::spawn(work(Arc::clone(index), Arc::clone(&queue)));
-        }
+        tokio::spawn(work(Arc::clone(index), queue));
         Self { jobs }
     }
 
@@ -52,7 +50,7 @@ impl Committer {
     pub async fn commit_version(&self, commit: VersionCommit) -> Result<i64, StorageError> {
         let (done, outcome) = oneshot::channel();
         self.send(Job::Version(Box::new(commit), done)).await?;
-        outcome.await.map_err(|_| StorageError::CommitterStopped)?
+        outcome.await.map_err(|_| StorageError::TaskStopped)?
     }
 
     /// Append one audit record; returns once it is durable.
@@ -64,24 +62,20 @@ impl Committer {
     pub async fn append_audits(&self, records: Vec<AuditRecord>) -> Result<(), StorageError> {
         let (done, outcome) = oneshot::channel();
         self.send(Job::Audit(records, done)).await?;
-        outcome.await.map_err(|_| StorageError::CommitterStopped)?
+        outcome.await.map_err(|_| StorageError::TaskStopped)?
     }
 
     async fn send(&self, job: Job) -> Result<(), StorageError> {
-        self.jobs.send(job).await.map_err(|_| StorageError::CommitterStopped)
+        self.jobs.send(job).await.map_err(|_| StorageError::TaskStopped)
     }
 }
 
-/// Take what has queued up (waiting for the first job), commit it, repeat. The queue lock is
-/// held only while taking, so another task can fill its batch while this one commits.
-async fn work(index: Arc<dyn Index>, queue: Arc<Mutex<mpsc::Receiver<Job>>>) {
+/// Take what has queued up (waiting for the first job), commit it, repeat.
+async fn work(index: Arc<dyn Index>, mut queue: mpsc::Receiver<Job>) {
     loop {
         let mut batch = Vec::new();
-        {
-            let mut queue = queue.lock().await;
-            if queue.recv_many(&mut batch, MAX_BATCH).await == 0 {
-                return;
-            }
+        if queue.recv_many(&mut batch, MAX_BATCH).await == 0 {
+            return;
         }
         commit(index.as_ref(), batch).await;
     }
@@ -126,7 +120,7 @@ async fn commit(index: &dyn Index, batch: Vec<Job>) {
             tracing::warn!(%error, jobs, "batch commit failed; committing its jobs one by one");
             for (commit, done) in versions.into_iter().zip(version_done) {
                 let outcome = index.commit_batch(std::slice::from_ref(&commit), &[]).await;
-                let outcome = outcome.and_then(|mut o| o.pop().unwrap_or(Err(StorageError::CommitterStopped)));
+                let outcome = outcome.and_then(|mut o| o.pop().unwrap_or(Err(StorageError::TaskStopped)));
                 let _ = done.send(outcome);
             }
             let mut rest = audits.as_slice();

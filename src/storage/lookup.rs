@@ -38,8 +38,8 @@ impl Lookups {
     /// The resource's current version, as `Index::current` answers it.
     pub async fn current(&self, lookup: Lookup) -> Result<Option<VersionRow>, StorageError> {
         let (done, outcome) = oneshot::channel();
-        self.queue.send((lookup, done)).await.map_err(|_| StorageError::CommitterStopped)?;
-        outcome.await.map_err(|_| StorageError::CommitterStopped)?
+        self.queue.send((lookup, done)).await.map_err(|_| StorageError::TaskStopped)?;
+        outcome.await.map_err(|_| StorageError::TaskStopped)?
     }
 }
 

@@ -52,8 +52,8 @@ pub enum StorageError {
     #[error("a key named `{0}` already exists")]
     KeyExists(String),
     /// The group committer is not running (the server is stopping).
-    #[error("the index committer has stopped")]
-    CommitterStopped,
+    #[error("the index's committer or lookup task has stopped")]
+    TaskStopped,
     #[error("index database error")]
     Database(#[from] sqlx::Error),
     /// The connection pool itself failed (not the database).
@@ -198,9 +198,6 @@ pub struct KekUsage {
 /// The index. Every method is one round trip or one transaction; none holds a lock across calls.
 #[async_trait]
 pub trait Index: Send + Sync {
-    /// How many group-commit tasks suit this database (see `Committer::start`).
-    fn commit_workers(&self) -> usize;
-
     /// Whether other writers wait while a sealing pass holds its lock (SQLite's one write lock;
     /// on PostgreSQL the sealer's advisory lock stops only other sealers).
     fn sealing_blocks_writers(&self) -> bool;

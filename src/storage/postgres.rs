@@ -655,14 +655,9 @@ impl CopyRows {
 
 super::audit_log::impl_log_reads!(PostgresIndex, PgConnection);
 super::lifecycle::impl_lifecycle!(PostgresIndex, Postgres);
-// One committer: PostgreSQL flushes its WAL one flush at a time, so a second committer's
-// commit mostly waited for the first one's flush and then flushed again for its own few
-// records. With one, whatever queues up during a flush shares the next: 2.7-2.8 reads' audit
-// records a flush instead of 2.0-2.1, and 8 % less CPU a read (BENCHMARKS.md, "One committer").
 super::sql::impl_index!(
     PostgresIndex,
     Postgres,
-    commit_workers = 1,
     batches_lookups = true,
     sealing_blocks_writers = false,
     dialect = super::search::Dialect::Postgres

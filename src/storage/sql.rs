@@ -214,7 +214,6 @@ macro_rules! impl_index {
     (
         $index:ty,
         $db:ty,
-        commit_workers = $workers:expr,
         batches_lookups = $batches:expr,
         sealing_blocks_writers = $blocks:expr,
         dialect = $dialect:expr
@@ -377,10 +376,6 @@ macro_rules! impl_index {
 
         #[async_trait::async_trait]
         impl $crate::storage::Index for $index {
-            fn commit_workers(&self) -> usize {
-                $workers
-            }
-
             fn sealing_blocks_writers(&self) -> bool {
                 $blocks
             }

@@ -439,7 +439,6 @@ super::lifecycle::impl_lifecycle!(SqliteIndex, Sqlite);
 super::sql::impl_index!(
     SqliteIndex,
     Sqlite,
-    commit_workers = 1,
     batches_lookups = false,
     sealing_blocks_writers = true,
     dialect = search::Dialect::Sqlite

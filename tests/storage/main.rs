@@ -866,7 +866,7 @@ async fn a_new_compartment_key_commits_with_its_version_or_not_at_all() {
 #[tokio::test]
 async fn the_group_committer_acknowledges_each_job_with_its_own_outcome() {
     let t = fresh_index().await;
-    let committer = Committer::start(&t.index, t.index.commit_workers());
+    let committer = Committer::start(&t.index);
     t.index.commit_version(&new_version("p1", 1, None, 1), &audit("setup")).await.unwrap();
     let jobs = (0..40).map(|i| {
         let committer = committer.clone();
