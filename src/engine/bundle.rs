@@ -219,7 +219,11 @@ impl Engine {
             .outcome(200, Some(format!("{count} entries, {} versions", commits.len())));
         audits.push(record);
         match self.index.commit_atomic(&commits, &audits).await? {
-            Ok(_) => {}
+            Ok(seqs) => {
+                for (c, seq) in commits.iter().zip(seqs) {
+                    self.remember_written(&c.version, seq);
+                }
+            }
             Err((k, StorageError::Conflict { .. } | StorageError::KeyExists(_))) => {
                 let d =
                     decided.get(k).ok_or_else(|| StorageError::Corrupt("a commit outside the transaction".into()))?;

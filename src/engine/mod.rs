@@ -253,6 +253,9 @@ pub struct Engine {
     commits: Committer,
     /// Reads by id look up through this where the index batches lookups.
     lookups: Option<Lookups>,
+    /// Where lookups are batched, the rows reads found last, checked when their audit record
+    /// commits (`read::Remembered`).
+    remembered: Option<read::Remembered>,
     locations: Locations,
     keys: KeyService,
     /// The access policies every interaction asks.
@@ -276,8 +279,9 @@ impl Engine {
     ) -> Self {
         let commits = Committer::start(&index);
         let lookups = index.batches_lookups().then(|| Lookups::start(&index));
+        let remembered = index.batches_lookups().then(read::Remembered::new);
         let erasure = ErasurePolicy::default();
-        Self { index, commits, lookups, locations, keys, policies, model, search_params, limits, erasure }
+        Self { index, commits, lookups, remembered, locations, keys, policies, model, search_params, limits, erasure }
     }
 
     /// Time erasures and refuse them as `erasure` says (default: at once, no retention rule).

@@ -296,8 +296,10 @@ impl Engine {
         resource: Option<&Resource>,
     ) -> Result<Written, EngineError> {
         let prepared = self.prepare_version(ctx, principal, permit, spec, resource).await?;
+        let written_to = prepared.commit.version.clone();
         match self.commits.commit_version(prepared.commit).await {
-            Ok(_) => {
+            Ok(seq) => {
+                self.remember_written(&written_to, seq);
                 if let Some((key_ref, key)) = prepared.fresh_key {
                     self.keys.remember_compartment_key(&ctx.tenant, &key_ref, key).await;
                 }
@@ -428,16 +430,7 @@ impl Engine {
         status: u16,
         permit: &Permit,
     ) -> Result<(), EngineError> {
-        let target = Target {
-            resource_type: Some(rt),
-            resource_id: Some(id.clone()),
-            version,
-            compartment: compartment.map(str::to_owned),
-        };
-        let record = AuditRecord::new(&ctx.meta, Some(&ctx.tenant), Agent::of(principal), action)
-            .target(&target)
-            .outcome(status, None)
-            .policy(Some(permit.rule()));
+        let record = ok_record(ctx, principal, action, rt, id, version, compartment, status, permit);
         self.commits.append_audit(record).await?;
         Ok(())
     }
@@ -478,4 +471,29 @@ pub(super) fn check_if_match(if_match: Option<VersionId>, current: Option<&Versi
         Some(row) => Err(EngineError::PreconditionFailed { expected, current: row.version.to_string() }),
         None => Err(EngineError::PreconditionFailed { expected, current: "none (the resource does not exist)".into() }),
     }
+}
+
+/// The record of an interaction that succeeded, as `Engine::audit_ok` appends it.
+#[expect(clippy::too_many_arguments, reason = "one audit record's fields, named at the call site")]
+pub(super) fn ok_record(
+    ctx: &RequestContext,
+    principal: &Principal,
+    action: AuditAction,
+    rt: ResourceType,
+    id: &ResourceId,
+    version: Option<VersionId>,
+    compartment: Option<&str>,
+    status: u16,
+    permit: &Permit,
+) -> AuditRecord {
+    let target = Target {
+        resource_type: Some(rt),
+        resource_id: Some(id.clone()),
+        version,
+        compartment: compartment.map(str::to_owned),
+    };
+    AuditRecord::new(&ctx.meta, Some(&ctx.tenant), Agent::of(principal), action)
+        .target(&target)
+        .outcome(status, None)
+        .policy(Some(permit.rule()))
 }

@@ -26,6 +26,8 @@ enum Job {
     Version(Box<VersionCommit>, oneshot::Sender<Result<i64, StorageError>>),
     /// One request's records: they commit together.
     Audit(Vec<AuditRecord>, oneshot::Sender<Result<(), StorageError>>),
+    /// A read's record, written only while the version it names is current (`true`).
+    AuditIfCurrent(Box<AuditRecord>, oneshot::Sender<Result<bool, StorageError>>),
 }
 
 /// The handle requests commit through. Cloning it is cheap; the task stops when every handle
@@ -65,6 +67,15 @@ impl Committer {
         outcome.await.map_err(|_| StorageError::TaskStopped)?
     }
 
+    /// Append `record` only while the version it names is its resource's current version
+    /// (`Index::append_audit_if_current`); returns once durable whether it was, and so was
+    /// written.
+    pub async fn append_audit_if_current(&self, record: AuditRecord) -> Result<bool, StorageError> {
+        let (done, outcome) = oneshot::channel();
+        self.send(Job::AuditIfCurrent(Box::new(record), done)).await?;
+        outcome.await.map_err(|_| StorageError::TaskStopped)?
+    }
+
     async fn send(&self, job: Job) -> Result<(), StorageError> {
         self.jobs.send(job).await.map_err(|_| StorageError::TaskStopped)
     }
@@ -81,11 +92,15 @@ async fn work(index: Arc<dyn Index>, mut queue: mpsc::Receiver<Job>) {
     }
 }
 
+/// A batch of reads' records alone, or with other records, is one statement and one flush;
+/// with versions as well, the checked records take a second transaction after the first.
 async fn commit(index: &dyn Index, batch: Vec<Job>) {
     let mut versions = Vec::new();
     let mut version_done = Vec::new();
     let mut audits = Vec::new();
     let mut audit_done = Vec::new();
+    let mut checked = Vec::new();
+    let mut checked_done = Vec::new();
     for job in batch {
         match job {
             Job::Version(commit, done) => {
@@ -96,8 +111,82 @@ async fn commit(index: &dyn Index, batch: Vec<Job>) {
                 audit_done.push((records.len(), done));
                 audits.extend(records);
             }
+            Job::AuditIfCurrent(record, done) => {
+                checked.push(*record);
+                checked_done.push(done);
+            }
         }
     }
+    if checked.is_empty() {
+        commit_versions(index, versions, version_done, audits, audit_done).await;
+    } else if versions.is_empty() {
+        commit_checked(index, audits, audit_done, checked, checked_done).await;
+    } else {
+        commit_versions(index, versions, version_done, audits, audit_done).await;
+        commit_checked(index, Vec::new(), Vec::new(), checked, checked_done).await;
+    }
+}
+
+type AuditDone = (usize, oneshot::Sender<Result<(), StorageError>>);
+
+/// Records, and records only while current, in one transaction; one by one if it fails.
+async fn commit_checked(
+    index: &dyn Index,
+    audits: Vec<AuditRecord>,
+    audit_done: Vec<AuditDone>,
+    checked: Vec<AuditRecord>,
+    checked_done: Vec<oneshot::Sender<Result<bool, StorageError>>>,
+) {
+    let jobs = audit_done.len() + checked_done.len();
+    match index.append_audit_if_current(&audits, &checked).await {
+        Ok(current) if current.len() == checked.len() => {
+            for (_, done) in audit_done {
+                let _ = done.send(Ok(()));
+            }
+            for (done, current) in checked_done.into_iter().zip(current) {
+                let _ = done.send(Ok(current));
+            }
+        }
+        Ok(_) => {
+            let lost = || StorageError::Corrupt("a batch of checked audit records lost an answer".into());
+            for (_, done) in audit_done {
+                let _ = done.send(Err(lost()));
+            }
+            for done in checked_done {
+                let _ = done.send(Err(lost()));
+            }
+        }
+        Err(error) if jobs == 1 => {
+            if let Some((_, done)) = audit_done.into_iter().next() {
+                let _ = done.send(Err(error));
+            } else if let Some(done) = checked_done.into_iter().next() {
+                let _ = done.send(Err(error));
+            }
+        }
+        Err(error) => {
+            tracing::warn!(%error, jobs, "batch of audit records failed; committing them one by one");
+            let mut rest = audits.as_slice();
+            for (n, done) in audit_done {
+                let (records, after) = rest.split_at(n.min(rest.len()));
+                rest = after;
+                let _ = done.send(index.append_audit(records).await);
+            }
+            for (record, done) in checked.into_iter().zip(checked_done) {
+                let outcome = index.append_audit_if_current(&[], std::slice::from_ref(&record)).await;
+                let _ = done.send(outcome.map(|current| current.first().copied().unwrap_or(false)));
+            }
+        }
+    }
+}
+
+/// Versions and records in one transaction; job by job if it fails.
+async fn commit_versions(
+    index: &dyn Index,
+    versions: Vec<VersionCommit>,
+    mut version_done: Vec<oneshot::Sender<Result<i64, StorageError>>>,
+    audits: Vec<AuditRecord>,
+    mut audit_done: Vec<AuditDone>,
+) {
     let jobs = versions.len() + audit_done.len();
     match index.commit_batch(&versions, &audits).await {
         Ok(outcomes) => {

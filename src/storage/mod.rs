@@ -286,6 +286,18 @@ pub trait Index: Send + Sync {
         self.commit_batch(&[], records).await.map(drop)
     }
 
+    /// In ONE transaction (one durable flush): every record of `records`, and each record of
+    /// `if_current` only while the version it names (its tenant, resource type, id and
+    /// version) is that resource's current version. Returns, for each of `if_current` in
+    /// order, whether it was, and so was written. A read answered from a remembered lookup
+    /// commits its record through here: the check and the record share the database's
+    /// snapshot, so the read answers only a version that was current while it ran.
+    async fn append_audit_if_current(
+        &self,
+        records: &[AuditRecord],
+        if_current: &[AuditRecord],
+    ) -> Result<Vec<bool>, StorageError>;
+
     /// A wrapped tenant key (compartment key, MAC key) by name.
     async fn tenant_key(&self, tenant: &TenantId, key_ref: &str) -> Result<Option<WrappedKey>, StorageError>;
 

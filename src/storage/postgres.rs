@@ -32,17 +32,21 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres
 
 pub struct PostgresIndex {
     leases: Leases<Postgres>,
-    /// Connections for batched lookups (`LOOK_UP`) only, whose sessions always use a prepared
-    /// statement's generic plan. PostgreSQL plans a statement anew at each execution while a
-    /// plan for the values at hand looks cheaper than the generic one, and for an array whose
-    /// length it sees, it always does: planning `LOOK_UP` cost more than running it, and
-    /// doubled the database's CPU per read. Its generic plan is the one wanted at any length.
-    lookup_leases: Leases<Postgres>,
+    /// Connections for the statements of reads by id only: batched lookups (`LOOK_UP`) and the
+    /// audit records of reads answered from remembered rows (`INSERT_AUDITS_IF_CURRENT`), whose
+    /// sessions always use a prepared statement's generic plan. PostgreSQL plans a statement
+    /// anew at each execution while a plan for the values at hand looks cheaper than the
+    /// generic one, and for an array whose length it sees, it always does: planning `LOOK_UP`
+    /// cost more than running it, and doubled the database's CPU per read; planning
+    /// `INSERT_AUDITS_IF_CURRENT` cost the database 45-60 µs a read (BENCHMARKS.md,
+    /// "Remembered rows"). Their generic plans are the ones wanted at any length.
+    read_leases: Leases<Postgres>,
     statistics: Statistics,
 }
 
-/// Connections of the lookups' pool: one batch in flight, one more opening or closing.
-const LOOKUP_CONNECTIONS: u32 = 2;
+/// Connections of the reads' pool: a batch of lookups and a batch of records in flight, one
+/// more opening or closing.
+const READ_CONNECTIONS: u32 = 3;
 
 /// One pool partition (see `lease`) per thread that talks to the database, at the defaults:
 /// two per core, for the HTTP workers (one per core), the main runtime's thread and the audit
@@ -61,8 +65,8 @@ impl PostgresIndex {
             Leases::open(&connect, options.max_connections, pool_partitions(), options.connect_timeout, &MIGRATOR)
                 .await?;
         let generic = connect.options([("plan_cache_mode", "force_generic_plan")]);
-        let lookup_leases = Leases::new(&generic, LOOKUP_CONNECTIONS, 1, options.connect_timeout)?;
-        Ok(Self { leases, lookup_leases, statistics: Statistics::default() })
+        let read_leases = Leases::new(&generic, READ_CONNECTIONS, 1, options.connect_timeout)?;
+        Ok(Self { leases, read_leases, statistics: Statistics::default() })
     }
 
     /// Once per process, a few milliseconds: the batch that crosses the threshold waits for it.
@@ -87,10 +91,39 @@ impl PostgresIndex {
         conn.done();
         Ok(())
     }
+
+    /// `Index::append_audit_if_current` in one statement (`INSERT_AUDITS_IF_CURRENT`) on a
+    /// connection of the reads' pool: the checks and the inserts share its snapshot, and it
+    /// commits on its own.
+    async fn append_audit_rows_if_current(
+        &self,
+        records: &[&AuditRecord],
+        if_current: &[&AuditRecord],
+    ) -> Result<Vec<bool>, StorageError> {
+        let all: Vec<&AuditRecord> = records.iter().chain(if_current).copied().collect();
+        let checked: Vec<bool> = records.iter().map(|_| false).chain(if_current.iter().map(|_| true)).collect();
+        let args = arguments(|a| {
+            add_audits(a, &all)?;
+            a.add(checked)
+        })?;
+        let mut conn = self.read_leases.get().await?;
+        let written: Vec<i64> =
+            sqlx::query_scalar_with(INSERT_AUDITS_IF_CURRENT.as_str(), args).fetch_all(&mut *conn).await?;
+        conn.done();
+        // Positions count from 1, the records without a check first.
+        let mut answer = vec![false; if_current.len()];
+        for position in written {
+            let slot = usize::try_from(position).ok().and_then(|p| p.checked_sub(records.len() + 1));
+            if let Some(slot) = slot.and_then(|i| answer.get_mut(i)) {
+                *slot = true;
+            }
+        }
+        Ok(answer)
+    }
 }
 
 impl PostgresIndex {
-    /// `Index::look_up`: one statement, on a connection of the lookups' own pool.
+    /// `Index::look_up`: one statement, on a connection of the reads' pool.
     async fn look_up_rows(&self, lookups: &[Lookup]) -> Result<Vec<Option<VersionRow>>, StorageError> {
         if lookups.is_empty() {
             return Ok(Vec::new());
@@ -100,7 +133,7 @@ impl PostgresIndex {
             a.add(lookups.iter().map(|l| l.resource_type.as_str()).collect::<Vec<_>>())?;
             a.add(lookups.iter().map(|l| l.id.as_str()).collect::<Vec<_>>())
         })?;
-        let mut conn = self.lookup_leases.get().await?;
+        let mut conn = self.read_leases.get().await?;
         let rows: Vec<sql::DbVersion> = sqlx::query_as_with(LOOK_UP.as_str(), args).fetch_all(&mut *conn).await?;
         conn.done();
         // At most one row per resource (its current version), however many lookups name it.
@@ -197,6 +230,27 @@ static INSERT_VERSIONS: LazyLock<String> = LazyLock::new(|| {
 });
 static INSERT_AUDITS: LazyLock<String> =
     LazyLock::new(|| format!("INSERT INTO audit_records ({}) SELECT * FROM {}", sql::AUDIT_COLUMNS, unnest_audits(1)));
+
+/// Audit records, those marked (`checked`, the last array) only while the version they name is
+/// the resource's current one, in one statement; answers the positions (from 1) of the marked
+/// records it wrote. Its parts share one snapshot: a version that became current after the
+/// statement began counts as not current yet.
+///
+/// The check is a scalar subquery, one primary-key probe per record: written as `EXISTS`, the
+/// generic plan hashed the whole `resources` table instead (a "hashed SubPlan" over a
+/// sequential scan), which cost the database more than the lookup it replaces.
+static INSERT_AUDITS_IF_CURRENT: LazyLock<String> = LazyLock::new(|| {
+    let columns = sql::AUDIT_COLUMNS;
+    let arrays = unnest_audits(1);
+    let arrays = arrays.strip_suffix(')').unwrap_or(&arrays);
+    format!(
+        "WITH k AS (SELECT * FROM {arrays}, $19::bool[]) WITH ORDINALITY AS u ({columns}, checked, position)), \
+         ok AS (SELECT * FROM k WHERE NOT k.checked OR k.version = (SELECT r.current_version FROM resources r \
+         WHERE r.tenant = k.tenant AND r.resource_type = k.resource_type AND r.resource_id = k.resource_id)), \
+         written AS (INSERT INTO audit_records ({columns}) SELECT {columns} FROM ok ORDER BY position) \
+         SELECT position FROM ok WHERE checked"
+    )
+});
 
 /// `UNNEST` of the audit columns, numbered from `$first`.
 fn unnest_audits(first: usize) -> String {

@@ -203,6 +203,8 @@ pub(super) fn kek_usage(
 /// `impl Index for $index`, where `$index` has `leases` (a `lease::Leases<$db>`),
 /// `async fn begin_write(&mut $db's connection) -> Result<Transaction<'_, $db>, StorageError>`,
 /// `async fn append_audit_rows(&self, &[&AuditRecord])` (one atomic append),
+/// `async fn append_audit_rows_if_current(&self, &[&AuditRecord], &[&AuditRecord]) -> Result<Vec<bool>, _>`
+/// (`Index::append_audit_if_current`),
 /// `async fn look_up_rows(&self, &[Lookup])` (`Index::look_up`),
 /// `async fn note_versions(&self, usize)` (told the size of each batch of versions before it commits) and
 /// `async fn commit_creates(&self, &[VersionCommit], &[AuditRecord]) -> Result<Option<Vec<i64>>, _>`
@@ -463,6 +465,20 @@ macro_rules! impl_index {
                         r.unwrap_or_else(|| Err(StorageError::Corrupt("a version the batch left undecided".into())))
                     })
                     .collect())
+            }
+
+            async fn append_audit_if_current(
+                &self,
+                records: &[$crate::audit::AuditRecord],
+                if_current: &[$crate::audit::AuditRecord],
+            ) -> Result<Vec<bool>, $crate::storage::StorageError> {
+                if if_current.is_empty() {
+                    self.commit_batch(&[], records).await?;
+                    return Ok(Vec::new());
+                }
+                let records: Vec<&$crate::audit::AuditRecord> = records.iter().collect();
+                let if_current: Vec<&$crate::audit::AuditRecord> = if_current.iter().collect();
+                self.append_audit_rows_if_current(&records, &if_current).await
             }
 
             async fn commit_atomic(

@@ -78,6 +78,41 @@ impl SqliteIndex {
         Ok(())
     }
 
+    /// `Index::append_audit_if_current` in one write transaction: no other writer moves a
+    /// pointer between the checks and the commit.
+    async fn append_audit_rows_if_current(
+        &self,
+        records: &[&AuditRecord],
+        if_current: &[&AuditRecord],
+    ) -> Result<Vec<bool>, StorageError> {
+        let mut conn = self.leases.get().await?;
+        let mut tx = Self::begin_write(&mut conn).await?;
+        let mut written = records.to_vec();
+        let mut answer = Vec::with_capacity(if_current.len());
+        for &record in if_current {
+            let current = match (&record.tenant, record.resource_type, &record.resource_id, record.version) {
+                (Some(tenant), Some(rt), Some(id), Some(version)) => {
+                    let current: Option<i64> = sqlx::query_scalar(sql::SELECT_CURRENT_VERSION)
+                        .bind(tenant.as_str())
+                        .bind(rt.as_str())
+                        .bind(id.as_str())
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                    current == Some(i64::from(version.get()))
+                }
+                _ => false,
+            };
+            if current {
+                written.push(record);
+            }
+            answer.push(current);
+        }
+        insert_audit_rows(&mut tx, &written).await?;
+        tx.commit().await?;
+        conn.done();
+        Ok(answer)
+    }
+
     /// One sealing pass. `BEGIN IMMEDIATE` is the sealer lock: no other writer, in this process
     /// or another, commits between reading the heads and writing the entries.
     /// One sealing pass. Its commit is not flushed (`synchronous = NORMAL` on this connection,

@@ -3,7 +3,7 @@
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::helpers::{FHIR_JSON, patient, spawn_app};
+use crate::helpers::{FHIR_JSON, patient, spawn_app, spawn_app_with};
 
 #[tokio::test]
 async fn create_answers_201_with_location_etag_and_the_stored_resource() {
@@ -307,4 +307,40 @@ fn sample_value(model: &fhirvault::fhir::model::Model, element: &fhirvault::fhir
         ElementKind::Resource => json!({"resourceType": "Basic", "code": {"text": "x"}}),
     };
     if element.array { json!([single]) } else { single }
+}
+
+/// Two servers on one index and one object store (as behind a load balancer): a read on one
+/// answers the version the other wrote last, however often it read the older one before (on
+/// PostgreSQL, a server remembers the rows it looked up), and each answered read has one audit
+/// record naming the version it answered.
+#[tokio::test]
+async fn a_read_answers_the_version_another_server_wrote_last() {
+    let a = spawn_app().await;
+    let shared = a.settings.clone();
+    let b = spawn_app_with(move |s| *s = shared).await;
+    let created = a.create_ok(&patient("Before")).await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    for _ in 0..3 {
+        assert_eq!(read_patient(&a, &id).await["meta"]["versionId"], "1");
+    }
+    let mut changed = created.clone();
+    changed["name"][0]["family"] = json!("After");
+    assert_eq!(b.update(&changed).await.status(), StatusCode::OK);
+    let after = read_patient(&a, &id).await;
+    assert_eq!((&after["meta"]["versionId"], &after["name"][0]["family"]), (&json!("2"), &json!("After")));
+    assert_eq!(read_patient(&a, &id).await["meta"]["versionId"], "2");
+
+    let versions: Vec<i64> =
+        sqlx::query_scalar("SELECT version FROM audit_records WHERE action = 'read' AND resource_id = $1 ORDER BY seq")
+            .bind(&id)
+            .fetch_all(&a.index().await)
+            .await
+            .unwrap();
+    assert_eq!(versions, [1, 1, 1, 2, 2]);
+}
+
+async fn read_patient(app: &crate::helpers::TestApp, id: &str) -> Value {
+    let response = app.get(&format!("Patient/{id}")).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    response.json().await.unwrap()
 }

@@ -101,7 +101,12 @@ async fn an_object_moved_to_another_location_does_not_open() {
         s.locations.insert("lyon".to_owned(), lyon);
     })
     .await;
-    let id = app.create_ok(&patient("Moved")).await["id"].as_str().unwrap().to_owned();
+    // Written through a second server on the same index and stores: `app` has not seen the
+    // version, so it reads the row from the index (a server reads a version it wrote or read
+    // itself from memory, where a later change to the index row does not reach).
+    let shared = app.settings.clone();
+    let writer = spawn_app_with(move |s| *s = shared).await;
+    let id = writer.create_ok(&patient("Moved")).await["id"].as_str().unwrap().to_owned();
 
     // Someone with access to both stores and the index copies the object to `lyon` and points
     // the index row at it: the location is bound into the AAD, so it does not open.

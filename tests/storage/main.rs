@@ -15,7 +15,7 @@ use std::time::Duration;
 use fhirvault::audit::log::LogKey;
 use fhirvault::audit::sealer::{Cadence, Sealer};
 use fhirvault::audit::verify;
-use fhirvault::audit::{Agent, AuditAction, AuditRecord, RequestMeta};
+use fhirvault::audit::{Agent, AuditAction, AuditRecord, RequestMeta, Target};
 use fhirvault::config::Pkcs11Settings;
 use fhirvault::crypto::{SecretKey, WrappedKey};
 use fhirvault::ids::{ResourceId, ResourceType, TenantId, VersionId};
@@ -888,6 +888,67 @@ async fn the_group_committer_acknowledges_each_job_with_its_own_outcome() {
     let ids = audit_request_ids(&t.url).await;
     assert_eq!(ids.iter().filter(|r| r.starts_with("read-")).count(), 20);
     assert_eq!(ids.iter().filter(|r| r.starts_with("write-")).count(), 1);
+}
+
+/// A read's record, naming the version it read.
+fn read_of(id: &str, version: u32) -> AuditRecord {
+    let meta = RequestMeta { request_id: format!("read-{id}-{version}"), source_ip: None, break_glass: None };
+    let target = Target {
+        resource_type: Some(patient()),
+        resource_id: Some(ResourceId::parse(id).unwrap()),
+        version: Some(v(version)),
+        compartment: Some(format!("Patient/{id}")),
+    };
+    AuditRecord::new(&meta, Some(&tenant()), Agent::default(), AuditAction::Read).target(&target).outcome(200, None)
+}
+
+#[tokio::test]
+async fn a_remembered_reads_record_is_written_only_while_its_version_is_current() {
+    let t = fresh_index().await;
+    t.index.commit_version(&new_version("p1", 1, None, 1), &audit("setup-1")).await.unwrap();
+    t.index.commit_version(&new_version("p2", 1, None, 1), &audit("setup-2")).await.unwrap();
+    t.index.commit_version(&new_version("p2", 2, Some(1), 2), &audit("setup-3")).await.unwrap();
+    let other_tenant = AuditRecord { tenant: Some(TenantId::parse("other").unwrap()), ..read_of("p1", 1) };
+    let no_target = audit("no-target");
+    let checked = [read_of("p1", 1), read_of("p2", 1), read_of("p2", 2), read_of("p3", 1), other_tenant, no_target];
+    let current = t.index.append_audit_if_current(&[audit("plain")], &checked).await.unwrap();
+    assert_eq!(current, [true, false, true, false, false, false]);
+    let ids = audit_request_ids(&t.url).await;
+    assert_eq!(ids, ["plain", "read-p1-1", "read-p2-2", "setup-1", "setup-2", "setup-3"]);
+    // Nothing to check: the records alone, as `append_audit`.
+    assert!(t.index.append_audit_if_current(&[audit("alone")], &[]).await.unwrap().is_empty());
+    assert!(audit_request_ids(&t.url).await.contains(&"alone".to_owned()));
+}
+
+#[tokio::test]
+async fn the_group_committer_checks_remembered_reads_against_the_writes_of_their_batch() {
+    let t = fresh_index().await;
+    let committer = Committer::start(&t.index);
+    t.index.commit_version(&new_version("p1", 1, None, 1), &audit("setup")).await.unwrap();
+    // Reads of version 1 race an update to version 2, with plain records between them: every
+    // read's answer says whether its record was written, and the records say the same.
+    let jobs = (0..30).map(|i| {
+        let committer = committer.clone();
+        tokio::spawn(async move {
+            match i % 3 {
+                0 => committer.append_audit_if_current(read_of("p1", 1)).await.map(i64::from),
+                1 => committer.append_audit(audit(&format!("plain-{i:02}"))).await.map(|()| -1),
+                _ => committer.commit_version(commit(new_version("p1", 2, Some(1), 2), &format!("write-{i:02}"))).await,
+            }
+        })
+    });
+    let outcomes: Vec<_> = futures::future::join_all(jobs).await.into_iter().map(Result::unwrap).collect();
+    let reads_written = outcomes.iter().step_by(3).map(|o| *o.as_ref().unwrap()).sum::<i64>();
+    assert_eq!(outcomes.iter().skip(2).step_by(3).filter(|o| o.is_ok()).count(), 1, "{outcomes:?}");
+    let ids = audit_request_ids(&t.url).await;
+    assert_eq!(ids.iter().filter(|r| r.starts_with("plain-")).count(), 10);
+    assert_eq!(ids.iter().filter(|r| *r == "read-p1-1").count(), usize::try_from(reads_written).unwrap());
+    // Once version 2 is current, a read of version 1 writes nothing.
+    assert!(!committer.append_audit_if_current(read_of("p1", 1)).await.unwrap());
+    assert!(committer.append_audit_if_current(read_of("p1", 2)).await.unwrap());
+    let ids = audit_request_ids(&t.url).await;
+    assert_eq!(ids.iter().filter(|r| *r == "read-p1-1").count(), usize::try_from(reads_written).unwrap());
+    assert_eq!(ids.iter().filter(|r| *r == "read-p1-2").count(), 1);
 }
 
 #[tokio::test]
