@@ -38,7 +38,7 @@ pub struct PostgresIndex {
     /// anew at each execution while a plan for the values at hand looks cheaper than the
     /// generic one, and for an array whose length it sees, it always does: planning `LOOK_UP`
     /// cost more than running it, and doubled the database's CPU per read; planning
-    /// `INSERT_AUDITS_IF_CURRENT` cost the database 45-60 µs a read (BENCHMARKS.md,
+    /// `INSERT_AUDITS_IF_CURRENT` cost the database 30-60 µs a read more (BENCHMARKS.md,
     /// "Remembered rows"). Their generic plans are the ones wanted at any length.
     read_leases: Leases<Postgres>,
     statistics: Statistics,
