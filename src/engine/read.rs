@@ -133,6 +133,11 @@ impl Engine {
         }
     }
 
+    /// Whether reads by id remember rows (`Remembered`), so that writes should tell them.
+    pub(super) fn remembers(&self) -> bool {
+        self.remembered.is_some()
+    }
+
     /// A version this server just committed (`seq` its commit position): reads of its resource
     /// start from it, or, for a deletion, look the resource up again.
     pub(super) fn remember_written(&self, written: &NewVersion, seq: i64) {
@@ -142,19 +147,7 @@ impl Engine {
             remembered.0.invalidate(&key);
             return;
         }
-        let row = VersionRow {
-            seq,
-            tenant: written.tenant.clone(),
-            resource_type: written.resource_type,
-            id: written.id.clone(),
-            version: written.version,
-            method: written.method,
-            object_key: written.object_key.clone(),
-            location: written.location.clone(),
-            compartment: written.compartment.clone(),
-            last_updated: written.last_updated,
-        };
-        remembered.0.insert(key, Arc::new(row));
+        remembered.0.insert(key, Arc::new(written.row(seq)));
     }
 
     /// `GET /{type}/{id}/_history/{vid}`

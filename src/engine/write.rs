@@ -296,10 +296,12 @@ impl Engine {
         resource: Option<&Resource>,
     ) -> Result<Written, EngineError> {
         let prepared = self.prepare_version(ctx, principal, permit, spec, resource).await?;
-        let written_to = prepared.commit.version.clone();
+        let written_to = self.remembers().then(|| prepared.commit.version.clone());
         match self.commits.commit_version(prepared.commit).await {
             Ok(seq) => {
-                self.remember_written(&written_to, seq);
+                if let Some(written) = &written_to {
+                    self.remember_written(written, seq);
+                }
                 if let Some((key_ref, key)) = prepared.fresh_key {
                     self.keys.remember_compartment_key(&ctx.tenant, &key_ref, key).await;
                 }

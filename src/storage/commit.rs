@@ -165,12 +165,7 @@ async fn commit_checked(
         }
         Err(error) => {
             tracing::warn!(%error, jobs, "batch of audit records failed; committing them one by one");
-            let mut rest = audits.as_slice();
-            for (n, done) in audit_done {
-                let (records, after) = rest.split_at(n.min(rest.len()));
-                rest = after;
-                let _ = done.send(index.append_audit(records).await);
-            }
+            append_each(index, &audits, audit_done).await;
             for (record, done) in checked.into_iter().zip(checked_done) {
                 let outcome = index.append_audit_if_current(&[], std::slice::from_ref(&record)).await;
                 let _ = done.send(outcome.map(|current| current.first().copied().unwrap_or(false)));
@@ -212,12 +207,18 @@ async fn commit_versions(
                 let outcome = outcome.and_then(|mut o| o.pop().unwrap_or(Err(StorageError::TaskStopped)));
                 let _ = done.send(outcome);
             }
-            let mut rest = audits.as_slice();
-            for (n, done) in audit_done {
-                let (records, after) = rest.split_at(n.min(rest.len()));
-                rest = after;
-                let _ = done.send(index.append_audit(records).await);
-            }
+            append_each(index, &audits, audit_done).await;
         }
+    }
+}
+
+/// After a failed batch: each request's records (the first `n` of what is left, in order) in
+/// a transaction of their own, each answered with its own outcome.
+async fn append_each(index: &dyn Index, audits: &[AuditRecord], audit_done: Vec<AuditDone>) {
+    let mut rest = audits;
+    for (n, done) in audit_done {
+        let (records, after) = rest.split_at(n.min(rest.len()));
+        rest = after;
+        let _ = done.send(index.append_audit(records).await);
     }
 }

@@ -140,6 +140,24 @@ pub struct NewVersion {
     pub expected_current: Option<VersionId>,
 }
 
+impl NewVersion {
+    /// The row this version is once committed at `seq`.
+    pub fn row(&self, seq: i64) -> VersionRow {
+        VersionRow {
+            seq,
+            tenant: self.tenant.clone(),
+            resource_type: self.resource_type,
+            id: self.id.clone(),
+            version: self.version,
+            method: self.method,
+            object_key: self.object_key.clone(),
+            location: self.location.clone(),
+            compartment: self.compartment.clone(),
+            last_updated: self.last_updated,
+        }
+    }
+}
+
 /// One version to commit in a batch, with its audit record and, for a compartment that this
 /// version creates (a new Patient's own), the compartment key wrapped under the tenant KEK.
 #[derive(Debug, Clone)]
