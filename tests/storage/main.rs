@@ -1149,6 +1149,57 @@ async fn token_rows_written_before_migration_4_are_found_after_it() {
     assert_eq!(found(index, vec![Filter::AnyToken(vec![[3; 16]])]).await, ["a", "b"]);
 }
 
+/// On PostgreSQL new tokens wait in the GIN index's pending list (migration 0012) until a
+/// merge moves them into the tree: a search finds the same resources either way, and an update
+/// drops the tokens of the version it replaces wherever they are.
+#[tokio::test]
+async fn tokens_are_found_alike_in_the_pending_list_and_after_its_merge() {
+    if !on_postgres() {
+        return;
+    }
+    let t = fresh_index().await;
+    let index = t.index.as_ref();
+    let pool = sqlx::PgPool::connect(&t.url).await.unwrap();
+    let options: Vec<String> =
+        sqlx::query_scalar("SELECT unnest(reloptions) FROM pg_class WHERE relname = 'search_token_sets_by_token'")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(options, ["fastupdate=on", "gin_pending_list_limit=128"]);
+    let merge = || async {
+        let merged: i64 = sqlx::query_scalar("SELECT gin_clean_pending_list('search_token_sets_by_token')")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        merged
+    };
+    let commits = [
+        searchable(new_version("a", 1, None, 1_000), rows(&[1, 2], None, None, None)),
+        searchable(new_version("b", 1, None, 2_000), rows(&[2, 3], None, None, None)),
+    ];
+    assert!(index.commit_batch(&commits, &[]).await.unwrap().iter().all(Result::is_ok));
+    let answers = || async {
+        (
+            found(index, vec![Filter::AnyToken(vec![[2; 16]])]).await,
+            found(index, vec![Filter::AnyToken(vec![[1; 16]])]).await,
+            found(index, vec![Filter::NoToken(vec![[3; 16]])]).await,
+        )
+    };
+    let from_pending_list = answers().await;
+    assert_eq!(from_pending_list, (vec!["a".to_owned(), "b".to_owned()], vec!["a".to_owned()], vec!["a".to_owned()]));
+    assert!(merge().await > 0, "the two resources' tokens were still pending");
+    assert_eq!(answers().await, from_pending_list, "the merged tree answers as the pending list did");
+    // An update while the old tokens are in the tree and the new ones pending.
+    let update = searchable(new_version("a", 2, Some(1), 3_000), rows(&[3], None, None, None));
+    index.commit_batch(&[update], &[]).await.unwrap().pop().unwrap().unwrap();
+    assert_eq!(found(index, vec![Filter::AnyToken(vec![[1; 16]])]).await, Vec::<String>::new());
+    assert_eq!(found(index, vec![Filter::AnyToken(vec![[3; 16]])]).await, ["a", "b"]);
+    assert!(merge().await > 0);
+    assert_eq!(found(index, vec![Filter::AnyToken(vec![[3; 16]])]).await, ["a", "b"]);
+    assert_eq!(found(index, vec![Filter::AnyToken(vec![[2; 16]])]).await, ["b"]);
+    pool.close().await;
+}
+
 #[tokio::test]
 async fn sorted_searches_page_by_their_keys_with_missing_values_last() {
     let t = fresh_index().await;
